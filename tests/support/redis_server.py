@@ -1,0 +1,1 @@
+"""Fixture: a real redis-server on a free loopback port."""

@@ -1,0 +1,1 @@
+"""Fixtures: real upstream DNS servers (NSD, Unbound) on free loopback ports."""
