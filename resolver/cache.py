@@ -1,0 +1,92 @@
+"""Answer cache: upstream replies kept as wire bytes, served with ID, case and TTLs patched.
+
+Positive answers live for their smallest answer TTL, negative ones (NXDOMAIN,
+NODATA) for the SOA's negative TTL (RFC 2308), both capped. The entry count is
+capped; the least recently used entry makes room.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from resolver.query import Query, Reply
+from resolver.wire import U16, Question, fit_udp, patch_ttls
+
+
+@dataclass(slots=True)
+class Entry:
+    wire: bytes
+    stored: float
+    expires: float
+    ttl_offsets: tuple[int, ...]
+    rcode: int
+
+
+def cache_key(q: Question, flags: int) -> bytes:
+    """Name, type, class and the flags that change an answer (DO, CD) and EDNS presence."""
+    extra = (2 if q.do else 0) | (4 if q.has_edns else 0) | (8 if flags & 0x0010 else 0)
+    return q.qname + U16.pack(q.qtype) + U16.pack(q.qclass) + bytes((extra,))
+
+
+class Cache:
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes, now: float) -> Entry | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        if entry.expires <= now:
+            del self._entries[key]
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: bytes, wire: bytes, now: float, ttl: int, ttl_offsets: tuple[int, ...], rcode: int) -> None:
+        if ttl <= 0 or self.max_entries == 0:
+            return
+        if key not in self._entries and len(self._entries) >= self.max_entries:
+            self._entries.popitem(last=False)
+            self.evictions += 1
+        self._entries[key] = Entry(wire, now, now + ttl, ttl_offsets, rcode)
+        self._entries.move_to_end(key)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def serve(entry: Entry, query: Query) -> bytes:
+    """The cached reply for this client: its ID, its question's letter case, TTLs aged."""
+    q = query.question
+    wire = patch_ttls(entry.wire, entry.ttl_offsets, int(query.now - entry.stored))
+    reply = query.wire[:2] + wire[2:12] + query.wire[12 : q.end] + wire[q.end :]
+    if query.transport == "udp":
+        reply = fit_udp(reply, query.wire, q)
+    return reply
+
+
+class CacheStage:
+    """Answers from the cache when it can; the forwarder fills it."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+
+    def resolve(self, query: Query) -> Reply | None:
+        flags = query.wire[3]
+        key = cache_key(query.question, flags)
+        query.notes["cache_key"] = key
+        entry = self.cache.get(key, query.now)
+        if entry is None:
+            return None
+        return Reply(serve(entry, query), entry.rcode, "cached")
