@@ -1,0 +1,390 @@
+"""Detector state: one interface, two backends.
+
+:class:`MemoryState` keeps every window in process, bounded by ``max_keys``
+(least recently used pairs are evicted). :class:`RedisState` keeps the same
+local view, which always decides, and shares it through Redis from a
+background task: deltas are batched into one pipeline per flush, remote totals
+(other replicas included) are merged back, quarantines are shared. The query
+path never awaits Redis; when Redis is down the local view carries on alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+from .windows import Field, PairWindows, Window
+
+__all__ = ["State", "MemoryState", "RedisState", "Geometry"]
+
+log = logging.getLogger(__name__)
+
+# (short seconds, short buckets, long seconds, long buckets, compression context bytes)
+Geometry = tuple[float, int, float, int, int]
+
+SHORT, LONG = "s", "l"
+
+
+class _LRU(OrderedDict[Any, Any]):
+    """An OrderedDict used as a bounded LRU; ``touch`` marks use."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.evictions = 0
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        if len(self) > self.limit:
+            self.popitem(last=False)
+            self.evictions += 1
+
+
+class State:
+    """What the detector needs from a backend; all methods are synchronous.
+
+    ``start``/``close`` are coroutines so backends with background work can run
+    it; the in-memory backend's are no-ops.
+    """
+
+    backend_in_use: str = "memory"
+
+    def __init__(self, max_keys: int = 100_000, max_names: int = 500_000) -> None:
+        self.max_keys = max_keys
+        self.max_names = max_names
+        self._pairs: _LRU = _LRU(max_keys)
+        self._seen: _LRU = _LRU(max_names)
+        self._domains: _LRU = _LRU(max_keys)
+        self._quarantines: _LRU = _LRU(max_keys)
+        self.errors = 0
+        self.fallbacks = 0
+
+    # --- windows -------------------------------------------------------------
+    def pair(self, key: str, geometry: Geometry, unique: bool = True) -> PairWindows:
+        """The windows of one pair key, created (or evicting the oldest) on demand."""
+        pairs = self._pairs
+        found = pairs.get(key)
+        if found is not None and found[0] == geometry:
+            pairs.move_to_end(key)
+            windows: PairWindows = found[1]
+            return windows
+        windows = PairWindows(*geometry[:4], context_bytes=geometry[4], unique=unique)
+        pairs.put(key, (geometry, windows))
+        return windows
+
+    def first_sight(self, key: tuple[str, bytes]) -> bool:
+        """True the first time a (namespace, name digest) is seen (bounded memory)."""
+        seen = self._seen
+        if key in seen:
+            seen.move_to_end(key)
+            return False
+        seen.put(key, None)
+        return True
+
+    def new_domain(self, namespace: str, domain: str) -> bool:
+        """True the first time a namespace asks about a registrable domain."""
+        key = (namespace, domain)
+        if key in self._domains:
+            self._domains.move_to_end(key)
+            return False
+        self._domains.put(key, None)
+        return True
+
+    def record(
+        self,
+        tag: str,
+        pair_key: str,
+        windows: PairWindows,
+        deltas: tuple[tuple[int, int], ...],
+        member: bytes | None,
+    ) -> None:
+        """Hook for shared backends: a pair's head buckets just changed."""
+
+    # --- quarantines ----------------------------------------------------------
+    def quarantine_until(self, namespace: str, domain: str) -> float:
+        """Epoch seconds until which the domain is quarantined (0 if not)."""
+        until: float = self._quarantines.get((namespace, domain), 0.0)
+        return until
+
+    def set_quarantine(self, namespace: str, domain: str, until: float) -> None:
+        """Quarantine a domain for a namespace until ``until`` (epoch seconds)."""
+        key = (namespace, domain)
+        if until > self._quarantines.get(key, 0.0):
+            self._quarantines.put(key, until)
+
+    # --- lifecycle ------------------------------------------------------------
+    async def start(self) -> None:
+        """Start background work (none for memory)."""
+
+    async def close(self) -> None:
+        """Stop background work and release connections."""
+
+    def stats(self) -> dict[str, object]:
+        """Sizes and counters, for metrics."""
+        return {
+            "backend_in_use": self.backend_in_use,
+            "pairs": len(self._pairs),
+            "names": len(self._seen),
+            "pair_evictions": self._pairs.evictions,
+            "name_evictions": self._seen.evictions,
+            "errors": self.errors,
+            "fallbacks": self.fallbacks,
+        }
+
+
+class MemoryState(State):
+    """In-process state for one replica: bounded LRUs, nothing shared."""
+
+
+class RedisState(State):
+    """Local windows shared through Redis by a background flush task.
+
+    Keys carry the Redis Cluster hash tag ``{namespace|domain}``, so every key
+    of one (namespace, domain) pair lives in one slot and multi-key commands
+    (``PFCOUNT k1 k2 ...``) work on a cluster:
+
+    - ``dnsgate:{ns|domain}:<pair>:<scale>:<bucket>`` hash of counters (HINCRBY), TTL
+    - ``dnsgate:{ns|domain}:<pair>:u:<bucket>`` HyperLogLog of name hashes (PFADD), TTL
+    - ``dnsgate:{ns|domain}:quarantine`` expiry (epoch seconds) and the index
+      sorted set ``dnsgate:quarantines`` (member ``ns|domain``, score = until)
+
+    ``<pair>`` is ``n`` for the namespace pair, ``c:<client>`` for a client pair.
+    If Redis fails the error is counted (``errors``), the outage counted once
+    (``fallbacks``), logged once, ``backend_in_use`` becomes ``"memory"`` and the
+    detector carries on with local state; the task retries every
+    ``retry_seconds`` and returns to Redis when it answers.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        max_keys: int = 100_000,
+        max_names: int = 500_000,
+        flush_seconds: float = 0.5,
+        merge_seconds: float = 2.0,
+        retry_seconds: float = 1.0,
+        max_pending: int = 50_000,
+        socket_timeout: float = 1.0,
+        prefix: str = "dnsgate",
+    ) -> None:
+        super().__init__(max_keys=max_keys, max_names=max_names)
+        self.url = url
+        self.flush_seconds = flush_seconds
+        self.merge_seconds = merge_seconds
+        self.retry_seconds = retry_seconds
+        self.max_pending = max_pending
+        self.socket_timeout = socket_timeout
+        self.prefix = prefix
+        self.backend_in_use = "redis"
+        self.dropped = 0  # batched updates lost while Redis was unreachable or lagging
+        self.flushes = 0
+        self.recoveries = 0
+        # (redis key prefix, scale, bucket) -> [field deltas], members for the HLL
+        self._pending: dict[tuple[str, str, int], list[int]] = {}
+        self._pending_members: dict[tuple[str, int], set[bytes]] = {}
+        self._touched: dict[str, tuple[PairWindows, int]] = {}  # redis key prefix -> windows
+        self._ttl: dict[str, int] = {}
+        self._pending_quarantines: list[tuple[str, str, float]] = []
+        self._last_now = 0.0
+        self._client: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._last_merge = 0.0
+        self._retry_at = 0.0
+
+    # --- query path (synchronous, never touches the network) ------------------
+    def record(
+        self,
+        tag: str,
+        pair_key: str,
+        windows: PairWindows,
+        deltas: tuple[tuple[int, int], ...],
+        member: bytes | None,
+    ) -> None:
+        """Queue a pair's head-bucket deltas for the next flush."""
+        if len(self._pending) >= self.max_pending:
+            self.dropped += 1
+            return
+        base = f"{self.prefix}:{{{tag}}}:{pair_key}"
+        for scale, window in ((SHORT, windows.short), (LONG, windows.long)):
+            slot = (base, scale, window.head)
+            counts = self._pending.get(slot)
+            if counts is None:
+                counts = self._pending[slot] = [0] * Field.COUNT
+                self._ttl[scale] = int(window.width * (window.size + 1)) + 1
+            for field, amount in deltas:
+                counts[field] += amount
+        if member is not None and windows.short.sketches is not None:
+            self._pending_members.setdefault((base, windows.short.head), set()).add(member)
+        self._touched[base] = (windows, 0)
+
+    def set_quarantine(self, namespace: str, domain: str, until: float) -> None:
+        super().set_quarantine(namespace, domain, until)
+        self._pending_quarantines.append((namespace, domain, until))
+
+    def note_time(self, now: float) -> None:
+        """Latest query time seen (capture time in replay), for quarantine expiry."""
+        if now > self._last_now:
+            self._last_now = now
+
+    # --- lifecycle ---------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect (lazily; a dead Redis at start is just an outage) and start flushing."""
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self._client = aioredis.Redis.from_url(
+            self.url,
+            socket_timeout=self.socket_timeout,
+            socket_connect_timeout=self.socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="dnsgate-redis-flush")
+
+    async def close(self) -> None:
+        """Flush what is pending (best effort), stop the task, close the client."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self.flush()
+            with contextlib.suppress(Exception):
+                await self._client.aclose()
+            self._client = None
+
+    async def _run(self) -> None:
+        while True:
+            # Pacing of a background loop, not a readiness wait.
+            await asyncio.sleep(self.flush_seconds)
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let the task die; flush() already counted it
+                log.exception("redis flush failed unexpectedly")
+
+    async def flush(self, merge: bool | None = None) -> bool:
+        """Push pending deltas in one pipeline, then merge remote totals back.
+
+        Returns True when Redis answered. Safe to call directly (tests do, to
+        make sharing deterministic instead of waiting for the timer).
+        """
+        if self._client is None:
+            return False
+        clock = time.monotonic()
+        if self.backend_in_use != "redis" and clock < self._retry_at:
+            return False
+        pending, self._pending = self._pending, {}
+        members, self._pending_members = self._pending_members, {}
+        quarantines, self._pending_quarantines = self._pending_quarantines, []
+        do_merge = merge if merge is not None else clock - self._last_merge >= self.merge_seconds
+        touched: dict[str, tuple[PairWindows, int]] = {}
+        if do_merge:
+            touched, self._touched = self._touched, {}
+        try:
+            await self._push(pending, members, quarantines)
+            if do_merge:
+                await self._merge(touched)
+                self._last_merge = clock
+        except Exception as exc:  # redis.RedisError, OSError, timeouts
+            self._failed(exc, len(pending) + len(members) + len(quarantines))
+            # Quarantines are decisions worth keeping: re-queue them for later.
+            self._pending_quarantines = quarantines + self._pending_quarantines
+            return False
+        if self.backend_in_use != "redis":
+            self.backend_in_use = "redis"
+            self.recoveries += 1
+            log.warning("redis %s is back: sharing detector state again", self.url)
+        self.flushes += 1
+        return True
+
+    def _failed(self, exc: BaseException, lost: int) -> None:
+        self.errors += 1
+        self.dropped += lost
+        self._retry_at = time.monotonic() + self.retry_seconds
+        if self.backend_in_use == "redis":
+            self.fallbacks += 1
+            self.backend_in_use = "memory"
+            log.warning(
+                "redis %s unavailable (%s): detector continues on local state", self.url, exc
+            )
+
+    async def _push(
+        self,
+        pending: dict[tuple[str, str, int], list[int]],
+        members: dict[tuple[str, int], set[bytes]],
+        quarantines: list[tuple[str, str, float]],
+    ) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        names = Field.NAMES
+        for (base, scale, bucket), counts in pending.items():
+            key = f"{base}:{scale}:{bucket}"
+            for field, amount in enumerate(counts):
+                if amount:
+                    pipe.hincrby(key, names[field], amount)
+            pipe.expire(key, self._ttl.get(scale, 86400))
+        for (base, bucket), found in members.items():
+            key = f"{base}:u:{bucket}"
+            pipe.pfadd(key, *found)
+            pipe.expire(key, self._ttl.get(SHORT, 120))
+        index = f"{self.prefix}:quarantines"
+        for namespace, domain, until in quarantines:
+            member = f"{namespace}|{domain}"
+            pipe.zadd(index, {member: until}, gt=True)
+            pipe.set(f"{self.prefix}:{{{member}}}:quarantine", repr(until))
+        # Pull everyone's live quarantines in the same round trip.
+        pipe.zrangebyscore(index, self._last_now, "+inf", withscores=True)
+        results = await pipe.execute()
+        for raw, until in results[-1]:
+            member = raw.decode() if isinstance(raw, bytes) else str(raw)
+            namespace, _, domain = member.partition("|")
+            super().set_quarantine(namespace, domain, float(until))
+
+    async def _merge(self, touched: dict[str, tuple[PairWindows, int]]) -> None:
+        if not touched:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        plan: list[tuple[Window, int, bool]] = []
+        for base, (windows, _) in touched.items():
+            for scale, window, unique in (
+                (SHORT, windows.short, True),
+                (LONG, windows.long, False),
+            ):
+                head = window.head
+                for bucket in range(head - window.size + 1, head + 1):
+                    pipe.hmget(f"{base}:{scale}:{bucket}", *Field.NAMES)
+                plan.append((window, head, False))
+                if unique and window.sketches is not None:
+                    live = range(head - window.size + 1, head + 1)
+                    pipe.pfcount(*(f"{base}:u:{b}" for b in live))
+                    plan.append((window, head, True))
+        results = await pipe.execute()
+        i = 0
+        for window, head, is_unique in plan:
+            if is_unique:
+                window.remote_unique = int(results[i])
+                i += 1
+                continue
+            totals = [0] * Field.COUNT
+            for _ in range(window.size):
+                row = results[i]
+                i += 1
+                for field, value in enumerate(row):
+                    if value is not None:
+                        totals[field] += int(value)
+            window.remote = totals
+            window.remote_head = head
+
+    def stats(self) -> dict[str, object]:
+        out = super().stats()
+        out.update(dropped=self.dropped, flushes=self.flushes, recoveries=self.recoveries)
+        return out

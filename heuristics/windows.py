@@ -1,0 +1,203 @@
+"""Sliding windows of bucketed counters, kept per (namespace|client, domain) pair.
+
+A window is a ring of time buckets keyed by ``int(now // width)``; totals are
+kept incrementally so reading a window costs nothing. Time is whatever the
+caller passes (capture time in replay): nothing here reads the clock.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from .hll import HyperLogLog
+
+__all__ = ["Field", "Window", "PairWindows", "InformationEstimator"]
+
+
+class Field:
+    """Indexes of the per-bucket counters."""
+
+    QUERIES = 0
+    NEW_NAMES = 1  # names never seen before in the namespace
+    INFO = 2  # compressed bytes of never-seen subdomain text
+    ENCODED = 3  # new names with an encoded-looking label or run
+    NON_LDH = 4  # new names with octets outside LDH
+    LONG_LABEL = 5  # new names with a long label
+    RARE_QTYPE = 6  # new (name, rare qtype)
+    DATA_QTYPE = 7  # new (name, TXT/MX/CNAME/SRV)
+    RESPONSES = 8
+    NXDOMAIN = 9
+    COUNT = 10
+
+    NAMES = (
+        "queries",
+        "new_names",
+        "info_bytes",
+        "encoded_names",
+        "non_ldh_names",
+        "long_label_names",
+        "rare_qtype_names",
+        "data_qtype_names",
+        "responses",
+        "nxdomain",
+    )
+
+
+class Window:
+    """One time scale: ``buckets`` buckets covering ``seconds``.
+
+    ``totals`` always holds the sum over live buckets. With ``unique`` set, each
+    bucket also has a HyperLogLog of name hashes.
+    """
+
+    __slots__ = (
+        "width",
+        "size",
+        "head",
+        "counts",
+        "totals",
+        "sketches",
+        "remote",
+        "remote_head",
+        "remote_unique",
+        "_unique_cache",
+    )
+
+    def __init__(self, seconds: float, buckets: int, unique: bool = False) -> None:
+        self.width = seconds / buckets
+        self.size = buckets
+        self.head = -1  # absolute index of the newest bucket
+        self.counts = [[0] * Field.COUNT for _ in range(buckets)]
+        self.totals = [0] * Field.COUNT
+        self.sketches: list[HyperLogLog] | None = (
+            [HyperLogLog() for _ in range(buckets)] if unique else None
+        )
+        # Counts fetched from the shared backend (other replicas included).
+        self.remote: list[int] | None = None
+        self.remote_head = -1
+        self.remote_unique = 0
+        self._unique_cache: tuple[int, int, int] = (-1, -1, 0)
+
+    def bucket_of(self, now: float) -> int:
+        """Absolute bucket index of a time."""
+        return int(now // self.width)
+
+    def advance(self, now: float) -> int:
+        """Move the head to ``now``'s bucket, expiring old buckets; returns it.
+
+        Late timestamps (out-of-order packets) count in the current bucket.
+        """
+        idx = int(now // self.width)
+        head = self.head
+        if idx <= head:
+            return head
+        size = self.size
+        totals = self.totals
+        for absolute in range(max(head + 1, idx - size + 1), idx + 1):
+            slot = absolute % size
+            old = self.counts[slot]
+            if any(old):
+                for i in range(Field.COUNT):
+                    totals[i] -= old[i]
+                self.counts[slot] = [0] * Field.COUNT
+            if self.sketches is not None:
+                self.sketches[slot] = HyperLogLog()
+        if idx - head >= size:
+            # Everything expired: totals must be exactly zero again.
+            self.totals = [0] * Field.COUNT
+        self.head = idx
+        return idx
+
+    def add(self, field: int, amount: int = 1) -> None:
+        """Add to a counter of the head bucket (call :meth:`advance` first)."""
+        self.counts[self.head % self.size][field] += amount
+        self.totals[field] += amount
+
+    def add_name(self, h: int) -> None:
+        """Record a name hash in the head bucket's sketch."""
+        if self.sketches is not None:
+            self.sketches[self.head % self.size].add(h)
+
+    def total(self, field: int) -> int:
+        """Window total of one counter, merged with the shared backend's view."""
+        local = self.totals[field]
+        remote = self.remote
+        if remote is not None and self.remote_head == self.head and remote[field] > local:
+            return remote[field]
+        return local
+
+    def unique(self) -> int:
+        """Distinct names in the window (HyperLogLog union over buckets)."""
+        sketches = self.sketches
+        if sketches is None:
+            return 0
+        new_names = self.totals[Field.NEW_NAMES]
+        cached_head, cached_new, cached = self._unique_cache
+        # Recount only when the window moved or grew noticeably: the union costs
+        # a pass over the registers once sketches are dense.
+        if cached_head != self.head or new_names - cached_new > max(2, cached_new // 32):
+            cached = HyperLogLog.union_count(sketches)
+            self._unique_cache = (self.head, new_names, cached)
+        # Remote HLL estimates jitter a few per cent; adopt them only when another
+        # replica clearly contributed.
+        if self.remote_head == self.head and self.remote_unique > cached * 1.05 + 2:
+            return self.remote_unique
+        return cached
+
+
+@dataclass(slots=True)
+class InformationEstimator:
+    """Compressed size of new subdomain text, in the spirit of Paxson et al. 2013.
+
+    Each never-seen subdomain is deflated with the domain's most recent new text
+    as preset dictionary, so repeated structure (CDN prefixes, counters, the
+    same words) costs little and fresh encoded bytes cost what they carry.
+    """
+
+    context_bytes: int
+    recent: bytes = b""
+
+    def charge(self, text: bytes) -> int:
+        """Estimated information in ``text`` (bytes); remembers it as context."""
+        if not text:
+            return 0
+        if self.recent:
+            comp = zlib.compressobj(6, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, self.recent)
+        else:
+            comp = zlib.compressobj(6, zlib.DEFLATED, -15, 8)
+        size = len(comp.compress(text)) + len(comp.flush())
+        # A raw deflate block always ends with 1-3 bits of framing; never charge
+        # more than the text itself.
+        size = min(size, len(text))
+        recent = self.recent + b"." + text
+        self.recent = recent[-self.context_bytes :]
+        return size
+
+
+class PairWindows:
+    """Short and long windows of one (namespace or client, domain) pair."""
+
+    __slots__ = ("short", "long", "estimator")
+
+    def __init__(
+        self,
+        short_seconds: float,
+        short_buckets: int,
+        long_seconds: float,
+        long_buckets: int,
+        context_bytes: int,
+        unique: bool = True,
+    ) -> None:
+        self.short = Window(short_seconds, short_buckets, unique=unique)
+        self.long = Window(long_seconds, long_buckets)
+        self.estimator = InformationEstimator(context_bytes)
+
+    def shape(self) -> tuple[float, int, float, int]:
+        """The window geometry, to notice settings changes."""
+        return (
+            self.short.width * self.short.size,
+            self.short.size,
+            self.long.width * self.long.size,
+            self.long.size,
+        )
