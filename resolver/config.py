@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib import resources
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -456,7 +456,15 @@ def _build(name: str, base_dir: Path, data: Any) -> Config:
 
 def bundled_config_path() -> Path:
     """The example policy shipped in ``zones/``, used when no --config is given."""
-    return Path(str(resources.files("zones").joinpath("default.yaml")))
+    beside = Path(__file__).resolve().parent.parent / "zones" / "default.yaml"
+    if beside.is_file():
+        return beside
+    spec = importlib.util.find_spec("zones")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / "default.yaml"
+        if candidate.is_file():
+            return candidate
+    raise ConfigError("zones/default.yaml", 0, "", "the bundled example policy is not installed")
 
 
 def learn_all(upstreams: tuple[Upstream, ...] = ()) -> Config:

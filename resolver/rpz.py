@@ -119,7 +119,8 @@ class PolicyZone:
                 text, origin=origin, relativize=False, check_origin=False, filename=str(path)
             )
         except dns.exception.SyntaxError as exc:
-            raise ConfigError(str(path), _line_of(str(exc)), "rpz", str(exc)) from None
+            line, message = _split_location(str(exc))
+            raise ConfigError(str(path), _first_bad_line(text, origin, line), "rpz", message) from None
         except dns.exception.DNSException as exc:
             raise ConfigError(str(path), 0, "rpz", f"not a valid zone: {exc}") from None
         assert zone.origin is not None
@@ -163,13 +164,30 @@ class PolicyZone:
         return Rule(Action.LOCAL_DATA, zone, trigger, tuple(records))
 
 
-def _line_of(message: str) -> int:
-    """dnspython reports ``file:LINE: message``; pull the line out."""
-    parts = message.split(":")
-    for part in parts[1:]:
-        if part.strip().isdigit():
-            return int(part.strip())
-    return 0
+def _split_location(message: str) -> tuple[int, str]:
+    """dnspython reports ``file:LINE: message``; split off the location."""
+    parts = message.split(":", 2)
+    if len(parts) == 3 and parts[1].strip().isdigit():
+        return int(parts[1]), parts[2].strip()
+    return 0, message
+
+
+def _first_bad_line(text: str, origin: dns.name.Name | None, reported: int) -> int:
+    """dnspython reports an rdata error after it has read the line's end; confirm the line.
+
+    When the text up to the line before the reported one fails too, the fault
+    is on that earlier line.
+    """
+    if reported <= 1:
+        return reported
+    head = "\n".join(text.splitlines()[: reported - 1]) + "\n"
+    try:
+        dns.zone.from_text(head, origin=origin, relativize=False, check_origin=False)
+    except dns.exception.SyntaxError:
+        return reported - 1
+    except dns.exception.DNSException:
+        return reported
+    return reported
 
 
 class Policy:

@@ -202,6 +202,9 @@ class UdpListener(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            enlarge_receive_buffer(sock)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         result = self.server.query(data, addr[0], "udp", self.namespace)
@@ -221,6 +224,21 @@ class UdpListener(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp error: %s", exc)
+
+
+RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+def enlarge_receive_buffer(sock: socket.socket) -> None:
+    """A burst of queries should queue in the kernel, not be dropped there."""
+    for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, RECEIVE_BUFFER)
+            return
+        except OSError:
+            continue
 
 
 async def run(config: Config) -> int:
