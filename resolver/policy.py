@@ -107,6 +107,9 @@ class PolicyStage:
                 return Reply(truncated(query.wire, q), NOERROR, "truncated")
             return None
         enforce = ns.mode == "enforce"
+        if rule is not None and rule.action is Action.LOCAL_DATA:
+            # A rewrite the operator wrote on purpose (walled garden), not a denial: no alert.
+            return local_answer(query, rule) if enforce else None
         reasons = ["not_allowed"] if rule is None else [f"rpz_{rule.action.value}"]
         evidence: dict[str, object] = {"mode": ns.mode}
         if rule is not None:
