@@ -234,10 +234,14 @@ class Detector:
                 if info >= budget:
                     points += 4 if info >= 4 * budget else 3
                     reasons.append("info_budget")
+                rare_types = total(Field.RARE_QTYPE)
+                if rare_types >= s.rare_qtype_names:
+                    # Encoded names asking for NULL/KEY/PRIVATE need less corroboration.
+                    encoded_min = min(encoded_min, s.rare_qtype_names)
                 if total(Field.ENCODED) >= encoded_min or total(Field.NON_LDH) >= s.non_ldh_names:
                     points += 2
                     reasons.append("encoding")
-                if total(Field.RARE_QTYPE) >= s.rare_qtype_names:
+                if rare_types >= s.rare_qtype_names:
                     points += 2
                     reasons.append("qtype")
                 elif total(Field.DATA_QTYPE) >= data_min:
