@@ -35,6 +35,13 @@ def _serve(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         config = replace(config, listen=(config_mod.Listen(host.strip("[]") or "127.0.0.1", int(port)),))
+    logging.getLogger("dnsgate").info("config %s", path)
+    if config.workers > 1:
+        return _serve_workers(config)
+    return _run_one(config)
+
+
+def _run_one(config: config_mod.Config) -> int:
     try:
         import uvloop
 
@@ -43,8 +50,50 @@ def _serve(args: argparse.Namespace) -> int:
         pass
     from resolver.server import run
 
-    logging.getLogger("dnsgate").info("config %s", path)
     return asyncio.run(run(config))
+
+
+def _serve_workers(config: config_mod.Config) -> int:
+    """``workers: N``: N processes share the listening ports through SO_REUSEPORT.
+
+    The kernel spreads queries over them; each keeps its own cache and local
+    detector view (use the Redis backend to share windows and quarantines).
+    Only the first worker serves the admin HTTP endpoint. SIGTERM, SIGINT and
+    SIGHUP sent to this parent are passed on to every worker.
+    """
+    import os
+    import signal
+    from dataclasses import replace
+
+    log = logging.getLogger("dnsgate")
+    children: list[int] = []
+    for index in range(config.workers):
+        pid = os.fork()
+        if pid == 0:
+            worker_config = config if index == 0 else replace(config, admin=None)
+            os._exit(_run_one(worker_config))
+        children.append(pid)
+    log.info("started %d workers: %s", len(children), " ".join(map(str, children)))
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    status = 0
+    for child in children:
+        while True:
+            try:
+                _, code = os.waitpid(child, 0)
+                break
+            except InterruptedError:
+                continue
+        status = status or os.waitstatus_to_exitcode(code)
+    return status
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -190,3 +190,17 @@ def test_sigterm_exits_zero(unbound_upstream: Unbound, tmp_path: Path) -> None:
     server = start_dnsgate(basic_config(port, unbound_upstream.port), tmp_path, port)
     ask(server.port, "www.allowed.test")
     assert server.stop() == 0
+
+
+def test_workers_share_the_port_and_stop_together(unbound_upstream: Unbound, tmp_path: Path) -> None:
+    port = free_port()
+    server = start_dnsgate(basic_config(port, unbound_upstream.port) + "workers: 2\n", tmp_path, port)
+    try:
+        children = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 2
+        for i in range(20):
+            assert ask(gate_port := server.port, "www.allowed.test").rcode() == dns.rcode.NOERROR
+            assert ask(gate_port, f"n{i}.denied.test").rcode() == dns.rcode.NXDOMAIN
+    finally:
+        assert server.stop() == 0
+    assert all(not Path(f"/proc/{pid}").exists() for pid in children)
