@@ -85,7 +85,7 @@ class CacheStage:
     def resolve(self, query: Query) -> Reply | None:
         flags = query.wire[3]
         key = cache_key(query.question, flags)
-        query.notes["cache_key"] = key
+        query.cache_key = key
         entry = self.cache.get(key, query.now)
         if entry is None:
             return None

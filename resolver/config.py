@@ -7,10 +7,10 @@ The hot path only ever sees the frozen dataclasses built here.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -344,7 +344,6 @@ def _build(name: str, base_dir: Path, data: Any) -> Config:
     ns_top = top.section("namespaces")
     for ns_name in list(ns_top.data):
         sec = ns_top.section(ns_name)
-        nkey = sec.prefix
         clients = tuple(
             _network(name, line, key, item) for key, line, item in sec.items("clients")
         )

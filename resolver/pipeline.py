@@ -26,7 +26,6 @@ from resolver.policy import PolicyStage, compile_policies, deny
 from resolver.query import Query, Reply, Stage
 from resolver.upstream import Forwarder
 from resolver.wire import (
-    NOERROR,
     SERVFAIL,
     MalformedMessage,
     fit_udp,
@@ -41,7 +40,10 @@ def build_sinks(config: Config) -> list[Sink]:
     """One sink per ``alerts`` entry (see resolver/sinks.py for the remote ones)."""
     from resolver import sinks as remote
 
-    return [remote.build(spec) if spec.type != "jsonl" else JsonlSink(spec.options.get("path", "-")) for spec in config.alerts]
+    return [
+        JsonlSink(spec.options.get("path", "-")) if spec.type == "jsonl" else remote.build(spec)
+        for spec in config.alerts
+    ]
 
 
 def build_state(config: Config) -> State:
@@ -131,9 +133,8 @@ class Pipeline:
             denied = self._check_cnames(query, info.cname_targets)
             if denied is not None:
                 return denied
-        key = query.notes.get("cache_key")
-        if isinstance(key, bytes) and not info.truncated:
-            self.engine.cache.put(key, raw, query.now, info.ttl, info.ttl_offsets, info.rcode)
+        if query.cache_key and not info.truncated:
+            self.engine.cache.put(query.cache_key, raw, query.now, info.ttl, info.ttl_offsets, info.rcode)
         wire = query.wire[:2] + raw[2:]
         if query.transport == "udp":
             wire = fit_udp(wire, query.wire, q)
@@ -145,7 +146,9 @@ class Pipeline:
         assert ns is not None
         q = query.question
         if ns.detection.mode != "off":
-            self.engine.detector.observe_response(ns.name, query.client, q.qname, rcode, query.now, ns.detection.thresholds)
+            self.engine.detector.observe_response(
+                ns.name, query.client, q.qname, rcode, query.now, ns.detection.thresholds
+            )
         if ns.mode == "learn":
             self.engine.learned.record_rcode(ns.name, q.qname, q.qtype, rcode)
 
@@ -167,9 +170,3 @@ class Pipeline:
                     return deny(query, ns)
         return None
 
-
-def servfail(query: Query) -> Reply:
-    return Reply(header_reply(query.wire, query.question, SERVFAIL), SERVFAIL, "servfail")
-
-
-_ = NOERROR

@@ -8,7 +8,7 @@ never leaves the synchronous fast path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from resolver.wire import Question
@@ -29,7 +29,7 @@ class Query:
     listener_namespace: str | None = None
     namespace: Namespace | None = None
     domain: str = ""  # registrable domain, filled by the detection stage
-    notes: dict[str, object] = field(default_factory=dict)
+    cache_key: bytes = b""  # filled by the cache stage, used to store the upstream's reply
 
 
 @dataclass(slots=True)

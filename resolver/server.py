@@ -7,6 +7,7 @@ dropped otherwise; nothing a client sends can stop a listener.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import socket
@@ -72,7 +73,9 @@ class Server:
 
     # -- the query path -----------------------------------------------------
 
-    def query(self, data: bytes, client: str, transport: str, listener_ns: str | None) -> Reply | Awaitable[Reply] | None:
+    def query(
+        self, data: bytes, client: str, transport: str, listener_ns: str | None
+    ) -> Reply | Awaitable[Reply] | None:
         """Parse and run one query; None when the datagram is dropped."""
         try:
             q = parse_query(data)
@@ -121,14 +124,14 @@ class Server:
         for lst in self.config.listen:
             family = socket.AF_INET6 if ":" in lst.address else socket.AF_INET
             transport, _ = await loop.create_datagram_endpoint(
-                lambda lst=lst: UdpListener(self, lst),  # type: ignore[misc]
+                functools.partial(UdpListener, self, lst),
                 local_addr=(lst.address, lst.port),
                 family=family,
                 reuse_port=self.config.workers > 1,
             )
             self._udp.append(transport)
             tcp = await asyncio.start_server(
-                lambda r, w, lst=lst: self._tcp_client(r, w, lst),
+                functools.partial(self._tcp_client, listen=lst),
                 lst.address,
                 lst.port,
                 family=family,
@@ -143,7 +146,7 @@ class Server:
         """The bound UDP addresses (useful when port 0 was asked for)."""
         return [t.get_extra_info("sockname")[:2] for t in self._udp]
 
-    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, lst: Listen) -> None:
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listen: Listen) -> None:
         if self.tcp_connections >= self.config.tcp_max_connections or self._stopping.is_set():
             writer.close()
             return
@@ -158,7 +161,7 @@ class Server:
                         data = await reader.readexactly(length)
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     break
-                result = self.query(data, client, "tcp", lst.namespace)
+                result = self.query(data, client, "tcp", listen.namespace)
                 if result is None:
                     continue
                 if isinstance(result, Reply):

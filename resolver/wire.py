@@ -130,6 +130,24 @@ def skip_name(wire: bytes, pos: int) -> int:
         pos += 1 + length
 
 
+def _question_name(wire: bytes) -> tuple[bytes, int]:
+    """The question's name: a straight run of labels, sliced once (no pointers at offset 12)."""
+    pos = 12
+    try:
+        length = wire[pos]
+        while length:
+            if length > 63:
+                return read_name(wire, 12)  # a pointer or bad label type: the slow path says which
+            pos += length + 1
+            length = wire[pos]
+    except IndexError:
+        raise MalformedMessage("name runs past the end of the message") from None
+    pos += 1
+    if pos - 12 > MAX_NAME:
+        raise MalformedMessage("name longer than 255 octets")
+    return wire[12:pos], pos
+
+
 def parse_query(wire: bytes) -> Question:
     """Read the question of a query; raise MalformedMessage when it cannot be answered.
 
@@ -143,7 +161,7 @@ def parse_query(wire: bytes) -> Question:
         raise MalformedMessage("a response, not a query")
     if qdcount != 1:
         raise MalformedMessage(f"QDCOUNT is {qdcount}, expected 1")
-    qname, pos = read_name(wire, 12)
+    qname, pos = _question_name(wire)
     if pos + 4 > len(wire):
         raise MalformedMessage("question truncated")
     qtype, qclass = struct.unpack_from("!HH", wire, pos)
