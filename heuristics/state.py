@@ -180,6 +180,7 @@ class RedisState(State):
         self.max_pending = max_pending
         self.socket_timeout = socket_timeout
         self.prefix = prefix
+        self.merge_rounds = 5  # merges per pair after its last local change
         self.backend_in_use = "redis"
         self.dropped = 0  # batched updates lost while Redis was unreachable or lagging
         self.flushes = 0
@@ -220,7 +221,9 @@ class RedisState(State):
                 counts[field] += amount
         if member is not None and windows.short.sketches is not None:
             self._pending_members.setdefault((base, windows.short.head), set()).add(member)
-        self._touched[base] = (windows, 0)
+        self._touched[base] = (windows, self.merge_rounds)
+        if len(self._touched) > self.max_keys:
+            del self._touched[next(iter(self._touched))]
 
     def set_quarantine(self, namespace: str, domain: str, until: float) -> None:
         super().set_quarantine(namespace, domain, until)
@@ -289,7 +292,14 @@ class RedisState(State):
         do_merge = merge if merge is not None else clock - self._last_merge >= self.merge_seconds
         touched: dict[str, tuple[PairWindows, int]] = {}
         if do_merge:
-            touched, self._touched = self._touched, {}
+            # Keep merging a pair for a few rounds after its last local change, so
+            # other replicas' later contributions reach a quiet replica too.
+            touched = self._touched
+            self._touched = {
+                base: (windows, rounds - 1)
+                for base, (windows, rounds) in touched.items()
+                if rounds > 1
+            }
         try:
             await self._push(pending, members, quarantines)
             if do_merge:

@@ -70,7 +70,7 @@ async def test_memory_and_redis_give_the_same_verdicts(redis_server) -> None:
 
 async def test_two_replicas_share_windows_and_quarantines(redis_server) -> None:
     redis_server.flushall()
-    s = DetectorSettings.from_mapping({"client_budget_long_bytes": 2048})
+    s = DetectorSettings()
     a = RedisState(str(redis_server), flush_seconds=3600)
     b = RedisState(str(redis_server), flush_seconds=3600)
     await a.start()
