@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 from resolver import config as config_mod
 from resolver.config import Config, ConfigError, Listen
@@ -29,6 +30,9 @@ from resolver.wire import (
     header_reply,
     parse_query,
 )
+
+if TYPE_CHECKING:
+    from resolver.reload import Reloader
 
 log = logging.getLogger("dnsgate.server")
 
@@ -245,29 +249,59 @@ def enlarge_receive_buffer(sock: socket.socket) -> None:
 
 
 async def run(config: Config) -> int:
-    """Run until SIGTERM/SIGINT; SIGHUP reloads the config and reopens the jsonl sinks."""
-    server = Server(config)
+    """Run until SIGTERM/SIGINT; SIGHUP reloads the config and reopens the jsonl sinks.
+
+    Also starts the config-file watcher and, when ``admin`` is configured, the
+    admin HTTP server (/metrics, /healthz, /readyz, POST /reload).
+    """
+    from resolver.admin import AdminServer
+    from resolver.metrics import AlertCounts
+    from resolver.reload import Reloader
+    from resolver.sinks import connect_fallbacks
+
+    try:
+        server = Server(config)
+    except ConfigError as exc:  # sink options are validated when the sinks are built
+        log.error("%s", exc)
+        return 2
+    alert_counts = AlertCounts()
+    server.engine.alerts.sinks.append(alert_counts)
+    connect_fallbacks(server.engine.alerts.sinks)
     await server.start()
+    reloader = Reloader(server)
+    admin: AdminServer | None = None
+    if config.admin is not None:
+        admin = AdminServer(server, reloader, alert_counts)
+        await admin.start(config.admin.address, config.admin.port)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, server.stop)
     loop.add_signal_handler(signal.SIGINT, server.stop)
-    loop.add_signal_handler(signal.SIGHUP, lambda: on_sighup(server))
-    sweeper = asyncio.ensure_future(sweep_alerts(server))
+    loop.add_signal_handler(signal.SIGHUP, lambda: on_sighup(server, reloader))
+    background = [
+        asyncio.ensure_future(sweep_alerts(server)),
+        asyncio.ensure_future(reloader.watch()),
+    ]
     try:
         await server.serve_forever()
     finally:
-        sweeper.cancel()
+        for task in background:
+            task.cancel()
         log.info("shutting down: finishing %d in-flight queries", len(server.inflight))
         await server.shutdown()
+        if admin is not None:
+            await admin.stop()
     return 0
 
 
-def on_sighup(server: Server) -> None:
+def on_sighup(server: Server, reloader: Reloader | None = None) -> None:
     for sink in server.engine.alerts.sinks:
         reopen = getattr(sink, "reopen", None)
         if reopen is not None:
             reopen()
-    server.reload()
+    if reloader is not None:
+        reloader.reload("SIGHUP")
+    else:
+        server.reload()
 
 
 async def sweep_alerts(server: Server) -> None:
