@@ -204,3 +204,25 @@ def test_workers_share_the_port_and_stop_together(unbound_upstream: Unbound, tmp
     finally:
         assert server.stop() == 0
     assert all(not Path(f"/proc/{pid}").exists() for pid in children)
+
+
+def test_ipv6_listener_and_listener_bound_namespace(unbound_upstream: Unbound, tmp_path: Path) -> None:
+    port, bound_port = free_port(), free_port()
+    text = basic_config(port, unbound_upstream.port).replace(
+        "listen:\n",
+        f"listen:\n  - {{address: '::1', port: {port}}}\n  - {{address: 127.0.0.1, port: {bound_port}, namespace: open}}\n",
+        1,
+    ).replace("clients: [127.0.0.1/32]", "clients: [127.0.0.1/32, '::1/128']") + "  open:\n    mode: enforce\n    allow: [denied.test]\n"
+    server = start_dnsgate(text, tmp_path, port)
+    try:
+        query = dns.message.make_query("www.allowed.test", "A")
+        reply = dns.query.udp(query, "::1", port=port, timeout=3)
+        assert reply.rcode() == dns.rcode.NOERROR and reply.answer[0][0].address == "192.0.2.1"
+        reply = dns.query.tcp(query, "::1", port=port, timeout=3)
+        assert reply.rcode() == dns.rcode.NOERROR
+        assert ask(port, "denied.test").rcode() == dns.rcode.NXDOMAIN
+        # On the bound listener every client is in `open`, whatever its address.
+        assert ask(bound_port, "denied.test").answer[0][0].address == "192.0.2.66"
+        assert ask(bound_port, "www.allowed.test").rcode() == dns.rcode.NXDOMAIN
+    finally:
+        assert server.stop() == 0
