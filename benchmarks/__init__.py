@@ -1,0 +1,1 @@
+"""Benchmark harness for dnsgate against Unbound (issue 6). Entry point: ``python -m benchmarks.run``."""

@@ -1,0 +1,383 @@
+"""dnsgate vs Unbound on the same allowlist, side by side on loopback (issue 6).
+
+    .venv/bin/python -m benchmarks.run            # full run (~8-10 min)
+    .venv/bin/python -m benchmarks.run --quick    # smoke run (~1-2 min)
+
+Starts NSD (1,000-name zone), Unbound (1 thread, RPZ allowlist, forwarding to
+NSD), redis-server, and dnsgate (memory backend, Redis backend, workers: 2),
+drives each with one dnsperf query file (90% allowed, 10% denied), rounds
+interleaved, then a fixed-load pass at half of dnsgate's peak, a py-spy
+profile of dnsgate under load, and the memory flood (benchmarks/flood.py).
+Prints a table and writes benchmarks/results/<timestamp>.json and latest.json.
+See docs/benchmarks.md for what every figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import dnsperf, flood, profile
+from benchmarks.servers import (
+    ROOT,
+    Dnsgate,
+    DnsgateSpec,
+    Nsd,
+    Redis,
+    Unbound,
+    allowed_names,
+    ask,
+    denied_names,
+    ensure_packages,
+    export_source,
+    which,
+)
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+TARGETS = {
+    "memory_qps_ratio": 0.5,
+    "redis_qps_ratio": 0.4,
+    "loss_pct_max": 0.1,
+    "p99_ms_at_half_load": 2.0,
+}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=15.0, help="seconds per measured peak run (default 15)")
+    ap.add_argument("--latency-duration", type=float, default=5.0, help="seconds of the -v run that gives p99 at peak (default 5)")
+    ap.add_argument("--fixed-duration", type=float, default=15.0, help="seconds of each fixed-load run (default 15)")
+    ap.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per server before measuring (default 3)")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all servers (default 2)")
+    ap.add_argument("--clients", type=int, default=4, help="dnsperf -c (default 4)")
+    ap.add_argument("--outstanding", type=int, default=100, help="dnsperf -q (default 100)")
+    ap.add_argument("--profile-seconds", type=float, default=10.0, help="py-spy sampling time (default 10; 0 skips)")
+    ap.add_argument("--flood-names", type=int, default=1_000_000, help="unique names in the memory flood (0 skips)")
+    ap.add_argument("--flood-domains", type=int, default=100_000, help="distinct domains for the tracked-domains RSS")
+    ap.add_argument("--flood-cap", type=int, default=20_000, help="cache/learn/memo caps in the flood run")
+    ap.add_argument("--workers", type=int, default=2, help="workers for the scaling run (default 2; 1 skips)")
+    ap.add_argument("--no-redis", action="store_true", help="skip the Redis-backend dnsgate")
+    ap.add_argument("--ref", help="run dnsgate from this git ref (git archive), e.g. HEAD, not the working tree")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 3 s runs, 1 round, 100k-name flood")
+    ap.add_argument("--keep", action="store_true", help="keep the temp work dir (configs, logs, raw profile)")
+    ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.duration, args.latency_duration, args.fixed_duration = 3.0, 2.0, 3.0
+        args.warmup, args.rounds, args.profile_seconds = 1.0, 1, 3.0
+        args.flood_names, args.flood_domains = min(args.flood_names, 100_000), min(args.flood_domains, 20_000)
+        args.flood_cap = min(args.flood_cap, 5_000)
+    return args
+
+
+def versions() -> dict[str, str]:
+    def first_line(argv: list[str]) -> str:
+        try:
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            text = (res.stdout + res.stderr).strip().splitlines()
+            return next((t for t in text if "ersion" in t), text[0] if text else "")
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    return {
+        "unbound": first_line(["unbound", "-V"]),
+        "nsd": first_line([which("nsd") or "nsd", "-v"]),
+        "dnsperf": first_line(["dnsperf", "-h"]),
+        "redis": first_line(["redis-server", "--version"]),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "cpus": str(os.cpu_count()),
+    }
+
+
+def git_info(ref: str | None) -> dict[str, object]:
+    def git(*a: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True).stdout.strip()
+
+    dirty = bool(git("status", "--porcelain", "--", "resolver", "heuristics")) if ref is None else False
+    return {"ref": ref or "working tree", "commit": git("rev-parse", ref or "HEAD"), "resolver_dirty": dirty}
+
+
+def verify_policy(port: int, allowed: list[str], denied: list[str], label: str) -> dict[str, object]:
+    """Both resolvers must answer the allowed names and NXDOMAIN the denied ones."""
+    bad = []
+    for name in allowed[:20] + allowed[-5:]:
+        r = ask(port, name, timeout=2.0)
+        if r is None or r[0] != 0 or r[1] < 1:
+            bad.append((name, r))
+    for name in denied[:20] + ["sub." + allowed[0], "zz-not-listed." + allowed[0].split(".", 1)[1]]:
+        r = ask(port, name, timeout=2.0)
+        if r is None or r[0] != 3:
+            bad.append((name, r))
+    if bad:
+        log(f"  {label}: policy check FAILED: {bad[:5]}")
+    return {"ok": not bad, "mismatches": [f"{n}: {r}" for n, r in bad[:10]]}
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.opts = dnsperf.PerfOptions(clients=args.clients, outstanding=args.outstanding)
+        self.names = allowed_names()
+        self.denied = denied_names(10_000)
+        self.qfile = work / "queries.txt"
+        self.qinfo = dnsperf.write_query_file(self.qfile, self.names, self.denied)
+        self.procs: list[Any] = []
+        self.servers: dict[str, Any] = {}
+        self.notes: list[str] = []
+        self.source = export_source(args.ref, work / "src") if args.ref else None
+
+    def start(self, proc: Any) -> Any:
+        self.procs.append(proc)
+        proc.start()
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            try:
+                proc.stop()
+            except Exception as exc:  # noqa: BLE001 - best effort teardown
+                log(f"stopping {proc.name}: {exc}")
+
+    def setup(self) -> dict[str, object]:
+        a = self.args
+        log("starting nsd")
+        self.nsd = self.start(Nsd(self.work / "nsd", self.names))
+        log("starting unbound")
+        self.servers["unbound"] = self.start(Unbound(self.work / "unbound", self.names, self.nsd.port))
+        log("starting dnsgate (memory)")
+        self.servers["dnsgate"] = self.start(Dnsgate(self.work / "dnsgate", self.names, self.nsd.port, DnsgateSpec("memory"), source=self.source))
+        if not a.no_redis:
+            log("starting redis-server and dnsgate (redis)")
+            redis = self.start(Redis(self.work / "redis"))
+            self.servers["dnsgate-redis"] = self.start(
+                Dnsgate(self.work / "dnsgate-redis", self.names, self.nsd.port, DnsgateSpec("redis", backend="redis"), redis.url, source=self.source)
+            )
+        workers: dict[str, object] = {"requested": a.workers}
+        if a.workers > 1:
+            log(f"starting dnsgate (workers: {a.workers})")
+            gate = self.start(Dnsgate(self.work / "dnsgate-workers", self.names, self.nsd.port, DnsgateSpec(f"workers{a.workers}", workers=a.workers), source=self.source))
+            time.sleep(1.0)  # give a launcher time to fork its workers before counting them
+            procs = len(gate.process_tree())
+            workers["processes"] = procs
+            if procs >= a.workers:
+                workers["available"] = True
+                self.servers[f"dnsgate-w{a.workers}"] = gate
+            else:
+                workers["available"] = False
+                workers["note"] = f"`dnsgate serve` with workers: {a.workers} runs {procs} process(es): the multi-process launcher is not there yet"
+                log(f"  {workers['note']}")
+                gate.stop()
+        checks = {label: verify_policy(s.port, self.names, self.denied, label) for label, s in self.servers.items()}
+        return {"workers": workers, "policy_checks": checks}
+
+    def peak(self) -> dict[str, dict[str, Any]]:
+        a = self.args
+        runs: dict[str, list[dict[str, float]]] = {label: [] for label in self.servers}
+        lat: dict[str, list[dict[str, float]]] = {label: [] for label in self.servers}
+        for label, server in self.servers.items():
+            log(f"warm-up {label} {a.warmup:g}s")
+            dnsperf.run(server.port, self.qfile, a.warmup, self.opts)
+        for rnd in range(a.rounds):
+            for label, server in self.servers.items():
+                res = dnsperf.run(server.port, self.qfile, a.duration, self.opts)
+                runs[label].append(res)
+                log(f"round {rnd + 1} {label:16s} {res.get('qps', 0):9.0f} q/s  lost {res.get('lost_pct', 0):.3f}%  mean {res.get('mean_ms', 0):.3f} ms")
+                if a.latency_duration > 0:
+                    lres = dnsperf.run(server.port, self.qfile, a.latency_duration, self.opts, verbose_to=self.work / f"v-{label}.txt")
+                    lat[label].append(lres)
+        out: dict[str, dict[str, Any]] = {}
+        for label in self.servers:
+            rs, ls = runs[label], lat[label]
+            sent = sum(r.get("sent", 0) for r in rs)
+            out[label] = {
+                "qps": sum(r.get("qps", 0) for r in rs) / len(rs),
+                "qps_rounds": [round(r.get("qps", 0)) for r in rs],
+                "lost_pct": 100.0 * sum(r.get("lost", 0) for r in rs) / sent if sent else 0.0,
+                "mean_ms": sum(r.get("mean_ms", 0) for r in rs) / len(rs),
+                "p99_ms": max((r.get("p99_ms", 0) for r in ls), default=None),
+                "p50_ms": max((r.get("p50_ms", 0) for r in ls), default=None),
+                "p99_from": "dnsperf -v run at peak (separate from the QPS run)",
+                "rcodes": {k[6:]: int(sum(r.get(k, 0) for r in rs)) for k in rs[0] if k.startswith("rcode_")},
+                "runs": rs,
+                "latency_runs": ls,
+            }
+        return out
+
+    def fixed_load(self, offered: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"offered_qps": offered}
+        for label, server in self.servers.items():
+            res = dnsperf.run(server.port, self.qfile, self.args.fixed_duration, self.opts, max_qps=offered, verbose_to=self.work / f"f-{label}.txt")
+            out[label] = {
+                "qps": res.get("qps", 0), "lost_pct": res.get("lost_pct", 0), "mean_ms": res.get("mean_ms", 0),
+                "p50_ms": res.get("p50_ms"), "p99_ms": res.get("p99_ms"), "p99.9_ms": res.get("p99.9_ms"),
+                "max_ms": res.get("max_latency_s", 0) * 1000,
+            }
+            log(f"fixed {offered} q/s {label:16s} p50 {res.get('p50_ms', 0):.3f} ms  p99 {res.get('p99_ms', 0):.3f} ms  lost {res.get('lost_pct', 0):.3f}%")
+        return out
+
+    def profile(self, label: str = "dnsgate") -> dict[str, Any]:
+        a = self.args
+        server = self.servers[label]
+        raw = self.work / "profile.raw"
+        load = threading.Thread(target=dnsperf.run, args=(server.port, self.qfile, a.profile_seconds + 3, self.opts), daemon=True)
+        load.start()
+        time.sleep(1.0)
+        log(f"py-spy on {label} (pid {server.pid}) for {a.profile_seconds:g}s under dnsperf load")
+        got = profile.record(server.pid, a.profile_seconds, raw)
+        load.join()
+        if got is None:
+            return {"available": False}
+        summary = profile.summarise(raw)
+        text = profile.format_summary(
+            summary,
+            f"py-spy record -f raw, {a.profile_seconds:g}s, dnsgate memory backend under dnsperf peak load "
+            f"(90% allowed / 10% denied), {time.strftime('%Y-%m-%d %H:%M:%S')}, {git_info(a.ref)['commit']}",
+        )
+        if not a.no_save:
+            (RESULTS / "profile-top.txt").write_text(text)
+        return {"available": True, "samples": summary["samples"], "self": summary["self"][:15], "total": summary["total"][:15], "raw": str(raw)}
+
+
+def targets(peak: dict[str, Any], fixed: dict[str, Any], memory: dict[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    ub = peak["unbound"]["qps"]
+    for label, key in (("dnsgate", "memory_qps_ratio"), ("dnsgate-redis", "redis_qps_ratio")):
+        if label in peak:
+            ratio = peak[label]["qps"] / ub if ub else 0.0
+            out[f"{label} qps >= {TARGETS[key]}x unbound"] = {"value": round(ratio, 3), "met": ratio >= TARGETS[key]}
+            loss = peak[label]["lost_pct"]
+            out[f"{label} loss < {TARGETS['loss_pct_max']}%"] = {"value": round(loss, 4), "met": loss < TARGETS["loss_pct_max"]}
+    for label in ("dnsgate", "dnsgate-redis"):
+        if label in fixed and fixed[label].get("p99_ms") is not None:
+            p99 = fixed[label]["p99_ms"]
+            out[f"{label} p99 <= 2 ms at half peak"] = {"value": round(p99, 3), "met": p99 <= TARGETS["p99_ms_at_half_load"]}
+    if memory and "flood" in memory:
+        f = memory["flood"]
+        out["RSS flat under flood"] = {"value": f"{f['growth_50_to_100_pct']:.1f}% growth 50->100%, peak {f['peak_rss_mib']:.0f} MiB", "met": f["flat"]}
+    return out
+
+
+def fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(result: dict[str, Any]) -> str:
+    peak, fixed = result["peak"], result["fixed_load"]
+    ub = peak["unbound"]["qps"]
+    lines = [
+        f"dnsgate vs unbound, {result['params']['duration']:g}s x {result['params']['rounds']} rounds per server, "
+        f"dnsperf -c {result['params']['clients']} -q {result['params']['outstanding']}, {result['versions']['cpus']} CPUs, {result['git']['ref']} {result['git']['commit'][:10]}",
+        "",
+        f"{'peak (closed loop)':22s} {'QPS':>9s} {'ratio':>6s} {'lost %':>7s} {'mean ms':>8s} {'p50 ms':>7s} {'p99 ms':>7s}",
+    ]
+    for label, r in peak.items():
+        lines.append(
+            f"{label:22s} {r['qps']:9.0f} {r['qps'] / ub if ub else 0:6.3f} {r['lost_pct']:7.3f} {r['mean_ms']:8.3f} "
+            f"{fmt(r['p50_ms'], '7.3f')} {fmt(r['p99_ms'], '7.3f')}"
+        )
+    lines += ["", f"{'fixed ' + str(fixed['offered_qps']) + ' q/s (-Q)':22s} {'QPS':>9s} {'':>6s} {'lost %':>7s} {'mean ms':>8s} {'p50 ms':>7s} {'p99 ms':>7s}"]
+    for label, r in fixed.items():
+        if label == "offered_qps":
+            continue
+        lines.append(
+            f"{label:22s} {r['qps']:9.0f} {'':6s} {r['lost_pct']:7.3f} {r['mean_ms']:8.3f} {fmt(r['p50_ms'], '7.3f')} {fmt(r['p99_ms'], '7.3f')}"
+        )
+    w = result["setup"]["workers"]
+    if not w.get("available", True):
+        lines += ["", f"workers: {w.get('note')}"]
+    mem = result.get("memory")
+    if mem and "flood" in mem:
+        f = mem["flood"]
+        pts = ", ".join(f"{p['share_pct']:.0f}%: {p['rss_mib']:.1f}" for p in f["points"])
+        lines += [
+            "",
+            f"memory flood: {f['names']} unique names under {f['domain']} (caps {result['params']['flood_cap']}): "
+            f"baseline {f['baseline_rss_mib']:.1f} MiB, RSS MiB at {pts}; peak {f['peak_rss_mib']:.1f} MiB; "
+            f"{'flat' if f['flat'] else 'NOT flat'} ({f['growth_50_to_100_pct']:+.1f}% from 50% to 100%)",
+        ]
+        d = mem["domains"]
+        lines.append(f"tracked domains: {d['domains']} distinct: RSS {d['baseline_rss_mib']:.1f} -> {d['rss_mib']:.1f} MiB (default caps)")
+    if result.get("targets"):
+        lines += ["", "targets:"]
+        for name, t in result["targets"].items():
+            lines.append(f"  [{'met' if t['met'] else 'MISSED'}] {name}: {t['value']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    ensure_packages("nsd", "unbound", "dnsperf", "redis-server", "dig")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="dnsgate-bench-"))
+    started = time.time()
+    bench = Bench(args, work)
+    result: dict[str, Any] = {
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([".venv/bin/python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
+        "versions": versions(),
+        "git": git_info(args.ref),
+        "params": {k: v for k, v in vars(args).items()},
+        "query_file": {**bench.qinfo, "allowed_names": len(bench.names), "qtype": "A"},
+    }
+    try:
+        result["setup"] = bench.setup()
+        result["peak"] = bench.peak()
+        gate_peak = result["peak"]["dnsgate"]["qps"]
+        offered = max(100, int(gate_peak / 2))
+        log(f"fixed-load pass at {offered} q/s (half of dnsgate's peak)")
+        result["fixed_load"] = bench.fixed_load(offered)
+        if args.profile_seconds > 0:
+            result["profile"] = bench.profile()
+        ub = result["peak"]["unbound"]["qps"]
+        result["ratios"] = {label: r["qps"] / ub for label, r in result["peak"].items() if ub}
+    finally:
+        bench.stop_all()
+    if args.flood_names > 0:
+        log(f"memory flood: {args.flood_names} names")
+        nsd = Nsd(work / "nsd-flood", bench.names)
+        nsd.start()
+        try:
+            result["memory"] = {
+                "flood": flood.run_flood(work, nsd.port, bench.names, args.flood_names, args.flood_cap, source=bench.source),
+                "domains": flood.run_domains(work, nsd.port, bench.names, args.flood_domains, source=bench.source),
+            }
+        finally:
+            nsd.stop()
+    result["targets"] = targets(result["peak"], result["fixed_load"], result.get("memory"))
+    result["elapsed_s"] = round(time.time() - started, 1)
+    text = table(result)
+    print(text)
+    if not args.no_save:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        name = f"{stamp}{'-quick' if args.quick else ''}.json"
+        payload = json.dumps(result, indent=2, default=str)
+        (RESULTS / name).write_text(payload)
+        (RESULTS / ("latest-quick.json" if args.quick else "latest.json")).write_text(payload)
+        (RESULTS / ("latest-quick.txt" if args.quick else "latest.txt")).write_text(text + "\n")
+        log(f"wrote benchmarks/results/{name}")
+    if args.keep:
+        log(f"work dir kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
