@@ -67,10 +67,12 @@ class Entry:
     note: str = ""
 
     def comment(self) -> str:
-        what = f"{self.names} names, " if self.text.startswith("*.") else ""
-        seen = f"first {_when(self.first)}, last {_when(self.last)}" if self.count else "not seen"
+        what = _plural(self.names, "name") + ", " if self.text.startswith("*.") else ""
+        if not self.count:
+            return f"{what}not seen" + (f"; {self.note}" if self.note else "")
+        seen = f"first {_when(self.first)}, last {_when(self.last)}"
         extra = f"; {self.note}" if self.note else ""
-        return f"{what}{self.count} queries, {seen}{extra}"
+        return f"{what}{_plural(self.count, 'query', 'queries')}, {seen}{extra}"
 
 
 @dataclass(slots=True)
@@ -92,6 +94,10 @@ class NameCount(dict[str, int]):
 
     def add(self, key: str, n: int = 1) -> None:
         self[key] = self.get(key, 0) + n
+
+
+def _plural(n: int, one: str, many: str = "") -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
 def _when(ts: float) -> str:

@@ -132,8 +132,9 @@ class NamespaceSummary:
     responses: int = 0
     actions: Counter[str] = field(default_factory=Counter)
     unique: HyperLogLog = field(default_factory=HyperLogLog)
-    denied: dict[str, int] = field(default_factory=dict)  # qname -> policy alerts (folded count)
+    denied: dict[str, int] = field(default_factory=dict)  # qname -> denials (folded count)
     denied_overflow: int = 0
+    denied_domains: Counter[str] = field(default_factory=Counter)  # domain -> names denied
     flagged: dict[str, FlaggedDomain] = field(default_factory=dict)
 
     @property
@@ -208,10 +209,13 @@ class SummarySink:
         elif alert.kind == "policy":
             if alert.qname in s.denied:
                 s.denied[alert.qname] += alert.count
-            elif len(s.denied) < DENIED_NAMES_MAX:
+                return
+            if len(s.denied) < DENIED_NAMES_MAX:
                 s.denied[alert.qname] = alert.count
             else:
                 s.denied_overflow += 1
+            if alert.domain in s.denied_domains or len(s.denied_domains) < DENIED_NAMES_MAX:
+                s.denied_domains[alert.domain] += 1
 
     async def start(self) -> None:
         return None
@@ -472,12 +476,19 @@ def replay(
 # --- output --------------------------------------------------------------------------
 
 
-def _evidence_text(evidence: dict[str, Any], limit: int = 6) -> str:
+_EVIDENCE_SKIPPED = frozenset({"qname", "client", "qtype", "window_seconds"})  # shown elsewhere
+
+
+def _evidence_text(evidence: dict[str, Any], limit: int = 10) -> str:
     parts = []
-    for key, value in list(evidence.items())[:limit]:
+    for key, value in evidence.items():
+        if key in _EVIDENCE_SKIPPED or value in (0, None, ""):
+            continue
         if isinstance(value, float):
             value = round(value, 3)
         parts.append(f"{key}={value}")
+        if len(parts) == limit:
+            break
     return " ".join(parts)
 
 
@@ -487,7 +498,8 @@ def render_table(report: ReplayReport, top: int = 10) -> str:
     span = report.last_ts - report.first_ts if report.first_ts else 0.0
     out.append(
         f"replayed {report.queries:,} queries ({report.responses:,} responses, "
-        f"{report.matched:,} matched) over {span:,.0f}s of capture from {len(report.files)} file(s)"
+        f"{report.matched:,} matched to forwarded queries) over {span:,.0f}s of capture "
+        f"from {len(report.files)} file(s)"
         + (f"; {report.problems} packet(s) skipped" if report.problems else "")
         + (f"; {report.malformed} malformed queries" if report.malformed else "")
     )
@@ -499,9 +511,13 @@ def render_table(report: ReplayReport, top: int = 10) -> str:
         out.append(f"  unique names   {s.unique_names:>10,}")
         out.append(f"  names denied   {len(s.denied) + s.denied_overflow:>10,}")
         if s.denied:
+            out.append("    by domain (names denied):")
+            for domain, names in s.denied_domains.most_common(top):
+                out.append(f"      {names:>6,}  {domain}")
+            out.append("    most denied names (denials):")
             worst = sorted(s.denied.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
             for name, count in worst:
-                out.append(f"      {count:>6,}  {name}")
+                out.append(f"      {count:>6,}  {name if len(name) <= 90 else name[:87] + '...'}")
         flagged = s.top_flagged(top)
         out.append(f"  flagged domains {len(s.flagged):>9,}")
         if flagged:
@@ -513,6 +529,10 @@ def render_table(report: ReplayReport, top: int = 10) -> str:
                 )
                 if f.evidence:
                     out.append(f"    {'':<{width}}  evidence: {_evidence_text(f.evidence)}")
+                    example = str(f.evidence.get("qname", ""))
+                    if example:
+                        cut = example if len(example) <= 90 else example[:87] + "..."
+                        out.append(f"    {'':<{width}}  e.g. {cut}")
     return "\n".join(out) + "\n"
 
 
