@@ -159,9 +159,7 @@ def cmd_respond(a: argparse.Namespace) -> int:
     import dns.rrset
 
     zone = dns.name.from_text(a.domain)
-    soa = dns.rrset.from_text(
-        zone, 300, "IN", "SOA", f"ns1.{zone} hostmaster.{zone} 2024010101 3600 600 86400 60"
-    )
+    soa = dns.rrset.from_text(zone, 300, "IN", "SOA", f"ns1.{zone} hostmaster.{zone} 2024010101 3600 600 86400 60")
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((a.bind, 53))
     sock.settimeout(1.0)
@@ -236,7 +234,7 @@ def names_dnsexfil(data: bytes, domain: str, max_name: int = 255, label: int = 6
 def names_hex16(data: bytes, domain: str):
     """8 payload bytes per query as one 16-char hex label, plus a sequence counter."""
     for seq, i in enumerate(range(0, len(data), 8)):
-        yield f"{data[i:i + 8].hex():0<16}.{seq}.{domain}", "A"
+        yield f"{data[i : i + 8].hex():0<16}.{seq}.{domain}", "A"
 
 
 def names_words(data: bytes, domain: str, per_query: int = 4):

@@ -55,8 +55,9 @@ class Procs:
     def __init__(self) -> None:
         self.items: list[subprocess.Popen] = []
 
-    def start(self, argv: list[str], logfile: Path, stdin=subprocess.DEVNULL,
-              stdout: Path | None = None) -> subprocess.Popen:
+    def start(
+        self, argv: list[str], logfile: Path, stdin=subprocess.DEVNULL, stdout: Path | None = None
+    ) -> subprocess.Popen:
         err = open(logfile, "wb")
         out = open(stdout, "wb") if stdout else err
         p = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=err, start_new_session=True)
@@ -88,8 +89,9 @@ PROCS = Procs()
 
 
 def run(argv: list[str], timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, encoding="utf-8",
-                          errors="replace", timeout=timeout, check=check)
+    return subprocess.run(
+        argv, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout, check=check
+    )
 
 
 def wait_for(pred, timeout: float, what: str, step: float = 0.1) -> None:
@@ -156,14 +158,12 @@ class Lab:
             self.created.append(ns)
             run(["ip", "-n", ns, "link", "set", "lo", "up"])
         # created directly inside the namespaces: no interface ever exists in the host ns
-        run(["ip", "link", "add", "vsrv", "netns", self.srv, "type", "veth",
-             "peer", "name", "vcli", "netns", self.cli])
+        run(["ip", "link", "add", "vsrv", "netns", self.srv, "type", "veth", "peer", "name", "vcli", "netns", self.cli])
         run(["ip", "-n", self.srv, "addr", "add", f"{SRV_IP}/24", "dev", "vsrv"])
         run(["ip", "-n", self.cli, "addr", "add", f"{CLI_IP}/24", "dev", "vcli"])
         run(["ip", "-n", self.srv, "link", "set", "vsrv", "up"])
         run(["ip", "-n", self.cli, "link", "set", "vcli", "up"])
-        wait_for(lambda: "LOWER_UP" in run(["ip", "-n", self.cli, "link", "show", "vcli"]).stdout,
-                 10, "veth up")
+        wait_for(lambda: "LOWER_UP" in run(["ip", "-n", self.cli, "link", "show", "vcli"]).stdout, 10, "veth up")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -180,9 +180,26 @@ class Lab:
         if pcap.exists():
             pcap.unlink()
         errlog = work / "tcpdump.log"
-        p = PROCS.start(self.ns(self.cli, "timeout", "900", "tcpdump", "-Z", "root", "-U",
-                                "--immediate-mode", "-i", "vcli", "-w", str(pcap),
-                                "udp port 53"), errlog)
+        p = PROCS.start(
+            self.ns(
+                self.cli,
+                "timeout",
+                "900",
+                "tcpdump",
+                "-Z",
+                "root",
+                "-U",
+                "--immediate-mode",
+                "-B",
+                "16384",
+                "-i",
+                "vcli",
+                "-w",
+                str(pcap),
+                "udp port 53",
+            ),
+            errlog,
+        )
         wait_for(lambda: file_has(errlog, "listening on"), 15, "tcpdump")
         return p
 
@@ -209,67 +226,191 @@ class Capture:
     ok: bool = False
     payload_sent: int = 0
     error: str = ""
+    expected_queries: int = 0  # synthetic: what the sender says it sent
 
 
 CAPTURES = [
-    Capture("iodine_null_auto", "iodine 0.7.0", "default: -T auto (NULL), -O auto (raw), lazy",
-            "t1.lab-iod1.net", "iodine", [], 16000),
-    Capture("iodine_txt_base32", "iodine 0.7.0", "-T TXT -O base32", "t2.lab-iod2.net",
-            "iodine", ["-T", "TXT", "-O", "base32"], 12000),
-    Capture("iodine_cname_base64", "iodine 0.7.0", "-T CNAME -O base64", "t3.lab-iod3.org",
-            "iodine", ["-T", "CNAME", "-O", "base64"], 12000),
-    Capture("iodine_mx_base128", "iodine 0.7.0", "-T MX -O base128", "t4.lab-iod4.net",
-            "iodine", ["-T", "MX", "-O", "base128"], 12000),
-    Capture("iodine_srv_base64u_nolazy", "iodine 0.7.0", "-T SRV -O base64u -L0 -M 120",
-            "t5.lab-iod5.com", "iodine", ["-T", "SRV", "-O", "base64u", "-L0", "-M", "120"],
-            8000),
-    Capture("iodine_private", "iodine 0.7.0", "-T PRIVATE (type 65399, raw down)",
-            "t6.lab-iod6.net", "iodine", ["-T", "PRIVATE"], 12000),
-    Capture("dns2tcp_txt", "dns2tcp 0.5.2", "-T TXT, echo resource", "x1.lab-d2t1.net",
-            "dns2tcp", ["-T", "TXT"], 10000),
-    Capture("dns2tcp_key", "dns2tcp 0.5.2", "-T KEY, echo resource", "x2.lab-d2t2.org",
-            "dns2tcp", ["-T", "KEY"], 10000),
-    Capture("dns2tcp_txt_compress", "dns2tcp 0.5.2", "-T TXT -c (zlib), echo resource",
-            "x3.lab-d2t3.net", "dns2tcp", ["-T", "TXT", "-c"], 10000),
-    Capture("synth_dnsexfiltrator", "python (dnspython)",
-            "DNSExfiltrator-style: init request, then <n>.<3x63 base32 of zlib+RC4>.<domain>, "
-            "TXT, answered TXT \"OK\", throttle 100 ms", "e1.lab-exf1.net", "synthetic",
-            payload=12000, extra={"channel": "dnsexfil", "mode": "txt", "throttle": 100}),
-    Capture("synth_hex16", "python (dnspython)",
-            "<16 hex chars = 8 bytes>.<decimal counter>.<domain>, A, answered A, throttle 5 ms",
-            "h1.lab-hex1.net", "synthetic", payload=8000,
-            extra={"channel": "hex16", "mode": "a", "throttle": 5}),
-    Capture("synth_words", "python (dnspython)",
-            "dictionary words: 1 byte = 1 of 256 English words, 4 word labels per query, A, "
-            "answered NXDOMAIN, throttle 2 ms", "w1.lab-wrd1.net", "synthetic", payload=8000,
-            extra={"channel": "words", "mode": "nxdomain", "throttle": 2}),
-    Capture("synth_lowslow_base32_24h", "python (dnspython)",
-            "one 16-char base32 label (10 bytes) per query, A, answered A; sent fast, "
-            "timestamps rewritten to one query per minute (+0-5 s jitter) over 24 h",
-            "s1.lab-slow1.net", "synthetic", payload=14400,
-            extra={"channel": "lowslow", "mode": "a", "throttle": 2, "rewrite": 60.0}),
+    Capture(
+        "iodine_null_auto",
+        "iodine 0.7.0",
+        "default: -T auto (NULL), -O auto (raw), lazy",
+        "t1.lab-iod1.net",
+        "iodine",
+        [],
+        16000,
+    ),
+    Capture(
+        "iodine_txt_base32",
+        "iodine 0.7.0",
+        "-T TXT -O base32",
+        "t2.lab-iod2.net",
+        "iodine",
+        ["-T", "TXT", "-O", "base32"],
+        12000,
+    ),
+    Capture(
+        "iodine_cname_base64",
+        "iodine 0.7.0",
+        "-T CNAME -O base64",
+        "t3.lab-iod3.org",
+        "iodine",
+        ["-T", "CNAME", "-O", "base64"],
+        12000,
+    ),
+    Capture(
+        "iodine_mx_base128",
+        "iodine 0.7.0",
+        "-T MX -O base128",
+        "t4.lab-iod4.net",
+        "iodine",
+        ["-T", "MX", "-O", "base128"],
+        12000,
+    ),
+    Capture(
+        "iodine_srv_base64u_nolazy",
+        "iodine 0.7.0",
+        "-T SRV -O base64u -L0 -M 120",
+        "t5.lab-iod5.com",
+        "iodine",
+        ["-T", "SRV", "-O", "base64u", "-L0", "-M", "120"],
+        8000,
+    ),
+    Capture(
+        "iodine_private",
+        "iodine 0.7.0",
+        "-T PRIVATE (type 65399, raw down)",
+        "t6.lab-iod6.net",
+        "iodine",
+        ["-T", "PRIVATE"],
+        12000,
+    ),
+    Capture(
+        "dns2tcp_txt", "dns2tcp 0.5.2", "-T TXT, echo resource", "x1.lab-d2t1.net", "dns2tcp", ["-T", "TXT"], 10000
+    ),
+    Capture(
+        "dns2tcp_key", "dns2tcp 0.5.2", "-T KEY, echo resource", "x2.lab-d2t2.org", "dns2tcp", ["-T", "KEY"], 10000
+    ),
+    Capture(
+        "dns2tcp_txt_compress",
+        "dns2tcp 0.5.2",
+        "-T TXT -c (zlib), echo resource",
+        "x3.lab-d2t3.net",
+        "dns2tcp",
+        ["-T", "TXT", "-c"],
+        10000,
+    ),
+    Capture(
+        "synth_dnsexfiltrator",
+        "python (dnspython)",
+        "DNSExfiltrator-style: init request, then <n>.<3x63 base32 of zlib+RC4>.<domain>, "
+        'TXT, answered TXT "OK", throttle 100 ms',
+        "e1.lab-exf1.net",
+        "synthetic",
+        payload=12000,
+        extra={"channel": "dnsexfil", "mode": "txt", "throttle": 100},
+    ),
+    Capture(
+        "synth_hex16",
+        "python (dnspython)",
+        "<16 hex chars = 8 bytes>.<decimal counter>.<domain>, A, answered A, throttle 5 ms",
+        "h1.lab-hex1.net",
+        "synthetic",
+        payload=8000,
+        extra={"channel": "hex16", "mode": "a", "throttle": 5},
+    ),
+    Capture(
+        "synth_words",
+        "python (dnspython)",
+        "dictionary words: 1 byte = 1 of 256 English words, 4 word labels per query, A, "
+        "answered NXDOMAIN, throttle 2 ms",
+        "w1.lab-wrd1.net",
+        "synthetic",
+        payload=8000,
+        extra={"channel": "words", "mode": "nxdomain", "throttle": 2},
+    ),
+    Capture(
+        "synth_lowslow_base32_24h",
+        "python (dnspython)",
+        "one 16-char base32 label (10 bytes) per query, A, answered A; sent fast, "
+        "timestamps rewritten to one query per minute (+0-5 s jitter) over 24 h",
+        "s1.lab-slow1.net",
+        "synthetic",
+        payload=14400,
+        extra={"channel": "lowslow", "mode": "a", "throttle": 2, "rewrite": 60.0},
+    ),
 ]
 
 
 def do_iodine(c: Capture, lab: Lab, pcap: Path, work: Path) -> None:
-    srv = PROCS.start(lab.ns(lab.srv, "timeout", "180", "iodined", "-f", "-c", "-P", PASSWORD,
-                             "-l", SRV_IP, "-p", "53", TUN_NET, c.domain), work / "iodined.log")
+    srv = PROCS.start(
+        lab.ns(
+            lab.srv,
+            "timeout",
+            "180",
+            "iodined",
+            "-f",
+            "-c",
+            "-P",
+            PASSWORD,
+            "-l",
+            SRV_IP,
+            "-p",
+            "53",
+            TUN_NET,
+            c.domain,
+        ),
+        work / "iodined.log",
+    )
     wait_for(lambda: lab.listening(lab.srv, "udp", SRV_IP, 53), 15, "iodined on :53")
-    wait_for(lambda: TUN_SRV in run(lab.ns(lab.srv, "ip", "-4", "addr")).stdout, 15,
-             "server tun address")
-    sink = PROCS.start(lab.ns(lab.srv, "timeout", "150", PY, str(CHANNELS), "sink", "--bind",
-                              TUN_SRV, "--port", "7007", "--timeout", "120"), work / "sink.log")
+    wait_for(lambda: TUN_SRV in run(lab.ns(lab.srv, "ip", "-4", "addr")).stdout, 15, "server tun address")
+    sink = PROCS.start(
+        lab.ns(
+            lab.srv,
+            "timeout",
+            "150",
+            PY,
+            str(CHANNELS),
+            "sink",
+            "--bind",
+            TUN_SRV,
+            "--port",
+            "7007",
+            "--timeout",
+            "120",
+        ),
+        work / "sink.log",
+    )
     wait_for(lambda: file_has(work / "sink.log", "READY"), 15, "sink")
     cap = lab.start_capture(pcap, work)
     t0 = time.monotonic()
-    cli = PROCS.start(lab.ns(lab.cli, "timeout", "170", "iodine", "-f", "-r", "-P", PASSWORD,
-                             *c.args, SRV_IP, c.domain), work / "iodine.log")
-    wait_for(lambda: file_has(work / "iodine.log", "Connection setup complete"), 60,
-             "iodine handshake")
+    cli = PROCS.start(
+        lab.ns(lab.cli, "timeout", "170", "iodine", "-f", "-r", "-P", PASSWORD, *c.args, SRV_IP, c.domain),
+        work / "iodine.log",
+    )
+    wait_for(lambda: file_has(work / "iodine.log", "Connection setup complete"), 60, "iodine handshake")
     log(f"  tunnel up after {time.monotonic() - t0:.1f}s")
-    push = run(lab.ns(lab.cli, "timeout", "120", PY, str(CHANNELS), "push", "--host", TUN_SRV,
-                      "--port", "7007", "--bytes", str(c.payload), "--seed", c.name,
-                      "--timeout", "100"), timeout=130, check=False)
+    push = run(
+        lab.ns(
+            lab.cli,
+            "timeout",
+            "120",
+            PY,
+            str(CHANNELS),
+            "push",
+            "--host",
+            TUN_SRV,
+            "--port",
+            "7007",
+            "--bytes",
+            str(c.payload),
+            "--seed",
+            c.name,
+            "--timeout",
+            "100",
+        ),
+        timeout=130,
+        check=False,
+    )
     log(f"  push: {push.stdout.strip()} {push.stderr.strip()[-200:]}")
     if push.returncode != 0:
         raise RuntimeError(f"payload push failed: {push.stdout} {push.stderr[-300:]}")
@@ -283,29 +424,43 @@ def do_iodine(c: Capture, lab: Lab, pcap: Path, work: Path) -> None:
 
 def do_dns2tcp(c: Capture, lab: Lab, pcap: Path, work: Path) -> None:
     conf = work / "dns2tcpd.conf"
-    conf.write_text(f"listen = {SRV_IP}\nport = 53\ndomain = {c.domain}\n"
-                    f"resources = echo:127.0.0.1:7008\n")
-    echo = PROCS.start(lab.ns(lab.srv, "timeout", "150", PY, str(CHANNELS), "echo", "--bind",
-                              "127.0.0.1", "--port", "7008", "--timeout", "120"),
-                       work / "echo.log")
+    conf.write_text(f"listen = {SRV_IP}\nport = 53\ndomain = {c.domain}\nresources = echo:127.0.0.1:7008\n")
+    echo = PROCS.start(
+        lab.ns(
+            lab.srv,
+            "timeout",
+            "150",
+            PY,
+            str(CHANNELS),
+            "echo",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "7008",
+            "--timeout",
+            "120",
+        ),
+        work / "echo.log",
+    )
     wait_for(lambda: file_has(work / "echo.log", "READY"), 15, "echo server")
-    srv = PROCS.start(lab.ns(lab.srv, "timeout", "180", "dns2tcpd", "-F", "-f", str(conf)),
-                      work / "dns2tcpd.log")
+    srv = PROCS.start(lab.ns(lab.srv, "timeout", "180", "dns2tcpd", "-F", "-f", str(conf)), work / "dns2tcpd.log")
     wait_for(lambda: lab.listening(lab.srv, "udp", SRV_IP, 53), 15, "dns2tcpd on :53")
     payload = run([PY, str(CHANNELS), "text", "--bytes", str(c.payload), "--seed", c.name])
     data = payload.stdout.encode()
     cap = lab.start_capture(pcap, work)
     out = work / "dns2tcpc.out"
-    cli = PROCS.start(lab.ns(lab.cli, "timeout", "150", "dns2tcpc", "-z", c.domain, "-r",
-                             "echo", "-l", "-", *c.args, SRV_IP),
-                      work / "dns2tcpc.log", stdin=subprocess.PIPE, stdout=out)
+    cli = PROCS.start(
+        lab.ns(lab.cli, "timeout", "150", "dns2tcpc", "-z", c.domain, "-r", "echo", "-l", "-", *c.args, SRV_IP),
+        work / "dns2tcpc.log",
+        stdin=subprocess.PIPE,
+        stdout=out,
+    )
     assert cli.stdin is not None
     cli.stdin.write(data)
     cli.stdin.flush()
     # dns2tcpc quits on stdin EOF, so keep stdin open until the echo came back in full
     try:
-        wait_for(lambda: out.stat().st_size >= len(data) or cli.poll() is not None, 120,
-                 "echoed payload", step=0.2)
+        wait_for(lambda: out.stat().st_size >= len(data) or cli.poll() is not None, 120, "echoed payload", step=0.2)
     finally:
         echoed = out.stat().st_size if out.exists() else 0
         log(f"  dns2tcp: sent {len(data)} echoed {echoed}")
@@ -322,21 +477,61 @@ def do_dns2tcp(c: Capture, lab: Lab, pcap: Path, work: Path) -> None:
 
 def do_synthetic(c: Capture, lab: Lab, pcap: Path, work: Path) -> None:
     x = c.extra
-    resp = PROCS.start(lab.ns(lab.srv, "timeout", "200", PY, str(CHANNELS), "respond",
-                              "--bind", SRV_IP, "--domain", c.domain, "--mode", x["mode"],
-                              "--timeout", "180"), work / "respond.log")
+    resp = PROCS.start(
+        lab.ns(
+            lab.srv,
+            "timeout",
+            "200",
+            PY,
+            str(CHANNELS),
+            "respond",
+            "--bind",
+            SRV_IP,
+            "--domain",
+            c.domain,
+            "--mode",
+            x["mode"],
+            "--timeout",
+            "180",
+        ),
+        work / "respond.log",
+    )
     wait_for(lambda: lab.listening(lab.srv, "udp", SRV_IP, 53), 15, "responder on :53")
     cap = lab.start_capture(pcap, work)
-    send = run(lab.ns(lab.cli, "timeout", "170", PY, str(CHANNELS), "send", "--server", SRV_IP,
-                      "--domain", c.domain, "--channel", x["channel"], "--bytes",
-                      str(c.payload), "--seed", c.name, "--throttle-ms", str(x["throttle"]),
-                      "--timeout", "150"), timeout=180, check=False)
+    send = run(
+        lab.ns(
+            lab.cli,
+            "timeout",
+            "170",
+            PY,
+            str(CHANNELS),
+            "send",
+            "--server",
+            SRV_IP,
+            "--domain",
+            c.domain,
+            "--channel",
+            x["channel"],
+            "--bytes",
+            str(c.payload),
+            "--seed",
+            c.name,
+            "--throttle-ms",
+            str(x["throttle"]),
+            "--timeout",
+            "150",
+        ),
+        timeout=180,
+        check=False,
+    )
     log(f"  send: {send.stdout.strip()} {send.stderr.strip()[-300:]}")
     lab.stop_capture(cap)
     PROCS.stop(resp)
     if send.returncode != 0:
         raise RuntimeError(f"synthetic sender failed: {send.stdout} {send.stderr[-300:]}")
     c.payload_sent = c.payload
+    m = re.search(r"queries (\d+)", send.stdout)
+    c.expected_queries = int(m.group(1)) if m else 0
     if "rewrite" in x:
         rewrite_low_and_slow(pcap, x["rewrite"], seed=c.name)
 
@@ -405,6 +600,10 @@ def pcap_stats(pcap: Path) -> dict:
     }
 
 
+def md_escape(text: str) -> str:
+    return text.replace("<", "\\<").replace("|", "\\|")
+
+
 def fmt_duration(s: float) -> str:
     return f"{s / 3600:.2f} h" if s > 3600 else f"{s:.1f} s"
 
@@ -417,7 +616,7 @@ def write_manifest(outdir: Path, done: list[tuple[Capture, dict]], failed: list[
         "network namespaces (client 10.231.0.2 -> server 10.231.0.1, veth, `udp port 53`,",
         "captured on the client side). Query/response counts are from",
         "`tshark -r FILE -Y 'dns.flags.response==0'` (resp. `==1`) at generation time.",
-        "\"Payload\" is application bytes pushed through the channel (iodine: seeded",
+        '"Payload" is application bytes pushed through the channel (iodine: seeded',
         "incompressible bytes over TCP through the tunnel; dns2tcp: seeded English-like",
         "text echoed back through the tunnel; synthetic: seeded incompressible bytes encoded",
         "into query names).",
@@ -427,7 +626,7 @@ def write_manifest(outdir: Path, done: list[tuple[Capture, dict]], failed: list[
     ]
     for c, st in done:
         lines.append(
-            f"| `{c.name}.pcap` | {c.tool} | {c.settings} | `{c.domain}` | {st['queries']} | "
+            f"| `{c.name}.pcap` | {c.tool} | {md_escape(c.settings)} | `{c.domain}` | {st['queries']} | "
             f"{st['responses']} | {c.payload_sent} | {fmt_duration(st['duration'])} | "
             f"{st['size'] // 1024} KB |"
         )
@@ -443,6 +642,16 @@ def write_manifest(outdir: Path, done: list[tuple[Capture, dict]], failed: list[
         "  probing), the transfer, and ~8 s of idle keep-alive traffic.",
         "- iodine sets upstream encoding by itself (Base128 when the path is 8-bit clean, as",
         "  here); `-O` only chooses the downstream (answer) encoding.",
+        "- iodine: fewer responses than queries because in lazy mode the server holds the",
+        "  latest poll until it has data or its interval expires; the held polls are",
+        "  unanswered when the client is stopped. Handshake probes that time out add some.",
+        "- dns2tcp: answer and query counts differ a little either way (the server can",
+        "  repeat replies for queued data; the client's last polls go unanswered when it",
+        "  quits) - real tool behaviour, kept as captured.",
+        "- Names from iodine's base128 upstream carry bytes 0xBC-0xFD (not LDH, not",
+        "  UTF-8): dpkt 1.9.8's `dpkt.dns.DNS` raises UnicodeDecodeError on most iodine",
+        "  packets and UnpackError on KEY (25) and PRIVATE (65399) answers, so parse these",
+        "  captures with a byte-safe parser.",
     ]
     if failed:
         lines += ["", "Failed in the last run (no capture kept):", ""]
@@ -464,8 +673,11 @@ def main() -> int:
     if os.geteuid() != 0:
         print("must run as root (network namespaces, iodine tun device)", file=sys.stderr)
         return 2
-    missing = [t for t in ("ip", "tcpdump", "tshark", "iodine", "iodined", "dns2tcpc",
-                           "dns2tcpd", "timeout", "ss") if not shutil.which(t)]
+    missing = [
+        t
+        for t in ("ip", "tcpdump", "tshark", "iodine", "iodined", "dns2tcpc", "dns2tcpd", "timeout", "ss")
+        if not shutil.which(t)
+    ]
     try:
         import dns.message  # noqa: F401
         import dpkt  # noqa: F401
@@ -504,19 +716,35 @@ def main() -> int:
             work.mkdir(parents=True)
             log(f"{c.name}: {c.settings} ({c.domain})")
             try:
-                with Lab() as lab:
-                    handlers[c.kind](c, lab, pcap, work)
-                st = pcap_stats(pcap)
-                if st["queries"] == 0:
-                    raise RuntimeError("capture holds no queries")
+                for attempt in (1, 2):
+                    with Lab() as lab:
+                        # written in the work dir, moved into place only when complete
+                        handlers[c.kind](c, lab, work / pcap.name, work)
+                    st = pcap_stats(work / pcap.name)
+                    if st["queries"] == 0:
+                        raise RuntimeError("capture holds no queries")
+                    if st["queries"] >= c.expected_queries:
+                        break
+                    drops = (work / "tcpdump.log").read_text(errors="replace").strip()
+                    log(
+                        f"  capture has {st['queries']} of {c.expected_queries} queries sent "
+                        f"(tcpdump: {drops.splitlines()[-1] if drops else '?'}); "
+                        + ("retrying" if attempt == 1 else "giving up")
+                    )
+                else:
+                    raise RuntimeError(f"capture incomplete: {st['queries']} of {c.expected_queries} queries")
+                shutil.move(work / pcap.name, pcap)
                 c.ok = True
                 done.append((c, st))
-                log(f"  ok: {st['queries']} queries, {st['responses']} responses, "
-                    f"{st['size']} bytes, {fmt_duration(st['duration'])}")
+                log(
+                    f"  ok: {st['queries']} queries, {st['responses']} responses, "
+                    f"{st['size']} bytes, {fmt_duration(st['duration'])}"
+                )
             except (Exception, TimeoutError) as e:  # noqa: B014
                 c.error = f"{type(e).__name__}: {e}".replace("\n", " ")[:300]
-                logs = " | ".join(f"{p.name}: {p.read_text(errors='replace')[-300:]!r}"
-                                  for p in sorted(work.glob("*.log")))
+                logs = " | ".join(
+                    f"{p.name}: {p.read_text(errors='replace')[-300:]!r}" for p in sorted(work.glob("*.log"))
+                )
                 log(f"  FAILED {c.error}\n    logs: {logs}")
                 failed.append(c)
                 if pcap.exists():
@@ -535,4 +763,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as e:
+        print(f"interrupted ({e}); processes stopped, namespaces removed", file=sys.stderr)
+        sys.exit(130)
