@@ -35,10 +35,10 @@ from heuristics.hll import HyperLogLog
 from resolver import config as config_mod
 from resolver.alerts import SEVERITIES, Alert, JsonlSink, Sink
 from resolver.capture import CaptureError, CaptureProblem, DnsPacket, read_many
-from resolver.config import Config, ConfigError
+from resolver.config import Config, ConfigError, Namespace
 from resolver.pipeline import Engine, Pipeline
 from resolver.query import Query
-from resolver.wire import HEADER, OPCODE_MASK, QR, MalformedMessage, parse_query, read_name
+from resolver.wire import HEADER, QR, MalformedMessage, parse_query, read_name
 
 __all__ = [
     "FlaggedDomain",
@@ -130,6 +130,7 @@ class NamespaceSummary:
     detection: str
     queries: int = 0
     responses: int = 0
+    upstream: int = 0  # would have gone upstream (allowed, or alerted only)
     actions: Counter[str] = field(default_factory=Counter)
     unique: HyperLogLog = field(default_factory=HyperLogLog)
     denied: dict[str, int] = field(default_factory=dict)  # qname -> denials (folded count)
@@ -254,7 +255,7 @@ class Replay:
                 self._listeners[(lst.address, lst.port)] = lst.namespace
         self._pending: dict[tuple[str, int, int, bytes], Query] = {}
         self._next_sweep = 0.0
-        self._problem_sink: Callable[[str], None] | None = None
+        self._summaries: dict[Namespace | None, NamespaceSummary] = {}
 
     def summary(self, namespace: str) -> NamespaceSummary:
         s = self.report.namespaces.get(namespace)
@@ -272,10 +273,10 @@ class Replay:
         report = self.report
         report.packets += 1
         now = pkt.ts
-        if not report.first_ts:
-            report.first_ts = now
         report.last_ts = now
         if now >= self._next_sweep:
+            if not report.first_ts:
+                report.first_ts = now
             self.engine.alerts.sweep(now)
             self._next_sweep = now + SWEEP_EVERY
         if pkt.is_response:
@@ -289,20 +290,24 @@ class Replay:
             if on_malformed is not None:
                 on_malformed(pkt, f"malformed DNS query: {exc}")
             return
-        if HEADER.unpack_from(wire)[1] & OPCODE_MASK:
-            return  # NOTIFY, UPDATE ...: answered NOTIMP before the pipeline, live too
+        if wire[2] & 0x78:
+            return  # opcode NOTIFY, UPDATE ...: answered NOTIMP before the pipeline, live too
         report.queries += 1
-        listener_ns = self._listeners.get((pkt.dst, pkt.dport)) or self._any_listeners.get(pkt.dport)
+        listener_ns = None
+        if self._listeners or self._any_listeners:
+            listener_ns = self._listeners.get((pkt.dst, pkt.dport)) or self._any_listeners.get(pkt.dport)
         query = Query(wire, q, pkt.src, pkt.transport, now, listener_ns)
         reply = self.pipeline.decide(query)
         ns = query.namespace
-        s = self.summary(ns.name if ns is not None else "(refused)")
+        s = self._summaries.get(ns)
+        if s is None:
+            s = self._summaries[ns] = self.summary(ns.name if ns is not None else "(refused)")
         s.queries += 1
         s.unique.add(hash(q.qname))
         if reply is not None:
             s.actions[reply.action] += 1
             return
-        s.actions["upstream"] += 1
+        s.upstream += 1
         pending = self._pending
         if len(pending) >= PENDING_MAX:
             del pending[next(iter(pending))]  # oldest: its response was never captured
@@ -327,6 +332,9 @@ class Replay:
 
     def finish(self) -> ReplayReport:
         self._pending.clear()
+        for s in self.report.namespaces.values():
+            if s.upstream:
+                s.actions["upstream"] = s.upstream
         asyncio.run(self.engine.close(self.report.last_ts))
         return self.report
 

@@ -1,0 +1,223 @@
+"""Replay throughput against tshark's field extraction, and replay's peak RSS on a big capture.
+
+1. Writes a synthetic Ethernet/IPv4/UDP capture with dpkt: ~100k queries of a
+   realistic benign day (tests/benign_corpus.py: Kubernetes search-path
+   expansion, CDN and cloud names, mail lookups, reverse lookups, typos) plus
+   a few bulk tunnels, each query followed by its response (NXDOMAIN where a
+   resolver would answer so, an A/AAAA record otherwise).
+2. Times, in the same run, ``dnsgate replay FILE --format jsonl`` (detection
+   on: learn mode, detection observe) against
+   ``tshark -r FILE -Y 'dns.flags.response==0' -T fields -e dns.qry.name``,
+   both with stdout to /dev/null, and reports tshark time / replay time.
+3. Repeats the capture (one day later per copy, new DNS IDs) into a file of at
+   least ``--big-gb`` GB, replays it, records peak RSS from wait4(), and deletes it.
+
+Results go to benchmarks/results/replay.json.
+
+Run: .venv/bin/python benchmarks/replay_throughput.py [--queries 100000] [--big-gb 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import dpkt
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.benign_corpus import benign_day, rcode_for  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "replay.json"
+WORK = ROOT / "benchmarks" / "work"
+DAY = 86400.0
+RESOLVER_IP = "10.96.0.10"
+ETH = b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00"
+OPT = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"  # EDNS0, 1232-byte buffer
+
+
+def _ip_checksum(header: bytes) -> int:
+    total = sum(struct.unpack("!10H", header))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def _frame(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, src, dst)
+    header = header[:10] + struct.pack("!H", _ip_checksum(header)) + header[12:]
+    return ETH + header + udp
+
+
+def _tunnel(rng: random.Random, start: float, domain: str, client: str, n: int) -> list[tuple[float, str, bytes, int]]:
+    """A bulk base32 tunnel: n TXT queries, ~10 per second."""
+    import base64
+
+    import dns.name
+
+    out = []
+    for i in range(n):
+        data = base64.b32encode(rng.randbytes(35)).decode().rstrip("=").lower()
+        name = f"{i:05x}{data[:50]}.{data[50:]}.{domain}"
+        out.append((start + i / 10, client, dns.name.from_text(name).to_wire().lower(), 16))
+    return out
+
+
+def write_capture(path: Path, queries: int, seed: int = 7) -> dict[str, Any]:
+    """The synthetic capture; returns what it holds."""
+    rng = random.Random(seed)
+    rows = benign_day(seed=seed, queries=queries)
+    start = rows[0][0]
+    rows += _tunnel(rng, start + 3600, "t.bench-tunnel.net", "10.3.3.77", 1500)
+    rows += _tunnel(rng, start + 7200, "x.bench-exfil.org", "10.2.2.66", 1500)
+    rows.sort(key=lambda r: r[0])
+    resolver = socket.inet_aton(RESOLVER_IP)
+    packets = 0
+    with open(path, "wb") as f:
+        writer = dpkt.pcap.Writer(f, linktype=dpkt.pcap.DLT_EN10MB, snaplen=65535)
+        for i, (ts, client, qname, qtype) in enumerate(rows):
+            msg_id = rng.getrandbits(16)
+            sport = 1024 + rng.getrandbits(15)
+            question = qname + struct.pack("!HH", qtype, 1)
+            query = struct.pack("!HHHHHH", msg_id, 0x0100, 1, 0, 0, 1) + question + OPT
+            src = socket.inet_aton(client)
+            writer.writepkt(_frame(src, resolver, sport, 53, query), ts)
+            rcode = rcode_for(qname) if qtype != 16 or "bench-" not in str(qname) else 0
+            answer = b""
+            if rcode == 0 and qtype in (1, 28):
+                rdata = struct.pack("!I", 0xC6336400 + i % 250) if qtype == 1 else bytes(15) + b"\x01"
+                answer = b"\xc0\x0c" + struct.pack("!HHIH", qtype, 1, 300, len(rdata)) + rdata
+            flags = 0x8180 | rcode
+            reply = struct.pack("!HHHHHH", msg_id, flags, 1, 1 if answer else 0, 0, 1) + question + answer + OPT
+            writer.writepkt(_frame(resolver, src, 53, sport, reply), ts + 0.0005 + rng.random() * 0.02)
+            packets += 2
+    return {"queries": len(rows), "packets": packets, "bytes": path.stat().st_size}
+
+
+def write_big(base: Path, path: Path, gigabytes: float) -> dict[str, Any]:
+    """Copies of ``base``, each one day later with fresh DNS IDs, up to ``gigabytes``."""
+    with open(base, "rb") as f:
+        records = [(ts, bytes(buf)) for ts, buf in dpkt.pcap.Reader(f)]
+    size = base.stat().st_size - 24
+    copies = max(1, int(gigabytes * 1e9 / size) + 1)
+    rec = struct.Struct("<IIII")
+    id_at = 14 + 20 + 8  # Ethernet + IPv4 + UDP headers
+    packets = 0
+    with open(path, "wb", buffering=1 << 22) as out:
+        out.write(base.read_bytes()[:24])  # the base file's pcap header
+        for copy in range(copies):
+            shift = copy * DAY
+            xor = (copy * 0x9E37) & 0xFFFF
+            chunk = []
+            for ts, frame in records:
+                t = ts + shift
+                sec = int(t)
+                msg_id = struct.unpack_from("!H", frame, id_at)[0] ^ xor
+                body = frame[:id_at] + struct.pack("!H", msg_id) + frame[id_at + 2:]
+                chunk.append(rec.pack(sec, int((t - sec) * 1e6), len(body), len(body)))
+                chunk.append(body)
+            out.write(b"".join(chunk))
+            packets += len(records)
+    return {"copies": copies, "packets": packets, "bytes": path.stat().st_size}
+
+
+def timed(cmd: list[str]) -> dict[str, Any]:
+    """Wall time, CPU time and peak RSS of one child process (stdout to /dev/null)."""
+    with open(os.devnull, "wb") as devnull:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=devnull, stderr=subprocess.PIPE, cwd=ROOT)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} exited {proc.returncode}: {err.decode()[-2000:]}")
+    return {
+        "seconds": round(wall, 3),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
+        "stderr_tail": err.decode(errors="replace").strip().splitlines()[-3:],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--queries", type=int, default=100_000, help="benign queries in the capture")
+    parser.add_argument("--big-gb", type=float, default=1.0, help="size of the RSS capture (0 skips it)")
+    parser.add_argument("--repeat", type=int, default=3, help="timing runs of each tool; the best counts")
+    args = parser.parse_args()
+    tshark = shutil.which("tshark")
+    if tshark is None:
+        print("tshark not found: apt-get install tshark", file=sys.stderr)
+        return 2
+    WORK.mkdir(parents=True, exist_ok=True)
+    capture = WORK / "replay-100k.pcap"
+    print(f"writing {capture} ...", file=sys.stderr)
+    held = write_capture(capture, args.queries)
+    print(f"  {held['queries']:,} queries, {held['packets']:,} packets, {held['bytes'] / 1e6:.1f} MB", file=sys.stderr)
+
+    replay_cmd = [sys.executable, "-m", "resolver.cli", "replay", str(capture), "--format", "jsonl",
+                  "--progress", "never"]
+    tshark_cmd = [tshark, "-r", str(capture), "-Y", "dns.flags.response==0", "-T", "fields",
+                  "-e", "dns.qry.name"]
+    runs: dict[str, list[dict[str, Any]]] = {"replay": [], "tshark": []}
+    for _ in range(args.repeat):  # interleaved, so both see the same machine state
+        runs["replay"].append(timed(replay_cmd))
+        runs["tshark"].append(timed(tshark_cmd))
+    best = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
+    alerts = subprocess.run(replay_cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout.splitlines()
+    tunnel_domains = sorted({json.loads(a)["domain"] for a in alerts if json.loads(a)["kind"] == "tunnel"})
+    ratio = best["tshark"]["seconds"] / best["replay"]["seconds"]
+    print(f"replay {best['replay']['seconds']:.2f}s ({held['queries'] / best['replay']['seconds']:,.0f} queries/s, "
+          f"{best['replay']['peak_rss_mb']} MB)  tshark {best['tshark']['seconds']:.2f}s  "
+          f"ratio {ratio:.2f}x  flagged {tunnel_domains}", file=sys.stderr)
+    result: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count()},
+        "capture": held,
+        "replay": {**best["replay"], "queries_per_second": round(held["queries"] / best["replay"]["seconds"]),
+                   "runs": [r["seconds"] for r in runs["replay"]], "command": " ".join(replay_cmd[1:])},
+        "tshark": {**best["tshark"], "runs": [r["seconds"] for r in runs["tshark"]],
+                   "command": " ".join(tshark_cmd)},
+        "ratio_tshark_over_replay": round(ratio, 2),
+        "target_ratio": 2.0,
+        "alerts": len(alerts),
+        "flagged_domains": tunnel_domains,
+    }
+    if args.big_gb > 0:
+        big = WORK / "replay-big.pcap"
+        try:
+            print(f"writing {big} (>= {args.big_gb} GB) ...", file=sys.stderr)
+            made = write_big(capture, big, args.big_gb)
+            print(f"  {made['packets']:,} packets, {made['bytes'] / 1e9:.2f} GB; replaying ...", file=sys.stderr)
+            run = timed([sys.executable, "-m", "resolver.cli", "replay", str(big), "--format", "jsonl",
+                         "--progress", "never"])
+            result["big"] = {**made, **run, "packets_per_second": round(made["packets"] / run["seconds"])}
+            print(f"  peak RSS {run['peak_rss_mb']} MB (100k-query file: {best['replay']['peak_rss_mb']} MB), "
+                  f"{run['seconds']:.0f}s", file=sys.stderr)
+        finally:
+            big.unlink(missing_ok=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("ratio_tshark_over_replay", "flagged_domains")}))
+    print(f"wrote {RESULTS}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
