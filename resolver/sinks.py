@@ -88,6 +88,7 @@ class QueuedSink:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._busy = False  # a batch is being delivered (or waiting to be retried)
 
     @property
     def queued(self) -> int:
@@ -113,10 +114,10 @@ class QueuedSink:
         """Deliver what is queued for a short grace period, then drop (and count) the rest."""
         self._closing = True
         if self._task is not None:
-            if self._queue and self._wakeup is not None:
+            if self._queue or self._busy:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(CLOSE_GRACE):
-                        while self._queue:
+                        while self._queue or self._busy:
                             await asyncio.sleep(0.02)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -144,7 +145,11 @@ class QueuedSink:
                 await self._wakeup.wait()
             size = min(self.delivery.batch_size, len(self._queue))
             batch = [self._queue.popleft() for _ in range(size)]
-            await self._send(batch)
+            self._busy = True
+            try:
+                await self._send(batch)
+            finally:
+                self._busy = False
 
     async def _send(self, batch: list[Alert]) -> None:
         d = self.delivery
@@ -382,7 +387,8 @@ class Options:
             raise self.error(key, "is required")
         value = str(self.get(key, str, default))
         parts = urlsplit(value)
-        if parts.scheme not in schemes or not parts.hostname:
+        where = parts.path if parts.scheme == "unix" else parts.hostname
+        if parts.scheme not in schemes or not where:
             raise self.error(key, f"must be a {' or '.join(schemes)} URL, not {value!r}")
         return value
 

@@ -167,6 +167,18 @@ async def test_webhook_client_error_is_dropped_without_retry(caplog: pytest.LogC
     assert "HTTP 400" in caplog.text
 
 
+async def test_close_finishes_the_batch_being_retried() -> None:
+    async with Receiver() as receiver:
+        receiver.statuses = [503]
+        sink = build(spec("webhook", url=receiver.url, retries=2, backoff=0.3))
+        assert isinstance(sink, QueuedSink)
+        await sink.start()
+        sink.submit(tunnel_alert())
+        await until(lambda: len(receiver.requests) == 1, what="first attempt")
+        await sink.close()  # during the backoff: the retry still happens within the grace period
+    assert (sink.delivered, sink.retried, sink.dropped) == (1, 1, 0)
+
+
 async def test_receiver_down_drops_are_counted_and_submit_never_blocks(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
