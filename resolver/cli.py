@@ -24,9 +24,11 @@ def _serve(args: argparse.Namespace) -> int:
     path = Path(args.config) if args.config else config_mod.bundled_config_path()
     try:
         config = config_mod.load(path)
+        from resolver.pipeline import check_sinks
         from resolver.policy import compile_policies
 
         compile_policies(config)
+        check_sinks(config)
     except ConfigError as exc:
         print(f"dnsgate: {exc}", file=sys.stderr)
         return 2
@@ -101,9 +103,11 @@ def _check_config(args: argparse.Namespace) -> int:
     for path in args.files:
         try:
             config = config_mod.load(path)
+            from resolver.pipeline import check_sinks
             from resolver.policy import compile_policies
 
             policies = compile_policies(config)
+            check_sinks(config)
         except ConfigError as exc:
             print(f"{exc}", file=sys.stderr)
             status = 1

@@ -46,6 +46,15 @@ def build_sinks(config: Config) -> list[Sink]:
     ]
 
 
+def check_sinks(config: Config) -> None:
+    """Validate every remote sink's options (ConfigError names the line) without opening anything."""
+    from resolver import sinks as remote
+
+    for spec in config.alerts:
+        if spec.type != "jsonl":
+            remote.build(spec)
+
+
 def build_state(config: Config) -> State:
     if config.state.backend == "redis":
         return RedisState(config.state.url)
@@ -91,6 +100,7 @@ class Pipeline:
     """One config generation: the stages, in order, and the upstream step after them."""
 
     def __init__(self, config: Config, engine: Engine) -> None:
+        check_sinks(config)
         self.config = config
         self.engine = engine
         self.policy = PolicyStage(config, compile_policies(config), engine.alerts, engine.learned)

@@ -21,6 +21,7 @@ from resolver.metrics import QueryCounters
 from resolver.pipeline import Engine, Pipeline
 from resolver.query import Query, Reply
 from resolver.wire import (
+    FORMERR,
     NOTIMP,
     OPCODE_MASK,
     SERVFAIL,
@@ -86,8 +87,12 @@ class Server:
         except MalformedMessage:
             self.counters.malformed += 1
             reply = formerr(data)
-            return None if reply is None else Reply(reply, 1, "formerr")
+            if reply is None:
+                return None
+            self.counters.count("", "formerr", 0, FORMERR)
+            return Reply(reply, FORMERR, "formerr")
         if U16.unpack_from(data, 2)[0] & OPCODE_MASK:
+            self.counters.count("", "notimp", q.qtype, NOTIMP)
             return Reply(header_reply(data, q, NOTIMP), NOTIMP, "notimp")
         query = Query(data, q, client, transport, time.time(), listener_ns)
         try:

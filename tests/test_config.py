@@ -111,3 +111,11 @@ def test_bundled_default_is_valid() -> None:
     assert config.listen[0].address == "127.0.0.1" and config.listen[0].port == 5353
     assert config.state.backend == "memory"
     assert config.unknown_clients == "refuse"
+
+
+def test_check_config_validates_sink_options(tmp_path: Path) -> None:
+    bad = tmp_path / "sink.yaml"
+    bad.write_text(GOOD.replace('  - {type: jsonl, path: "-"}', '  - {type: jsonl, path: "-"}\n  - {type: webhook, url: "ftp://x"}'))
+    fail = subprocess.run([sys.executable, "-m", "resolver.cli", "check-config", str(bad)], capture_output=True, text=True, cwd=ROOT)
+    assert fail.returncode == 1
+    assert f"{bad}:14: alerts[webhook].url: must be a http or https URL" in fail.stderr
