@@ -153,6 +153,28 @@ class Proc:
                 self.proc.wait()
         self.proc = None
 
+    def pids(self) -> list[int]:
+        """This process and its descendants (worker processes)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        root = self.proc.pid
+        children: dict[int, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+        out, todo = [], [root]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo.extend(children.get(pid, []))
+        return out
+
     def stderr_tail(self, n: int = 2000) -> str:
         try:
             return self.stderr_path.read_text(errors="replace")[-n:]
@@ -356,23 +378,7 @@ class Dnsgate(Proc):
 
     def process_tree(self) -> list[int]:
         """The dnsgate pid and every descendant (worker processes)."""
-        root = self.pid
-        children: dict[int, list[int]] = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-        out, todo = [], [root]
-        while todo:
-            pid = todo.pop()
-            out.append(pid)
-            todo.extend(children.get(pid, []))
-        return out
+        return self.pids()
 
 
 def export_source(ref: str, dest: Path) -> Path:
@@ -387,6 +393,19 @@ def export_source(ref: str, dest: Path) -> Path:
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime+stime of these processes (and their reaped children), in seconds."""
+    hz = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / hz
 
 
 def rss_kib(pid: int) -> int:
