@@ -29,6 +29,8 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -72,7 +74,9 @@ def _tunnel(rng: random.Random, start: float, domain: str, client: str, n: int) 
     for i in range(n):
         data = base64.b32encode(rng.randbytes(35)).decode().rstrip("=").lower()
         name = f"{i:05x}{data[:50]}.{data[50:]}.{domain}"
-        out.append((start + i / 10, client, dns.name.from_text(name).to_wire().lower(), 16))
+        wire = dns.name.from_text(name).to_wire()
+        assert wire is not None
+        out.append((start + i / 10, client, wire.lower(), 16))
     return out
 
 
@@ -134,24 +138,72 @@ def write_big(base: Path, path: Path, gigabytes: float) -> dict[str, Any]:
     return {"copies": copies, "packets": packets, "bytes": path.stat().st_size}
 
 
-def timed(cmd: list[str]) -> dict[str, Any]:
-    """Wall time, CPU time and peak RSS of one child process (stdout to /dev/null)."""
-    with open(os.devnull, "wb") as devnull:
+def timed(cmd: list[str], sample_every: float = 0.0) -> dict[str, Any]:
+    """Wall time, CPU time and peak RSS of one child process (stdout to /dev/null).
+
+    With ``sample_every`` > 0, the child's RSS is also sampled from /proc over
+    its life (a flat tail means memory does not grow with the file).
+    """
+    samples: list[tuple[float, float]] = []
+    with open(os.devnull, "wb") as devnull, tempfile.TemporaryFile() as errfile:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=devnull, stderr=subprocess.PIPE, cwd=ROOT)
-        assert proc.stderr is not None
-        err = proc.stderr.read()
+        proc = subprocess.Popen(cmd, stdout=devnull, stderr=errfile, cwd=ROOT)
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(sample_every):
+                try:
+                    with open(f"/proc/{proc.pid}/status") as status:
+                        for line in status:
+                            if line.startswith("VmRSS:"):
+                                samples.append((round(time.perf_counter() - started, 1),
+                                                round(int(line.split()[1]) / 1024, 1)))
+                except OSError:
+                    return
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        if sample_every > 0:
+            sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
+        stop.set()
         proc.returncode = os.waitstatus_to_exitcode(status)
+        errfile.seek(0)
+        err = errfile.read()
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} exited {proc.returncode}: {err.decode()[-2000:]}")
-    return {
+    out: dict[str, Any] = {
         "seconds": round(wall, 3),
         "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
         "stderr_tail": err.decode(errors="replace").strip().splitlines()[-3:],
     }
+    if samples:
+        step = max(1, len(samples) // 20)
+        out["rss_mb_over_time"] = samples[::step]
+    return out
+
+
+DETECTION_OFF = """\
+upstreams: [{address: 127.0.0.1, port: 9}]
+unknown_clients: default
+detection: {mode: "off"}
+namespaces:
+  default: {mode: learn}
+"""
+
+
+def breakdown(capture: Path) -> dict[str, Any]:
+    """Where replay's time goes: reading the capture alone, the pipeline without detection."""
+    decode = timed([sys.executable, "-c",
+                    "import sys; from resolver.capture import read_dns; "
+                    "sum(1 for _ in read_dns(sys.argv[1]))", str(capture)])
+    config = WORK / "detection-off.yaml"
+    config.write_text(DETECTION_OFF)
+    no_detect = timed([sys.executable, "-m", "resolver.cli", "replay", str(capture), "--config",
+                       str(config), "--progress", "never"])
+    return {"read_capture_only_seconds": decode["seconds"],
+            "replay_detection_off_seconds": no_detect["seconds"]}
 
 
 def main() -> int:
@@ -175,13 +227,18 @@ def main() -> int:
     tshark_cmd = [tshark, "-r", str(capture), "-Y", "dns.flags.response==0", "-T", "fields",
                   "-e", "dns.qry.name"]
     runs: dict[str, list[dict[str, Any]]] = {"replay": [], "tshark": []}
-    for _ in range(args.repeat):  # interleaved, so both see the same machine state
+    parts: list[dict[str, Any]] = []
+    for _ in range(args.repeat):  # interleaved, so all see the same machine state
         runs["replay"].append(timed(replay_cmd))
         runs["tshark"].append(timed(tshark_cmd))
+        parts.append(breakdown(capture))
     best = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
     alerts = subprocess.run(replay_cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout.splitlines()
     tunnel_domains = sorted({json.loads(a)["domain"] for a in alerts if json.loads(a)["kind"] == "tunnel"})
     ratio = best["tshark"]["seconds"] / best["replay"]["seconds"]
+    split = {k: min(p[k] for p in parts) for k in parts[0]}
+    print(f"  breakdown: reading the capture {split['read_capture_only_seconds']:.2f}s, "
+          f"replay with detection off {split['replay_detection_off_seconds']:.2f}s", file=sys.stderr)
     print(f"replay {best['replay']['seconds']:.2f}s ({held['queries'] / best['replay']['seconds']:,.0f} queries/s, "
           f"{best['replay']['peak_rss_mb']} MB)  tshark {best['tshark']['seconds']:.2f}s  "
           f"ratio {ratio:.2f}x  flagged {tunnel_domains}", file=sys.stderr)
@@ -195,6 +252,7 @@ def main() -> int:
         "tshark": {**best["tshark"], "runs": [r["seconds"] for r in runs["tshark"]],
                    "command": " ".join(tshark_cmd)},
         "ratio_tshark_over_replay": round(ratio, 2),
+        "breakdown_best_seconds": {k: min(p[k] for p in parts) for k in parts[0]},
         "target_ratio": 2.0,
         "alerts": len(alerts),
         "flagged_domains": tunnel_domains,
@@ -206,7 +264,7 @@ def main() -> int:
             made = write_big(capture, big, args.big_gb)
             print(f"  {made['packets']:,} packets, {made['bytes'] / 1e9:.2f} GB; replaying ...", file=sys.stderr)
             run = timed([sys.executable, "-m", "resolver.cli", "replay", str(big), "--format", "jsonl",
-                         "--progress", "never"])
+                         "--progress", "never"], sample_every=1.0)
             result["big"] = {**made, **run, "packets_per_second": round(made["packets"] / run["seconds"])}
             print(f"  peak RSS {run['peak_rss_mb']} MB (100k-query file: {best['replay']['peak_rss_mb']} MB), "
                   f"{run['seconds']:.0f}s", file=sys.stderr)
