@@ -227,3 +227,15 @@ def test_listener_bound_namespace_is_used(tmp_path: Path) -> None:
     run.feed(DnsPacket(2, 2.0, "10.1.1.1", 3334, "127.0.0.1", 53, "udp", wire, False))
     report = run.finish()
     assert report.namespaces["ci"].queries == 1 and report.namespaces["other"].queries == 1
+
+
+def test_every_link_type_variant_replays_the_same_queries_and_matches_replies() -> None:
+    """tests/data/captures holds one real session rewritten to other link types,
+    VLAN tags, pcapng and reordered TCP: replay must see the same traffic in each."""
+    base = replay([str(CAPTURES / "eth.pcap")], replay_config(None))
+    assert base.queries > 0 and base.matched == base.queries
+    variants = ["eth.pcapng", "raw.pcap", "null.pcap", "loop.pcap", "sll.pcap", "sll2_nano.pcap",
+                "vlan.pcap", "tcp_reorder.pcap"]
+    for name in variants:
+        report = replay([str(CAPTURES / name)], replay_config(None))
+        assert (report.queries, report.matched) == (base.queries, base.matched), name
