@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -150,6 +151,7 @@ class Bench:
         return proc
 
     def stop_all(self) -> None:
+        self.freeze_others(None, stop=False)
         for proc in reversed(self.procs):
             try:
                 proc.stop()
@@ -159,9 +161,28 @@ class Bench:
     def cpu(self) -> dict[str, float]:
         return {p.name: cpu_seconds(p.pids()) for p in self.procs if p.proc is not None}
 
-    def settle(self, limit: float = 15.0) -> float:
-        """Wait until every server is idle (< 4% of a core over 0.5 s), so no run pays for another's backlog."""
+    def freeze_others(self, label: str | None, stop: bool) -> None:
+        """SIGSTOP (or SIGCONT) every server except the one measured, NSD, and its Redis.
+
+        dnsgate with the Redis backend keeps flushing a backlog for a long time
+        after its load ends; frozen, it cannot steal CPU from the next run.
+        """
+        keep = {"nsd"}
+        if label is not None:
+            keep |= {self.servers[label].name} | ({"redis"} if "redis" in label else set())
+        for p in self.procs:
+            if p.name in keep or p.proc is None:
+                continue
+            for pid in p.pids():
+                try:
+                    os.kill(pid, signal.SIGSTOP if stop else signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+
+    def settle(self, limit: float = 5.0) -> float:
+        """Wait until the running servers are idle (< 4% of a core over 0.5 s), at most `limit` s."""
         t0 = time.monotonic()
+        busy: dict[str, float] = {}
         while time.monotonic() - t0 < limit:
             before = self.cpu()
             time.sleep(0.5)
@@ -170,17 +191,22 @@ class Bench:
             if sum(busy.values()) < 0.02:
                 return time.monotonic() - t0
         waited = time.monotonic() - t0
-        log(f"  servers still busy after {waited:.1f}s: { {k: round(v, 2) for k, v in busy.items() if v > 0.01} }")
-        self.notes.append(f"servers not idle after {waited:.0f}s before a run: {busy}")
+        still = {k: round(v * 2, 2) for k, v in busy.items() if v > 0.01}
+        log(f"  still busy after {waited:.1f}s (cores): {still}")
+        self.notes.append(f"not idle after {waited:.0f}s before a run (cores in use): {still}")
         return waited
 
     def measure(self, label: str, duration: float, **kw: Any) -> dict[str, float]:
-        """One dnsperf run after the servers settle; records the CPU every server used during it."""
+        """One dnsperf run with the other servers frozen; records the CPU every server used."""
         server = self.servers[label]
-        settle = self.settle()
-        before = self.cpu()
-        res = dnsperf.run(server.port, self.qfile, duration, self.opts, **kw)
-        after = self.cpu()
+        self.freeze_others(label, stop=True)
+        try:
+            settle = self.settle()
+            before = self.cpu()
+            res = dnsperf.run(server.port, self.qfile, duration, self.opts, **kw)
+            after = self.cpu()
+        finally:
+            self.freeze_others(label, stop=False)
         cpu = {k: round(after[k] - before.get(k, 0.0), 3) for k in after}
         res["settle_s"] = round(settle, 2)
         res["cpu_s"] = cpu  # type: ignore[assignment]
@@ -227,10 +253,9 @@ class Bench:
         a = self.args
         runs: dict[str, list[dict[str, float]]] = {label: [] for label in self.servers}
         lat: dict[str, list[dict[str, float]]] = {label: [] for label in self.servers}
-        for label, server in self.servers.items():
+        for label in self.servers:
             log(f"warm-up {label} {a.warmup:g}s")
-            self.settle()
-            dnsperf.run(server.port, self.qfile, a.warmup, self.opts)
+            self.measure(label, a.warmup)
         for rnd in range(a.rounds):
             for label in self.servers:
                 res = self.measure(label, a.duration)
@@ -277,12 +302,14 @@ class Bench:
         server = self.servers[label]
         raw = self.work / "profile.raw"
         load = threading.Thread(target=dnsperf.run, args=(server.port, self.qfile, a.profile_seconds + 3, self.opts), daemon=True)
+        self.freeze_others(label, stop=True)
         self.settle()
         load.start()
         time.sleep(1.0)
         log(f"py-spy on {label} (pid {server.pid}) for {a.profile_seconds:g}s under dnsperf load")
         got = profile.record(server.pid, a.profile_seconds, raw)
         load.join()
+        self.freeze_others(label, stop=False)
         if got is None:
             return {"available": False}
         summary = profile.summarise(raw)
