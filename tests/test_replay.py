@@ -239,3 +239,12 @@ def test_every_link_type_variant_replays_the_same_queries_and_matches_replies() 
     for name in variants:
         report = replay([str(CAPTURES / name)], replay_config(None))
         assert (report.queries, report.matched) == (base.queries, base.matched), name
+
+
+def test_progress_bar_only_on_request_or_terminal() -> None:
+    path = str(CORPUS / "dns2tcp_txt_dev.pcap")
+    quiet = dnsgate("replay", path)  # stderr is a pipe here: no bar
+    assert "\r[" not in quiet.stderr
+    drawn = dnsgate("replay", path, "--progress", "always")
+    assert "\r[" in drawn.stderr and "packets" in drawn.stderr
+    assert drawn.stdout == quiet.stdout  # the bar never touches stdout
