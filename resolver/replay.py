@@ -37,7 +37,7 @@ from resolver.alerts import SEVERITIES, Alert, JsonlSink, Sink
 from resolver.capture import CaptureError, CaptureProblem, DnsPacket, read_many
 from resolver.config import Config, ConfigError, Namespace
 from resolver.pipeline import Engine, Pipeline
-from resolver.query import Query
+from resolver.query import Query, Reply
 from resolver.wire import HEADER, QR, MalformedMessage, parse_query, read_name
 
 __all__ = [
@@ -236,8 +236,17 @@ class Replay:
     table is capped, the pipeline's own state is bounded by its config.
     """
 
-    def __init__(self, config: Config, sinks: Sequence[Sink] = (), files: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        config: Config,
+        sinks: Sequence[Sink] = (),
+        files: Sequence[str] = (),
+        on_query: Callable[[Query, Reply | None], None] | None = None,
+    ) -> None:
         self.config = config
+        # Called after ``Pipeline.decide`` with each query and the pipeline's reply
+        # (None: it would go upstream); alerts raised by that query are already out.
+        self.on_query = on_query
         self.report = ReplayReport(list(files))
         self._summary_sink = SummarySink(self.report, self.summary)
         self.engine = Engine.from_config(config, sinks=[*sinks, self._summary_sink])
@@ -298,6 +307,8 @@ class Replay:
             listener_ns = self._listeners.get((pkt.dst, pkt.dport)) or self._any_listeners.get(pkt.dport)
         query = Query(wire, q, pkt.src, pkt.transport, now, listener_ns)
         reply = self.pipeline.decide(query)
+        if self.on_query is not None:
+            self.on_query(query, reply)
         ns = query.namespace
         s = self._summaries.get(ns)
         if s is None:
@@ -445,16 +456,18 @@ def replay(
     progress: Progress | None = None,
     label: str = "",
     on_engine: Callable[[Engine], None] | None = None,
+    on_query: Callable[[Query, Reply | None], None] | None = None,
 ) -> ReplayReport:
     """Stream the captures at ``paths`` through a fresh pipeline built from ``config``.
 
     Raises CaptureError before any output when a file cannot be read at all.
     ``on_engine`` sees the Engine before the first packet (propose reads its LearnBook).
+    ``on_query`` sees every query after the pipeline decided it (see ``Replay``).
     """
     started = time.monotonic()
     on_problem = problems.capture if problems is not None else None
     packets = read_many(list(paths), ports=frozenset(ports), on_problem=on_problem)
-    run = Replay(config, sinks, paths)
+    run = Replay(config, sinks, paths, on_query=on_query)
     if on_engine is not None:
         on_engine(run.engine)
     # DnsPacket does not name its file; with several files a malformed query is
