@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import re
+import resource
 import subprocess
 import time
 from dataclasses import dataclass
@@ -98,6 +99,7 @@ def run(
     if verbose_to is not None:
         argv.append("-v")
     started = time.monotonic()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if verbose_to is not None:
         with open(verbose_to, "w") as fh:
             proc = subprocess.run(argv, stdout=fh, stderr=subprocess.PIPE, text=True)
@@ -109,6 +111,8 @@ def run(
         raise RuntimeError(f"dnsperf failed ({proc.returncode}): {proc.stderr[-500:]}")
     result: dict[str, float] = parse_summary(text)
     result["wall_s"] = time.monotonic() - started
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result["dnsperf_cpu_s"] = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     if max_qps:
         result["offered_qps"] = float(max_qps)
     if verbose_to is not None:

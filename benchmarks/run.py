@@ -42,6 +42,7 @@ from benchmarks.servers import (
     denied_names,
     ensure_packages,
     export_source,
+    machine_busy_seconds,
     which,
 )
 
@@ -202,9 +203,9 @@ class Bench:
         self.freeze_others(label, stop=True)
         try:
             settle = self.settle()
-            before = self.cpu()
+            before, busy0 = self.cpu(), machine_busy_seconds()
             res = dnsperf.run(server.port, self.qfile, duration, self.opts, **kw)
-            after = self.cpu()
+            after, busy1 = self.cpu(), machine_busy_seconds()
         finally:
             self.freeze_others(label, stop=False)
         cpu = {k: round(after[k] - before.get(k, 0.0), 3) for k in after}
@@ -213,6 +214,12 @@ class Bench:
         own = {server.name, "nsd"} | ({"redis"} if "redis" in label else set())
         background = sum(v for k, v in cpu.items() if k not in own)
         res["background_cpu_s"] = round(background, 3)
+        # CPU used on the machine by anything that is not ours (other users' tests, builds)
+        foreign = (busy1 - busy0) - sum(cpu.values()) - res.get("dnsperf_cpu_s", 0.0)
+        res["foreign_cpu_s"] = round(max(0.0, foreign), 3)
+        if foreign > 0.1 * res.get("wall_s", duration):
+            log(f"  warning: other programs on this machine used {foreign:.1f} CPU-s during the {label} run ({res.get('wall_s', duration):.0f} s): figures understate both servers")
+            self.notes.append(f"{label}: foreign CPU {foreign:.1f} s during a {res.get('wall_s', duration):.0f} s run")
         if background > 0.05 * res.get("wall_s", duration):
             log(f"  warning: other servers used {background:.2f} CPU-s during the {label} run: {cpu}")
         return res
@@ -278,6 +285,7 @@ class Bench:
                 "p99_from": "dnsperf -v run at peak (separate from the QPS run)",
                 "server_cpu_s_per_s": round(sum(r["cpu_s"].get(self.servers[label].name, 0) for r in rs) / sum(r.get("wall_s", 1) for r in rs), 3),  # type: ignore[union-attr]
                 "background_cpu_s": round(sum(r.get("background_cpu_s", 0) for r in rs + ls), 3),
+                "foreign_cpu_s_per_s": round(sum(r.get("foreign_cpu_s", 0) for r in rs) / sum(r.get("wall_s", 1) for r in rs), 3),
                 "rcodes": {k[6:]: int(sum(r.get(k, 0) for r in rs)) for k in rs[0] if k.startswith("rcode_")},
                 "runs": rs,
                 "latency_runs": ls,
@@ -400,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join([".venv/bin/python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
         "versions": versions(),
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
         "git": git_info(args.ref),
         "params": {k: v for k, v in vars(args).items()},
         "query_file": {**bench.qinfo, "allowed_names": len(bench.names), "qtype": "A"},

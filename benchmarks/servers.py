@@ -408,6 +408,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / hz
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs spent not idle since boot (/proc/stat), to spot other load on the machine."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     """VmRSS of a process in KiB (0 when it is gone)."""
     try:
