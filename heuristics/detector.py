@@ -299,6 +299,10 @@ class Detector:
         if feats.max_label >= s.long_label and "label_length" not in reasons:
             reasons.append("label_length")
         severity = SEVERITIES[min(3, 1 + (points - s.alert_points) // 2)]
+        reasons_t = tuple(sorted(set(reasons)))
+        if not self._should_alert(namespace, feats.domain, reasons_t, severity, s, now):
+            # Suppressed repeat: the caller needs the decision, not the figures.
+            return Verdict(feats.domain, reasons_t, severity, {}, False)
         w = best.window
         total = w.total
         responses = total(Field.RESPONSES)
@@ -339,9 +343,7 @@ class Detector:
                 entropy=round(shape.entropy, 3),
                 expected_entropy=round(shape.expected, 3),
             )
-        reasons_t = tuple(sorted(set(reasons)))
-        alert = self._should_alert(namespace, feats.domain, reasons_t, severity, s, now)
-        return Verdict(feats.domain, reasons_t, severity, evidence, alert)
+        return Verdict(feats.domain, reasons_t, severity, evidence, True)
 
     def _should_alert(
         self,

@@ -171,6 +171,8 @@ class RedisState(State):
         max_pending: int = 50_000,
         socket_timeout: float = 1.0,
         prefix: str = "dnsgate",
+        share_min_names: int = 4,
+        max_merge: int = 512,
     ) -> None:
         super().__init__(max_keys=max_keys, max_names=max_names)
         self.url = url
@@ -180,6 +182,8 @@ class RedisState(State):
         self.max_pending = max_pending
         self.socket_timeout = socket_timeout
         self.prefix = prefix
+        self.share_min_names = share_min_names
+        self.max_merge = max_merge  # pairs merged back per round, most recently changed first
         self.merge_rounds = 5  # merges per pair after its last local change
         self.backend_in_use = "redis"
         self.dropped = 0  # batched updates lost while Redis was unreachable or lagging
@@ -206,7 +210,22 @@ class RedisState(State):
         deltas: tuple[tuple[int, int], ...],
         member: bytes | None,
     ) -> None:
-        """Queue a pair's head-bucket deltas for the next flush."""
+        """Queue a pair's head-bucket deltas for the next flush.
+
+        Only pairs with some evidence are shared: a domain asked once or twice
+        (most of them) never costs a Redis command. When a pair first qualifies,
+        its whole live window is pushed, so replicas still see all of it.
+        """
+        if not windows.shared:
+            totals = windows.long.totals
+            if (
+                totals[Field.NEW_NAMES] < self.share_min_names
+                and not totals[Field.RARE_QTYPE]
+                and not totals[Field.NON_LDH]
+            ):
+                return
+            self._promote(f"{self.prefix}:{{{tag}}}:{pair_key}", windows)
+            return
         if len(self._pending) >= self.max_pending:
             self.dropped += 1
             return
@@ -221,6 +240,19 @@ class RedisState(State):
                 counts[field] += amount
         if member is not None and windows.short.sketches is not None:
             self._pending_members.setdefault((base, windows.short.head), set()).add(member)
+        self._touched[base] = (windows, self.merge_rounds)
+        if len(self._touched) > self.max_keys:
+            del self._touched[next(iter(self._touched))]
+
+    def _promote(self, base: str, windows: PairWindows) -> None:
+        """Start sharing a pair: queue every live bucket's counters."""
+        windows.shared = True
+        for scale, window in ((SHORT, windows.short), (LONG, windows.long)):
+            self._ttl[scale] = int(window.width * (window.size + 1)) + 1
+            for bucket, row in window.counts.items():
+                counts = self._pending.setdefault((base, scale, bucket), [0] * Field.COUNT)
+                for field, amount in enumerate(row):
+                    counts[field] += amount
         self._touched[base] = (windows, self.merge_rounds)
         if len(self._touched) > self.max_keys:
             del self._touched[next(iter(self._touched))]
@@ -294,12 +326,13 @@ class RedisState(State):
         if do_merge:
             # Keep merging a pair for a few rounds after its last local change, so
             # other replicas' later contributions reach a quiet replica too.
-            touched = self._touched
-            self._touched = {
-                base: (windows, rounds - 1)
-                for base, (windows, rounds) in touched.items()
-                if rounds > 1
-            }
+            items = list(self._touched.items())
+            touched = dict(items[-self.max_merge :])
+            waiting = dict(items[: -self.max_merge]) if len(items) > self.max_merge else {}
+            waiting.update(
+                (base, (windows, rounds - 1)) for base, (windows, rounds) in touched.items() if rounds > 1
+            )
+            self._touched = waiting
         try:
             await self._push(pending, members, quarantines)
             if do_merge:

@@ -47,8 +47,10 @@ class Field:
 class Window:
     """One time scale: ``buckets`` buckets covering ``seconds``.
 
-    ``totals`` always holds the sum over live buckets. With ``unique`` set, each
-    bucket also has a HyperLogLog of name hashes.
+    ``totals`` always holds the sum over live buckets. Buckets exist only once
+    something is counted in them (a quiet pair costs one small row, not a full
+    ring: a hundred thousand tracked domains must fit in memory). With
+    ``unique`` set, each bucket also gets a HyperLogLog of name hashes.
     """
 
     __slots__ = (
@@ -68,11 +70,9 @@ class Window:
         self.width = seconds / buckets
         self.size = buckets
         self.head = -1  # absolute index of the newest bucket
-        self.counts = [[0] * Field.COUNT for _ in range(buckets)]
+        self.counts: dict[int, list[int]] = {}  # absolute bucket index -> counters
         self.totals = [0] * Field.COUNT
-        self.sketches: list[HyperLogLog] | None = (
-            [HyperLogLog() for _ in range(buckets)] if unique else None
-        )
+        self.sketches: dict[int, HyperLogLog] | None = {} if unique else None
         # Counts fetched from the shared backend (other replicas included).
         self.remote: list[int] | None = None
         self.remote_head = -1
@@ -92,32 +92,42 @@ class Window:
         head = self.head
         if idx <= head:
             return head
-        size = self.size
-        totals = self.totals
-        for absolute in range(max(head + 1, idx - size + 1), idx + 1):
-            slot = absolute % size
-            old = self.counts[slot]
-            if any(old):
-                for i in range(Field.COUNT):
-                    totals[i] -= old[i]
-                self.counts[slot] = [0] * Field.COUNT
-            if self.sketches is not None:
-                self.sketches[slot] = HyperLogLog()
-        if idx - head >= size:
-            # Everything expired: totals must be exactly zero again.
-            self.totals = [0] * Field.COUNT
         self.head = idx
+        counts = self.counts
+        if counts:
+            low = idx - self.size + 1
+            stale = [b for b in counts if b < low]
+            if stale:
+                totals = self.totals
+                for b in stale:
+                    old = counts.pop(b)
+                    for i in range(Field.COUNT):
+                        totals[i] -= old[i]
+                if not counts:
+                    self.totals = [0] * Field.COUNT  # everything expired: exactly zero again
+        sketches = self.sketches
+        if sketches:
+            low = idx - self.size + 1
+            for b in [b for b in sketches if b < low]:
+                del sketches[b]
         return idx
 
     def add(self, field: int, amount: int = 1) -> None:
         """Add to a counter of the head bucket (call :meth:`advance` first)."""
-        self.counts[self.head % self.size][field] += amount
+        row = self.counts.get(self.head)
+        if row is None:
+            row = self.counts[self.head] = [0] * Field.COUNT
+        row[field] += amount
         self.totals[field] += amount
 
     def add_name(self, h: int) -> None:
         """Record a name hash in the head bucket's sketch."""
-        if self.sketches is not None:
-            self.sketches[self.head % self.size].add(h)
+        sketches = self.sketches
+        if sketches is not None:
+            sketch = sketches.get(self.head)
+            if sketch is None:
+                sketch = sketches[self.head] = HyperLogLog()
+            sketch.add(h)
 
     def total(self, field: int) -> int:
         """Window total of one counter, merged with the shared backend's view."""
@@ -137,7 +147,7 @@ class Window:
         # Recount only when the window moved or grew noticeably: the union costs
         # a pass over the registers once sketches are dense.
         if cached_head != self.head or new_names - cached_new > max(2, cached_new // 32):
-            cached = HyperLogLog.union_count(sketches)
+            cached = HyperLogLog.union_count(list(sketches.values()))
             self._unique_cache = (self.head, new_names, cached)
         # Remote HLL estimates jitter a few per cent; adopt them only when another
         # replica clearly contributed.
@@ -178,7 +188,7 @@ class InformationEstimator:
 class PairWindows:
     """Short and long windows of one (namespace or client, domain) pair."""
 
-    __slots__ = ("short", "long", "estimator")
+    __slots__ = ("short", "long", "estimator", "shared")
 
     def __init__(
         self,
@@ -192,6 +202,7 @@ class PairWindows:
         self.short = Window(short_seconds, short_buckets, unique=unique)
         self.long = Window(long_seconds, long_buckets)
         self.estimator = InformationEstimator(context_bytes)
+        self.shared = False  # set by a shared backend once it pushes this pair
 
     def shape(self) -> tuple[float, int, float, int]:
         """The window geometry, to notice settings changes."""

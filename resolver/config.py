@@ -80,6 +80,8 @@ class Cache:
 class State:
     backend: str = "memory"
     url: str = "redis://127.0.0.1:6379/0"
+    max_pairs: int = 100_000  # (namespace|client, domain) window pairs kept by the detector
+    max_names: int = 200_000  # names remembered as already seen (information budget)
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +406,8 @@ def _build(name: str, base_dir: Path, data: Any) -> Config:
     state = State(
         backend=state_sec.choice("backend", STATE_BACKENDS, "memory"),
         url=state_sec.get("url", str, "redis://127.0.0.1:6379/0"),
+        max_pairs=state_sec.positive("max_pairs", int, 100_000),
+        max_names=state_sec.positive("max_names", int, 200_000),
     )
     state_sec.finish()
 

@@ -56,9 +56,10 @@ def check_sinks(config: Config) -> None:
 
 
 def build_state(config: Config) -> State:
-    if config.state.backend == "redis":
-        return RedisState(config.state.url)
-    return MemoryState()
+    caps = config.state
+    if caps.backend == "redis":
+        return RedisState(caps.url, max_keys=caps.max_pairs, max_names=caps.max_names)
+    return MemoryState(max_keys=caps.max_pairs, max_names=caps.max_names)
 
 
 @dataclass

@@ -153,3 +153,29 @@ async def test_redis_down_at_start_is_just_an_outage() -> None:
         assert state.backend_in_use == "memory" and state.fallbacks == 1
     finally:
         await state.close()
+
+
+async def test_one_off_domains_cost_no_redis_commands(redis_server: str) -> None:
+    """A flood of domains asked once each is decided locally; only pairs with evidence are shared."""
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    state = RedisState(redis_server, prefix="oneoff")
+    await state.start()
+    try:
+        detector = Detector(state)
+        s = DetectorSettings()
+        for i in range(2000):
+            detector.observe("ns", "10.0.0.1", wire(f"www.site{i}.example"), 1, 1000.0 + i / 100, s)
+        assert await state.flush(merge=True)
+        assert client.keys("oneoff:{ns|site*") == []
+        rng = random.Random(5)
+        for i in range(20):
+            chunk = base64.b32encode(rng.randbytes(20)).decode().rstrip("=").lower()
+            detector.observe("ns", "10.0.0.1", wire(f"{chunk}.tun.example"), 16, 1030.0 + i, s)
+        assert await state.flush(merge=True)
+        keys = {k.decode() for k in client.keys("oneoff:*")}
+        assert any(k.startswith("oneoff:{ns|tun.example}:n:l:") for k in keys)
+        pushed = sum(int(client.hget(k, "new_names") or 0) for k in keys if ":n:l:" in k)
+        assert pushed == 20  # the whole window, including what came before the pair qualified
+    finally:
+        await state.close()

@@ -118,15 +118,31 @@ def test_nxdomain_ratio_adds_evidence() -> None:
     det = Detector(MemoryState())
     s = DetectorSettings()
     rng = random.Random(6)
-    last = None
-    for i in range(12):
+    alerted = []
+    for i in range(14):
         name = wire(f"{rng.randbytes(20).hex()}.c.blocked.example")
-        last = det.observe("ns", "10.0.0.2", name, 1, 50.0 + i, s) or last
+        v = det.observe("ns", "10.0.0.2", name, 1, 50.0 + i, s)
+        if v is not None and v.alert:
+            alerted.append(v)
         det.observe_response("ns", "10.0.0.2", name, 3, 50.0 + i, s)
-    name = wire(f"{rng.randbytes(20).hex()}.c.blocked.example")
-    v = det.observe("ns", "10.0.0.2", name, 1, 63.0, s)
-    assert v is not None and "nxdomain_ratio" in v.reasons
-    assert v.evidence["nxdomain_ratio"] == 1.0
+    with_ratio = [v for v in alerted if "nxdomain_ratio" in v.reasons]
+    assert with_ratio, [v.reasons for v in alerted]
+    assert with_ratio[0].evidence["nxdomain_ratio"] == 1.0
+
+
+def test_suppressed_repeats_carry_the_decision_without_figures() -> None:
+    det = Detector(MemoryState())
+    s = DetectorSettings()
+    rng = random.Random(8)
+    verdicts = []
+    for i in range(60):
+        name = wire(f"{rng.randbytes(24).hex()}.c.repeat.example")
+        v = det.observe("ns", "10.0.0.9", name, 16, 10.0 + i, s)
+        if v is not None:
+            verdicts.append(v)
+    assert verdicts and verdicts[0].alert and verdicts[0].evidence["info_bytes"] > 0
+    quiet = [v for v in verdicts if not v.alert]
+    assert quiet and all(v.domain == "repeat.example" and v.evidence == {} for v in quiet)
 
 
 def test_exempt_cluster_and_user_domains() -> None:
@@ -148,7 +164,9 @@ def test_qtype_null_with_encoded_names_is_high() -> None:
     v = None
     for i in range(4):
         name = _base32_name(rng, "i.tun.example")
-        v = det.observe("ns", "10.0.0.4", name, 10, float(i), s) or v
+        found = det.observe("ns", "10.0.0.4", name, 10, float(i), s)
+        if found is not None and found.alert:
+            v = found
     assert v is not None and "qtype" in v.reasons
     assert v.evidence["rare_qtype_names"] >= 3
 
