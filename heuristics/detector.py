@@ -123,6 +123,14 @@ class Detector:
                 kind = Field.RARE_QTYPE if qtype in derived.rare_qtypes else Field.DATA_QTYPE
                 deltas.append((kind, 1))
         frozen = tuple(deltas)
+        if len(frozen) == 1:
+            # A name already seen, with an ordinary type, carries no new information:
+            # count it and stop. Scores change only with new names, rare types and
+            # responses, and the next such query re-scores the pair.
+            for pair_key, pair in ((tag + "|n", ns_pair), (tag + "|c|" + client, client_pair)):
+                _apply(pair, now, frozen, None)
+                state.record(tag, pair_key[len(tag) + 1 :], pair, frozen, None)
+            return None
         name_hash = int.from_bytes(feats.digest, "little")
         for pair_key, pair in ((tag + "|n", ns_pair), (tag + "|c|" + client, client_pair)):
             _apply(pair, now, frozen, name_hash)
