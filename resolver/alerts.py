@@ -183,10 +183,18 @@ class AlertHub:
         self._recent.pop(key, None)
 
     def sweep(self, now: float, force: bool = False) -> None:
-        """Report folded repeats whose window has closed (or all of them, when forced)."""
-        for key, seen in list(self._recent.items()):
-            if force or now - seen[0] >= self.window:
-                self._flush_one(key, seen)
+        """Report folded repeats whose window has closed (or all of them, when forced).
+
+        Entries are kept in the order they opened, so the sweep stops at the
+        first window still open instead of walking every entry.
+        """
+        recent = self._recent
+        while recent:
+            key = next(iter(recent))
+            seen = recent[key]
+            if not force and now - seen[0] < self.window:
+                break
+            self._flush_one(key, seen)
 
     async def start(self) -> None:
         for sink in self.sinks:
