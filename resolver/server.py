@@ -286,6 +286,8 @@ async def run(config: Config) -> int:
         asyncio.ensure_future(sweep_alerts(server)),
         asyncio.ensure_future(reloader.watch()),
     ]
+    if config.state.backend == "redis":
+        background.append(asyncio.ensure_future(share_learned(server, config.state.url)))
     try:
         await server.serve_forever()
     finally:
@@ -307,6 +309,34 @@ def on_sighup(server: Server, reloader: Reloader | None = None) -> None:
         reloader.reload("SIGHUP")
     else:
         server.reload()
+
+
+LEARN_PUSH_SECONDS = 2.0
+
+
+async def share_learned(server: Server, url: str) -> None:
+    """Push learn-mode names to Redis in the background, for ``dnsgate propose --from-redis``."""
+    import redis.asyncio as aioredis
+
+    from resolver.learn import RedisLearnStore
+
+    store = RedisLearnStore()
+    client = aioredis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    failing = False
+    try:
+        while True:
+            await asyncio.sleep(LEARN_PUSH_SECONDS)  # pacing of a background loop
+            try:
+                await store.apush(client, server.engine.learned)
+                if failing:
+                    log.info("redis %s is back: learned names shared again", url)
+                failing = False
+            except (OSError, aioredis.RedisError) as exc:
+                if not failing:
+                    log.warning("redis %s unavailable, learned names kept locally: %s", url, exc)
+                failing = True
+    finally:
+        await client.aclose()
 
 
 async def sweep_alerts(server: Server) -> None:
