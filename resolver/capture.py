@@ -257,6 +257,10 @@ def _pcapng_records(f: BinaryIO, report: Callable[[int, str], None]) -> Iterator
             block_hdr = struct.Struct("<II" if le else ">II")
             epb = struct.Struct("<IIIII" if le else ">IIIII")
             blen = block_hdr.unpack(hdr)[1]
+            if blen < 28 or blen % 4 or blen > _MAX_BLOCK:
+                report(number + 1, f"corrupt pcapng section header (length {blen}); "
+                                   "rest of file skipped")
+                return
             body = bom + read(max(blen - 12, 0))
             interfaces = []
             if len(body) < blen - 8:

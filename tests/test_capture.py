@@ -34,7 +34,7 @@ DATA = Path(__file__).parent / "data" / "captures"
 ETH = str(DATA / "eth.pcap")
 CORPUS = sorted(glob.glob("/work/shared/corpus/*.pcap"))
 
-UDP_QUERIES = ["a", "b", "big", "nx", "a", "ns"]
+UDP_QUERIES = ["a", "b", "big", "nx", "a", "big", "ns"]
 TCP_QUERIES = ["a", "c", "big", "c", "d1", "d2", "e"]
 
 
@@ -81,8 +81,10 @@ def test_reference_capture_yields_every_query_and_answer(eth: list[DnsPacket]) -
     assert {p.src for p in eth} == {"127.0.0.1", "::1"}
 
 
-def test_fragmented_udp_answer_is_reassembled(eth: list[DnsPacket]) -> None:
-    (big,) = [p for p in eth if p.transport == "udp" and p.is_response and _qname(p) == "big"]
+@pytest.mark.parametrize("server", ["127.0.0.1", "::1"])
+def test_fragmented_udp_answer_is_reassembled(server: str, eth: list[DnsPacket]) -> None:
+    (big,) = [p for p in eth if p.transport == "udp" and p.is_response and p.src == server
+              and _qname(p) == "big"]
     assert len(big.wire) > 1280
     msg = dns.message.from_wire(big.wire)
     assert not msg.flags & dns.flags.TC
@@ -224,11 +226,13 @@ def test_tcp_flow_bounds_evict_and_report(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_corrupt_records_are_reported_and_skipped(eth: list[DnsPacket]) -> None:
+    with open(ETH, "rb") as f:
+        frames = len(list(dpkt.pcap.Reader(f)))
     packets, problems = _read(DATA / "corrupt.pcap")
     assert [(p.number, p.message) for p in problems] == [
         (1, "corrupt IPv4 header"),
         (3, "DNS message shorter than 12 bytes (6)"),
-        (68, "corrupt packet record (captured length 2147483632); rest of file skipped"),
+        (frames + 1, "corrupt packet record (captured length 2147483632); rest of file skipped"),
     ]
     assert all(p.path == str(DATA / "corrupt.pcap") for p in problems)
     assert packets == [p for p in eth if p.number not in (1, 3)]
@@ -345,3 +349,23 @@ def test_fixture_udp_query_count_matches_tshark(name: str) -> None:
     packets, _ = _read(DATA / name)
     queries = sum(not p.is_response and p.transport == "udp" for p in packets)
     assert queries == _tshark_queries(str(DATA / name), "udp && dns.flags.response==0")
+
+
+def test_ipv6_extension_headers_are_stepped_over(tmp_path: Path, eth: list[DnsPacket]) -> None:
+    # Give every IPv6 packet a Hop-by-Hop and a Destination Options header.
+    def add_headers(_: int, frame: bytes) -> bytes:
+        if frame[12:14] != b"\x86\xdd":
+            return frame
+        ip = bytearray(frame[14:54])
+        nxt = ip[6]
+        hop = bytes([60, 0, 1, 4, 0, 0, 0, 0])  # next: dest opts; PadN
+        dest = bytes([nxt, 0, 1, 4, 0, 0, 0, 0])
+        struct.pack_into("!H", ip, 4, struct.unpack_from("!H", ip, 4)[0] + 16)
+        ip[6] = 0  # Hop-by-Hop
+        return frame[:14] + bytes(ip) + hop + dest + frame[54:]
+
+    path = tmp_path / "ext.pcap"
+    _rewrite(ETH, path, add_headers)
+    packets, problems = _read(path)
+    assert problems == []
+    assert packets == eth

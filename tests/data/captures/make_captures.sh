@@ -105,12 +105,13 @@ start_tcpdump sll -i any -y LINUX_SLL
 start_tcpdump sll2 -i any -y LINUX_SLL2 --time-stamp-precision nano
 tcpdump_pids=("${pids[@]:1}")
 
-# UDP over IPv4 (the TXT answer is ~2.6 KB: fragmented at MTU 1280) and IPv6.
+# UDP over IPv4 and IPv6 (the TXT answer is ~2.6 KB: fragmented at MTU 1280).
 inns dig +tries=1 @127.0.0.1 a.example.test A > /dev/null
 inns dig +tries=1 @127.0.0.1 b.example.test AAAA > /dev/null
 inns dig +tries=1 +ignore +bufsize=4096 @127.0.0.1 big.example.test TXT > /dev/null
 inns dig +tries=1 @127.0.0.1 nx.example.test A > /dev/null
 inns dig +tries=1 @::1 a.example.test A > /dev/null
+inns dig +tries=1 +ignore +bufsize=4096 @::1 big.example.test TXT > /dev/null
 # TCP: several queries on one connection; the TXT answer spans segments.
 inns dig +tcp +keepopen @127.0.0.1 a.example.test A c.example.test A big.example.test TXT > /dev/null
 inns dig +tcp @::1 c.example.test A > /dev/null
