@@ -472,15 +472,16 @@ class _Decoder:
 
     def _transport(self, number: int, ts: float, data: bytes, wirelen: int, proto: int,
                    src: bytes, dst: bytes, l4: int, end: int) -> None:
-        ports = self.ports
+        if proto != _PROTO_UDP and proto != _PROTO_TCP:
+            return
+        sport = (data[l4] << 8) | data[l4 + 1]
+        dport = (data[l4 + 2] << 8) | data[l4 + 3]
+        if sport not in self.ports and dport not in self.ports:
+            return
+        if end > len(data):
+            self._short(number, data, wirelen)
+            return
         if proto == _PROTO_UDP:
-            sport = (data[l4] << 8) | data[l4 + 1]
-            dport = (data[l4 + 2] << 8) | data[l4 + 3]
-            if sport not in ports and dport not in ports:
-                return
-            if end > len(data):
-                self._short(number, data, wirelen)
-                return
             ulen = (data[l4 + 4] << 8) | data[l4 + 5]
             if ulen < 8 or l4 + ulen > end:
                 self.report(number, f"corrupt UDP header (length {ulen})")
@@ -491,14 +492,7 @@ class _Decoder:
                 return
             self.out.append(DnsPacket(number, ts, self.address(src), sport, self.address(dst),
                                       dport, "udp", wire, wire[2] >= 0x80))
-        elif proto == _PROTO_TCP:
-            sport = (data[l4] << 8) | data[l4 + 1]
-            dport = (data[l4 + 2] << 8) | data[l4 + 3]
-            if sport not in ports and dport not in ports:
-                return
-            if end > len(data):
-                self._short(number, data, wirelen)
-                return
+        else:
             seq = int.from_bytes(data[l4 + 4 : l4 + 8], "big")
             doff = (data[l4 + 12] >> 4) * 4
             if doff < 20 or l4 + doff > end:

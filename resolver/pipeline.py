@@ -23,13 +23,11 @@ from resolver.detection import DetectionStage
 from resolver.identity import IdentityStage
 from resolver.learn import LearnBook
 from resolver.policy import PolicyStage, compile_policies, deny
-from resolver.query import Query, Reply, Stage
+from resolver.query import Query, Reply, Stage, servfail
 from resolver.upstream import Forwarder
 from resolver.wire import (
-    SERVFAIL,
     MalformedMessage,
     fit_udp,
-    header_reply,
     inspect_reply,
 )
 
@@ -133,12 +131,12 @@ class Pipeline:
         q = query.question
         raw = await self.engine.forwarder.forward(query.wire, q, tcp=query.transport == "tcp")
         if raw is None:
-            return Reply(header_reply(query.wire, q, SERVFAIL), SERVFAIL, "servfail")
+            return servfail(query.wire, q)
         try:
             info = inspect_reply(raw, q.end, max_ttl=self.config.cache.max_ttl, neg_ttl=self.config.cache.negative_ttl)
         except (MalformedMessage, IndexError) as exc:
             log.warning("malformed upstream reply for %s: %s", name_to_text(q.qname), exc)
-            return Reply(header_reply(query.wire, q, SERVFAIL), SERVFAIL, "servfail")
+            return servfail(query.wire, q)
         self.observe_reply(query, info.rcode)
         if info.cname_targets:
             denied = self._check_cnames(query, info.cname_targets)

@@ -41,6 +41,13 @@ class Reply:
     action: str  # allowed, cached, denied, local, refused, dropped, quarantined, servfail, truncated
 
 
+def servfail(wire: bytes, question: Question) -> Reply:
+    """SERVFAIL with the client's question: no upstream answered, or something broke inside."""
+    from resolver.wire import SERVFAIL, header_reply
+
+    return Reply(header_reply(wire, question, SERVFAIL), SERVFAIL, "servfail")
+
+
 class Stage(Protocol):
     """One step of the pipeline."""
 

@@ -19,12 +19,11 @@ from resolver import config as config_mod
 from resolver.config import Config, ConfigError, Listen
 from resolver.metrics import QueryCounters
 from resolver.pipeline import Engine, Pipeline
-from resolver.query import Query, Reply
+from resolver.query import Query, Reply, servfail
 from resolver.wire import (
     FORMERR,
     NOTIMP,
     OPCODE_MASK,
-    SERVFAIL,
     U16,
     MalformedMessage,
     formerr,
@@ -100,7 +99,7 @@ class Server:
         except Exception:
             self.counters.internal_errors += 1
             log.exception("internal error answering %r", data[:64])
-            return Reply(header_reply(data, q, SERVFAIL), SERVFAIL, "servfail")
+            return servfail(data, q)
         if isinstance(result, Reply):
             self._count(query, result)
             return result
@@ -112,7 +111,7 @@ class Server:
         except Exception:
             self.counters.internal_errors += 1
             log.exception("internal error forwarding")
-            reply = Reply(header_reply(query.wire, query.question, SERVFAIL), SERVFAIL, "servfail")
+            reply = servfail(query.wire, query.question)
         self._count(query, reply)
         return reply
 
