@@ -3,9 +3,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-APT_PACKAGES := unbound nsd dnsutils dnsperf redis-server iproute2 tcpdump tshark iodine dns2tcp prometheus prometheus-alertmanager
+APT_PACKAGES := unbound nsd dnsutils dnsperf redis-server iproute2 tcpdump tshark iodine dns2tcp prometheus prometheus-alertmanager rsyslog chromium
 
-.PHONY: serve test lint bench deps system-deps clean
+.PHONY: serve test test-unit lint bench deps system-deps clean
 
 $(BIN)/dnsgate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,13 +16,10 @@ $(BIN)/dnsgate: pyproject.toml
 serve: $(BIN)/dnsgate
 	$(BIN)/dnsgate serve $(ARGS)
 
+# Installs only what is missing, without recommends; starts no service and leaves no new
+# service enabled (tests/support/debian-packages.sh says how). Needs root, or sudo.
 system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
-	fi
+	@sh tests/support/debian-packages.sh $(APT_PACKAGES)
 
 deps: $(BIN)/dnsgate system-deps
 
@@ -32,6 +29,10 @@ lint: $(BIN)/dnsgate
 
 test: deps lint
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# In-process tests only: no servers, no root, seconds.
+test-unit: $(BIN)/dnsgate
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 
 bench: deps
 	$(BIN)/python -m benchmarks.run

@@ -10,7 +10,7 @@ Per tunnel capture it reports:
 
 * **detected**: a ``kind: tunnel`` alert whose ``domain`` is the tunnel's
   registrable domain (from tests/data/tunnels/MANIFEST.md and
-  /work/shared/corpus/README.md);
+  tests/data/corpus/README.md);
 * **queries**: queries to that registrable domain up to and including the one
   that raised the first alert (retransmissions included);
 * **encoded bytes**: octets of the labels left of the tunnel zone (e.g. left of
@@ -70,13 +70,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from heuristics import registrable_domain  # noqa: E402
-from resolver.alerts import Alert  # noqa: E402
-from resolver.query import Query, Reply  # noqa: E402
-from resolver.replay import replay, replay_config  # noqa: E402
+from resolver.offline.replay import replay, replay_config  # noqa: E402
+from resolver.pipeline.alerts import Alert  # noqa: E402
+from resolver.pipeline.query import Query, Reply  # noqa: E402
 from tests.benign_corpus import benign_day, rcode_for  # noqa: E402
 
 TUNNELS = ROOT / "tests" / "data" / "tunnels"
-CORPUS = Path(os.environ.get("DNSGATE_SHARED_CORPUS", "/work/shared/corpus"))
+CORPUS = Path(os.environ.get("DNSGATE_SHARED_CORPUS", str(ROOT / "tests" / "data" / "corpus")))
 RESULTS = ROOT / "benchmarks" / "results" / "detection.json"
 PAYLOAD_LIMIT = 4096  # issue 3: "every tunnel detected, within about 4 KB of payload"
 COMMAND = ".venv/bin/python -m benchmarks.detection_table"
@@ -235,7 +235,7 @@ class Tracker:
         return None
 
     # on_query hook: runs after Pipeline.decide, so this query's alert is already in
-    def on_query(self, query: Query, reply: Reply | None) -> None:
+    def on_query(self, query: Query, _reply: Reply | None) -> None:
         q = query.question
         domain = query.domain or registrable_domain(q.qname)
         count = self.counts.get(domain)

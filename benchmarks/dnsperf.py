@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.servers import which
+from tests.support.harness import which
 
 
 def write_query_file(path: Path, allowed: list[str], denied: list[str], lines: int = 100_000, denied_share: float = 0.10, seed: int = 1) -> dict[str, int]:
@@ -61,7 +61,7 @@ def parse_summary(text: str) -> dict[str, float]:
     if codes:
         for name, count in re.findall(r"([A-Z]+) (\d+) \(", codes.group(1)):
             out[f"rcode_{name}"] = float(count)
-    if "sent" in out and out["sent"]:
+    if out.get("sent"):
         out["lost_pct"] = 100.0 * out.get("lost", 0.0) / out["sent"]
     return out
 
@@ -73,7 +73,7 @@ def percentiles(latencies: list[float], points: tuple[float, ...] = (50, 90, 99,
     n = len(latencies)
     out = {}
     for p in points:
-        idx = min(n - 1, max(0, int(round(p / 100 * n + 0.5)) - 1))
+        idx = min(n - 1, max(0, round(p / 100 * n + 0.5) - 1))
         out[f"p{p:g}_ms"] = latencies[idx] * 1000
     return out
 
@@ -87,13 +87,19 @@ def run(
     max_qps: int | None = None,
     verbose_to: Path | None = None,
     once: bool = False,
+    source: str | None = None,
 ) -> dict[str, float]:
-    """One dnsperf run against 127.0.0.1:port; with verbose_to, also latency percentiles."""
+    """One dnsperf run against 127.0.0.1:port; with verbose_to, also latency percentiles.
+
+    ``source`` sends from that local address (127.0.0.x), so two runs are two clients.
+    """
     argv = [
         which("dnsperf") or "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(query_file),
         "-T", str(opts.threads), "-c", str(opts.clients), "-q", str(opts.outstanding), "-t", str(opts.timeout),
     ]
     argv += ["-n", "1"] if once else ["-l", f"{duration:g}"]
+    if source is not None:
+        argv += ["-a", source]  # a loopback source address of its own: dnsgate sees another client
     if max_qps:
         argv += ["-Q", str(int(max_qps))]
     if verbose_to is not None:

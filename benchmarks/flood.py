@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 from benchmarks import dnsperf
-from benchmarks.servers import ZONE, Dnsgate, DnsgateSpec, Nsd, allowed_names, ensure_packages, rss_kib
+from benchmarks.servers import ZONE, Dnsgate, DnsgateSpec, Nsd, allowed_names, rss_kib
+from tests.support.harness import ensure_packages
 
 FLOOD_DOMAIN = f"flood.{ZONE}"
 

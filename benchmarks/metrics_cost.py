@@ -25,9 +25,9 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from resolver import config as config_mod  # noqa: E402
-from resolver.metrics import AlertCounts, Collector, QueryCounters  # noqa: E402
-from resolver.server import Server  # noqa: E402
+from resolver import config as config_mod
+from resolver.operations.listeners import Server
+from resolver.operations.metrics import AlertCounts, Collector, QueryCounters
 
 CONFIG = """
 listen: [{address: 127.0.0.1, port: 0}]
@@ -98,7 +98,7 @@ async def in_situ(n: int) -> tuple[float, float, Server]:
     counters = server.counters
     real_count = counters.count
 
-    def no_count(*args: object) -> None:
+    def no_count(*_args: object) -> None:
         return None
 
     def counted(i: int) -> None:

@@ -15,6 +15,7 @@ See docs/benchmarks.md for what every figure means.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import dnsperf, flood, profile
+from benchmarks import adversary, dnsperf, flood, profile
 from benchmarks.servers import (
     ROOT,
     Dnsgate,
@@ -40,11 +41,10 @@ from benchmarks.servers import (
     ask,
     cpu_seconds,
     denied_names,
-    ensure_packages,
     export_source,
     machine_busy_seconds,
-    which,
 )
+from tests.support.harness import ensure_packages, which
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -76,6 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=2, help="workers for the scaling run (default 2; 1 skips)")
     ap.add_argument("--no-redis", action="store_true", help="skip the Redis-backend dnsgate")
     ap.add_argument("--ref", help="run dnsgate from this git ref (git archive), e.g. HEAD, not the working tree")
+    adversary.add_args(ap)
+    ap.add_argument("--no-adversary", action="store_true", help="skip the flood/fairness/TCP-hog passes (benchmarks/adversary.py)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 s runs, 1 round, 100k-name flood")
     ap.add_argument("--keep", action="store_true", help="keep the temp work dir (configs, logs, raw profile)")
     ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
@@ -85,6 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.warmup, args.rounds, args.profile_seconds = 1.0, 1, 3.0
         args.flood_names, args.flood_domains = min(args.flood_names, 100_000), min(args.flood_domains, 20_000)
         args.flood_cap = min(args.flood_cap, 5_000)
+        args.flood_seconds, args.fairness_seconds = 3.0, 3.0
+        args.adversary_names, args.tcp_queries = min(args.adversary_names, 300_000), min(args.tcp_queries, 100_000)
+        args.flood_profile_seconds = min(args.flood_profile_seconds, 3.0)
     return args
 
 
@@ -123,7 +128,7 @@ def verify_policy(port: int, allowed: list[str], denied: list[str], label: str) 
         r = ask(port, name, timeout=2.0)
         if r is None or r[0] != 0 or r[1] < 1:
             bad.append((name, r))
-    for name in denied[:20] + ["sub." + allowed[0], "zz-not-listed." + allowed[0].split(".", 1)[1]]:
+    for name in [*denied[:20], "sub." + allowed[0], "zz-not-listed." + allowed[0].split(".", 1)[1]]:
         r = ask(port, name, timeout=2.0)
         if r is None or r[0] != 3:
             bad.append((name, r))
@@ -175,10 +180,8 @@ class Bench:
             if p.name in keep or p.proc is None:
                 continue
             for pid in p.pids():
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGSTOP if stop else signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
 
     def settle(self, limit: float = 5.0) -> float:
         """Wait until the running servers are idle (< 4% of a core over 0.5 s), at most `limit` s."""
@@ -390,6 +393,8 @@ def table(result: dict[str, Any]) -> str:
         ]
         d = mem["domains"]
         lines.append(f"tracked domains: {d['domains']} distinct: RSS {d['baseline_rss_mib']:.1f} -> {d['rss_mib']:.1f} MiB (default caps)")
+    if result.get("adversary"):
+        lines += ["", *adversary.table(result["adversary"])]
     if result.get("targets"):
         lines += ["", "targets:"]
         for name, t in result["targets"].items():
@@ -438,7 +443,16 @@ def main(argv: list[str] | None = None) -> int:
             }
         finally:
             nsd.stop()
+    if not args.no_adversary:
+        log("adversary passes: unique-name flood, fairness, TCP hogs")
+        adv = adversary.run_all(args, work, source=bench.source)
+        profile_text = adv.pop("flood_profile_text", "")
+        if profile_text and not args.no_save:
+            (RESULTS / "profile-flood.txt").write_text(profile_text)
+        result["adversary"] = adv
     result["targets"] = targets(result["peak"], result["fixed_load"], result.get("memory"))
+    if "adversary" in result:
+        result["targets"].update(adversary.targets(result["adversary"]))
     result["elapsed_s"] = round(time.time() - started, 1)
     text = table(result)
     print(text)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import socket
 import string
@@ -22,54 +21,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.harness import free_port, wait_for_dns, which
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = ROOT / ".venv" / "bin"
 
 ZONE = "bench.example"  # not test./example. local-zones in Unbound's defaults
 TTL = 86400
-
-PACKAGES = {
-    "nsd": "nsd", "unbound": "unbound", "dnsperf": "dnsperf", "resperf": "dnsperf",
-    "redis-server": "redis-server", "dig": "dnsutils",
-}
-
-
-def which(cmd: str) -> str | None:
-    found = shutil.which(cmd)
-    if found:
-        return found
-    for d in ("/usr/sbin", "/usr/bin", "/sbin"):
-        if Path(d, cmd).exists():
-            return str(Path(d, cmd))
-    return None
-
-
-def ensure_packages(*commands: str) -> None:
-    """apt-get install the Debian packages providing these commands when absent."""
-    missing = sorted({PACKAGES[c] for c in commands if which(c) is None})
-    if not missing:
-        return
-    print(f"installing Debian packages: {' '.join(missing)}", file=sys.stderr)
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run([*sudo, "apt-get", "update", "-q"], check=False, env=env)
-    subprocess.run([*sudo, "apt-get", "install", "-y", "-q", *missing], check=True, env=env)
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
-
 
 def make_query(name: str, qtype: int = 1, qid: int | None = None) -> bytes:
     qid = random.getrandbits(16) if qid is None else qid
@@ -92,18 +50,6 @@ def ask(port: int, name: str, qtype: int = 1, timeout: float = 0.5) -> tuple[int
             return None
     flags, _qd, an = struct.unpack_from("!HHH", data, 2)
     return flags & 0xF, an
-
-
-def wait_for_dns(port: int, name: str, proc: subprocess.Popen[bytes] | None, timeout: float = 30.0, what: str = "server") -> None:
-    """Poll until the server on port answers a query (any rcode)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {proc.returncode}")
-        if ask(port, name, timeout=0.2) is not None:
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"{what}: no DNS answer on port {port} within {timeout}s")
 
 
 def allowed_names(n: int = 1000) -> list[str]:
@@ -196,11 +142,12 @@ class Nsd(Proc):
             f"$TTL {TTL}",
             f"@ IN SOA ns.{ZONE}. hostmaster.{ZONE}. 1 3600 600 86400 {TTL}",
             f"@ IN NS ns.{ZONE}.",
-            "ns IN A 127.0.0.1",
+            "ns IN A 198.19.255.254",  # never contacted (everyone forwards to NSD by port); not loopback, so no rebinding hit
         ]
         for i, name in enumerate(self.names):
             label = name[: -len(ZONE) - 1]
-            zone.append(f"{label} IN A 10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}")
+            # 198.18.0.0/15 (RFC 2544, benchmarking): outside dnsgate's rebinding ranges, as a public answer would be
+            zone.append(f"{label} IN A 198.{18 + ((i >> 16) & 1)}.{(i >> 8) & 255}.{i & 255}")
         (d / "bench.zone").write_text("\n".join(zone) + "\n")
         (d / "nsd.conf").write_text(f"""server:
   ip-address: 127.0.0.1
@@ -227,7 +174,7 @@ zone:
   zonefile: "{d}/bench.zone"
 """)
         self.spawn([which("nsd") or "nsd", "-d", "-c", str(d / "nsd.conf")])
-        wait_for_dns(self.port, self.names[0], self.proc, what="nsd")
+        wait_for_dns(self.port, self.names[0], proc=self.proc, what="nsd")
 
 
 class Unbound(Proc):
@@ -284,7 +231,7 @@ forward-zone:
             if res.returncode != 0:
                 raise RuntimeError(f"unbound-checkconf: {res.stdout}{res.stderr}")
         self.spawn([which("unbound") or "unbound", "-d", "-c", str(d / "unbound.conf")])
-        wait_for_dns(self.port, self.names[0], self.proc, what="unbound")
+        wait_for_dns(self.port, self.names[0], proc=self.proc, what="unbound")
 
 
 class Redis(Proc):
@@ -324,6 +271,8 @@ class DnsgateSpec:
     mode: str = "enforce"
     detection: str = "observe"
     extra: dict[str, object] = field(default_factory=dict)
+    clients: tuple[str, ...] = ("127.0.0.1/32",)  # 127.0.0.0/8 when clients use several loopback sources
+    namespace_extra: dict[str, object] = field(default_factory=dict)  # e.g. rate_limit
 
 
 class Dnsgate(Proc):
@@ -351,9 +300,10 @@ class Dnsgate(Proc):
             "alerts": [{"type": "jsonl", "path": "alerts.jsonl"}],
             "namespaces": {
                 "bench": {
-                    "clients": ["127.0.0.1/32"],
+                    "clients": list(s.clients),
                     "mode": s.mode,
                     "allow": list(self.names),
+                    **s.namespace_extra,
                 }
             },
         }
@@ -371,8 +321,8 @@ class Dnsgate(Proc):
         env = {**os.environ, "PYTHONPATH": str(src)}
         self.spawn([*argv, "serve", "--config", str(path)], cwd=str(src), env=env)
         try:
-            wait_for_dns(self.port, self.names[0], self.proc, what=self.name)
-        except Exception as exc:
+            wait_for_dns(self.port, self.names[0], proc=self.proc, what=self.name)
+        except Exception as exc:  # noqa: BLE001
             self.stop()
             raise RuntimeError(f"{exc}\n{self.stderr_tail()}") from None
 

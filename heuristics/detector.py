@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .features import FeatureCache, NameFeatures
-from .names import DEFAULT_EXEMPTIONS, name_to_text
+from .names import DEFAULT_EXEMPTIONS, domain_text, name_to_text, wire_of
 from .settings import DetectorSettings
+from .spread import concentration, content_bytes, note_client, slow_drip
 from .state import Geometry, State
-from .windows import Field, PairWindows, Window
+from .windows import Field, PairWindows, Pending, Window
 
-__all__ = ["Detector", "Verdict", "SEVERITIES"]
+__all__ = ["SEVERITIES", "Detector", "Verdict"]
 
 SEVERITIES = ("info", "warning", "high", "critical")
 _NX = 3  # RCODE NXDOMAIN
@@ -28,6 +29,9 @@ class Verdict:
 
     ``alert`` is False when every reason was already alerted for this
     (namespace, domain) within ``suppress_seconds`` and severity did not grow.
+    ``repeat`` is True when the verdict was not scored again: the pair was
+    flagged within the last short window (or is quarantined) and the query
+    cost only a counter.
     """
 
     domain: str
@@ -35,6 +39,7 @@ class Verdict:
     severity: str
     evidence: dict[str, object] = field(hash=False, compare=False)
     alert: bool = True
+    repeat: bool = False  # a decision taken earlier, returned again without scoring
 
 
 @dataclass(slots=True)
@@ -42,10 +47,20 @@ class _Derived:
     """Per-settings values computed once (exemption set, window geometry)."""
 
     settings: DetectorSettings
-    exempt: frozenset[str]
+    exempt: frozenset[bytes]  # wire names: matched label-wise against a name's suffixes
     geometry: Geometry
     rare_qtypes: frozenset[int]
     data_qtypes: frozenset[int]
+
+
+@dataclass(slots=True)
+class _Decision:
+    """A (namespace, domain) the detector has made up its mind about, until ``until``."""
+
+    until: float
+    verdict: Verdict
+    quarantine: bool
+    queries: int = 0  # queries that cost only this counter
 
 
 @dataclass(slots=True)
@@ -56,6 +71,9 @@ class _Score:
     scale: str
     window: Window
     seconds: float
+    budget: int = 0  # the information budget that was crossed (0: none)
+    rule: str = ""  # which budget: "window", "slow" (spread over time)
+    share: float | None = None  # namespace scope: share of the largest clients
 
 
 class Detector:
@@ -65,7 +83,14 @@ class Detector:
     totals); shared backends sync in the background.
     """
 
-    def __init__(self, state: State, max_names: int = 65536, max_alerts: int = 100_000) -> None:
+    def __init__(
+        self,
+        state: State,
+        max_names: int = 65536,
+        max_alerts: int = 100_000,
+        pending_bytes: int = 1024,
+        pending_entries: int = 32,
+    ) -> None:
         self.state = state
         self.features = FeatureCache(max_names)
         self._derived: dict[int, _Derived] = {}
@@ -74,6 +99,20 @@ class Detector:
         self.observed = 0
         self.exempted = 0
         self.malformed = 0
+        # Decided (namespace, domain) pairs: namespace -> wire domain -> decision.
+        self._decisions: dict[str, dict[bytes, _Decision]] = {}
+        self._decision_count = 0
+        self._skipped: dict[tuple[str, bytes], int] = {}  # queries of expired decisions, per pair
+        self.max_decisions = max_alerts
+        self.decided_queries = 0  # queries answered from a decision (a counter each)
+        # A pair's deferred names are estimated at the latest when they hold this
+        # many subdomain octets or entries: bounded memory per pair, same results.
+        self.pending_bytes = pending_bytes
+        self.pending_entries = pending_entries
+        self.deferred = 0  # queries whose estimate waited (and maybe never came)
+        self.promotions = 0
+        self.estimated = 0  # queries that paid for the estimate
+
 
     # --- public API -------------------------------------------------------------
     def observe(
@@ -85,7 +124,14 @@ class Detector:
         now: float,
         settings: DetectorSettings,
     ) -> Verdict | None:
-        """Account one query; return a Verdict when window evidence reaches ``alert_points``."""
+        """Account one query; return a Verdict when window evidence reaches ``alert_points``.
+
+        Three tiers, cheapest first: a (namespace, domain) already decided
+        (flagged within the last short window, or quarantined) costs a counter and
+        returns the decision again (``repeat=True``, ``alert=False``); a name under
+        a pair that cheap counters say cannot reach a verdict yet is counted and
+        left for later; only a promoted pair pays for the estimate and a score.
+        """
         self.observed += 1
         derived = self._settings(settings)
         try:
@@ -96,45 +142,51 @@ class Detector:
         if self._exempt(feats, derived):
             self.exempted += 1
             return None
+        decided = self._decided(namespace, feats, now)
+        if decided is not None:
+            decided.queries += 1
+            self.decided_queries += 1
+            return decided.verdict
         state = self.state
-        domain = feats.domain
-        tag = f"{namespace}|{domain}"
+        tag = f"{namespace}|{feats.key}"
         geometry = derived.geometry
         ns_pair = state.pair(tag, geometry)
         client_pair = state.pair(f"{tag}|{client}", geometry)
-        rare = state.new_domain(namespace, domain)
+        rare = state.new_domain(namespace, feats.domain)
         client_rare = state.pair(f"{namespace}||{client}", geometry, unique=False)
 
+        # Tier 1: counters any query can pay for.
         deltas: list[tuple[int, int]] = [(Field.QUERIES, 1)]
-        member: bytes | None = None
-        if state.first_sight((namespace, feats.digest)):
-            member = feats.digest
+        new = state.first_sight((namespace, feats.digest))
+        spread = False
+        if new:
             deltas.append((Field.NEW_NAMES, 1))
-            deltas.append((Field.INFO, ns_pair.estimator.charge(feats.subdomain)))
-            if feats.encoded_shape(settings.encoded_label_min, settings.entropy_ratio):
-                deltas.append((Field.ENCODED, 1))
+            ns_long = ns_pair.long.totals  # as they were before this query
+            spread = (
+                note_client(ns_pair, client) <= settings.spread_clients
+                and ns_long[Field.NEW_NAMES] >= settings.spread_skip_names
+                # names of a real service are re-asked; a channel's never are
+                and ns_long[Field.NEW_NAMES] >= settings.fresh_ratio * ns_long[Field.QUERIES]
+            )
             if feats.non_ldh:
                 deltas.append((Field.NON_LDH, 1))
             if feats.max_label >= settings.long_label:
                 deltas.append((Field.LONG_LABEL, 1))
         # Rare and data qtypes count distinct (name, qtype): retries of one name don't.
-        if qtype in derived.rare_qtypes or qtype in derived.data_qtypes:
-            if state.first_sight((namespace, feats.digest + qtype.to_bytes(2, "big"))):
-                kind = Field.RARE_QTYPE if qtype in derived.rare_qtypes else Field.DATA_QTYPE
-                deltas.append((kind, 1))
+        if (qtype in derived.rare_qtypes or qtype in derived.data_qtypes) and state.first_sight(
+            (namespace, feats.digest + qtype.to_bytes(2, "big"))
+        ):
+            kind = Field.RARE_QTYPE if qtype in derived.rare_qtypes else Field.DATA_QTYPE
+            deltas.append((kind, 1))
         frozen = tuple(deltas)
+        for pair_key, pair in (("n", ns_pair), ("c|" + client, client_pair)):
+            _apply(pair, now, frozen)
+            state.record(tag, pair_key, pair, frozen, None)
         if len(frozen) == 1:
             # A name already seen, with an ordinary type, carries no new information:
             # count it and stop. Scores change only with new names, rare types and
             # responses, and the next such query re-scores the pair.
-            for pair_key, pair in ((tag + "|n", ns_pair), (tag + "|c|" + client, client_pair)):
-                _apply(pair, now, frozen, None)
-                state.record(tag, pair_key[len(tag) + 1 :], pair, frozen, None)
             return None
-        name_hash = int.from_bytes(feats.digest, "little")
-        for pair_key, pair in ((tag + "|n", ns_pair), (tag + "|c|" + client, client_pair)):
-            _apply(pair, now, frozen, name_hash)
-            state.record(tag, pair_key[len(tag) + 1 :], pair, frozen, member)
         client_rare.long.advance(now)
         client_rare.short.advance(now)
         if rare:
@@ -143,10 +195,44 @@ class Detector:
         if note is not None:
             note(now)
 
-        best = self._score(ns_pair, client_pair, client_rare, settings, now)
+        # Tier 2: the information estimate, encoding test and HyperLogLog, now for a
+        # promoted pair, deferred (in order, exactly) for the others.
+        entry = Pending(
+            qname, client, (ns_pair.short.head, ns_pair.long.head, client_pair.short.head, client_pair.long.head), new
+        )
+        if ns_pair.promoted:
+            self._estimate(tag, ns_pair, client_pair, entry, feats, derived)
+        else:
+            ns_pair.pending.append(entry)
+            if new:
+                ns_pair.pending_bytes += len(feats.subdomain)
+                ns_pair.pending_names += 1
+            if (
+                # A rare domain past its first few fresh names is evidence enough.
+                not spread
+                and ns_pair.pending_bytes < self.pending_bytes
+                and len(ns_pair.pending) < self.pending_entries
+                and not self._could_alert(ns_pair, client_pair, client_rare, settings)
+            ):
+                self.deferred += 1
+                return None
+            self._promote(tag, ns_pair, client_pair, client, derived)
+        spread_pairs = self._spread(namespace, client, feats.subdomain, now, derived.geometry) if spread else []
+
+        best = self._score(ns_pair, client_pair, client_rare, settings, now, spread_pairs, tag)
         if best is None:
             return None
-        return self._verdict(namespace, client, qname, qtype, feats, best, settings, now)
+        verdict = self._verdict(namespace, client, qname, qtype, feats, best, settings, now)
+        if verdict.alert:
+            skipped = self._skipped.pop((namespace, feats.domain_wire), 0)
+            if skipped:
+                verdict.evidence["decided_queries"] = skipped
+        # Decided for one short window: the queries in it cost a counter; then the pair
+        # is scored again, so a new reason or a higher severity is alerted within it.
+        hold = min(settings.suppress_seconds, settings.short_window_seconds)
+        if hold > 0:
+            self._decide(namespace, feats.domain_wire, now + hold, verdict, False)
+        return verdict
 
     def observe_response(
         self,
@@ -165,34 +251,99 @@ class Detector:
             return
         if self._exempt(feats, derived):
             return
-        tag = f"{namespace}|{feats.domain}"
+        tag = f"{namespace}|{feats.key}"
         deltas: tuple[tuple[int, int], ...] = ((Field.RESPONSES, 1),)
         if rcode == _NX:
             deltas = ((Field.RESPONSES, 1), (Field.NXDOMAIN, 1))
         state = self.state
-        for pair_key, pair in (
+        pairs = (
             ("n", state.pair(tag, derived.geometry)),
             ("c|" + client, state.pair(f"{tag}|{client}", derived.geometry)),
-        ):
-            _apply(pair, now, deltas, None)
+        )
+        for pair_key, pair in pairs:
+            _apply(pair, now, deltas)
             state.record(tag, pair_key, pair, deltas, None)
+        if rcode == _NX:
+            self._reopen_on_nxdomain(namespace, feats, pairs[0][1], pairs[1][1], settings)
+
+    def _reopen_on_nxdomain(
+        self, namespace: str, feats: NameFeatures, ns_pair: PairWindows, client_pair: PairWindows,
+        s: DetectorSettings,
+    ) -> None:
+        """A flag decided without ``nxdomain_ratio`` ends when the answers now give it:
+        the next query is scored, and the new reason alerted."""
+        decisions = self._decisions.get(namespace)
+        decided = decisions.get(feats.domain_wire) if decisions else None
+        if decided is None or decided.quarantine or "nxdomain_ratio" in decided.verdict.reasons:
+            return
+        for pair in (client_pair, ns_pair):
+            for window in (pair.short, pair.long):
+                responses = window.total(Field.RESPONSES)
+                nxdomains = window.total(Field.NXDOMAIN)
+                if responses >= s.nxdomain_min_responses and nxdomains >= s.nxdomain_ratio * responses:
+                    decided.until = 0.0  # expired: _decided() reports its counter and drops it
+                    return
 
     def quarantined(self, namespace: str, domain: str, now: float) -> bool:
         """True while ``domain`` is quarantined for ``namespace`` (any replica's decision)."""
         return self.state.quarantine_until(namespace, domain) > now
 
+    def quarantined_name(self, namespace: str, qname: bytes, now: float) -> bool:
+        """True while ``qname``'s registrable domain or any ancestor of it is quarantined.
+
+        Walked on wire labels: a quarantine of D covers every name below D,
+        whatever octets (a '.', NUL, bytes >= 0x80) its labels hold. A quarantine
+        decided here (or by another replica) is remembered locally, so the next
+        query under it costs a few dictionary lookups.
+        """
+        try:
+            feats = self.features.get(qname)
+        except ValueError:
+            return False
+        decided = self._decided(namespace, feats, now)
+        if decided is not None and decided.quarantine:
+            decided.queries += 1
+            self.decided_queries += 1
+            return True
+        until = self.state.quarantine_until
+        for domain in feats.ancestors():
+            end = until(namespace, domain_text(domain))
+            if end > now:
+                self._decide(namespace, domain, end, None, True)
+                return True
+        return False
+
     def quarantine(self, namespace: str, domain: str, until: float) -> None:
         """Quarantine ``domain`` for ``namespace`` until ``until`` (epoch seconds)."""
         self.state.set_quarantine(namespace, domain, until)
+        try:
+            wire = wire_of(domain)
+        except Exception:  # noqa: BLE001 - dnspython raises several types; such a text covers no query
+            return
+        self._decide(namespace, wire, until, None, True)
+
+    def stats(self) -> dict[str, int]:
+        """Counters for metrics: how many queries each tier handled."""
+        return {
+            "observed": self.observed,
+            "exempted": self.exempted,
+            "malformed": self.malformed,
+            "decided_queries": self.decided_queries,
+            "deferred": self.deferred,
+            "promotions": self.promotions,
+            "estimated": self.estimated,
+            "decisions": self._decision_count,
+        }
 
     # --- internals ------------------------------------------------------------------
     def _settings(self, settings: DetectorSettings) -> _Derived:
         derived = self._derived.get(id(settings))
         if derived is not None and derived.settings is settings:
             return derived
-        exempt = set(settings.exempt) | set(settings.cluster_domains) | {"arpa"}
+        texts = set(settings.exempt) | set(settings.cluster_domains) | {"arpa"}
         if settings.default_exemptions:
-            exempt |= DEFAULT_EXEMPTIONS
+            texts |= DEFAULT_EXEMPTIONS
+        exempt = {wire_of(text) for text in texts}
         derived = _Derived(
             settings=settings,
             exempt=frozenset(exempt),
@@ -216,19 +367,241 @@ class Detector:
         exempt = derived.exempt
         return any(suffix in exempt for suffix in feats.suffixes)
 
+    def _decided(self, namespace: str, feats: NameFeatures, now: float) -> _Decision | None:
+        """The live decision on the name's registrable domain, or a quarantine of an ancestor.
+
+        A flag is about one registrable domain (``x.github.io`` is not ``y.github.io``);
+        a quarantine of D covers every name below D.
+        """
+        decisions = self._decisions.get(namespace)
+        if not decisions:
+            return None
+        own = feats.domain_wire
+        for domain in feats.ancestors():
+            found = decisions.get(domain)
+            if found is not None and (found.quarantine or domain == own):
+                if found.until > now:
+                    return found
+                del decisions[domain]
+                self._decision_count -= 1
+                if found.queries:
+                    # Reported with the pair's next alert, so the gap in its figures is visible.
+                    skipped = self._skipped
+                    if len(skipped) >= self.max_decisions:
+                        skipped.clear()
+                    key = (namespace, domain)
+                    skipped[key] = skipped.get(key, 0) + found.queries
+        return None
+
+    def _decide(
+        self, namespace: str, domain: bytes, until: float, verdict: Verdict | None, quarantine: bool
+    ) -> None:
+        decisions = self._decisions.setdefault(namespace, {})
+        old = decisions.pop(domain, None)
+        if old is None:
+            self._decision_count += 1
+        else:
+            until = max(until, old.until) if quarantine or old.quarantine else until
+            quarantine = quarantine or old.quarantine
+            verdict = verdict or old.verdict
+        if verdict is None:
+            text = domain_text(domain)
+            verdict = Verdict(text, ("quarantine",), "warning", {}, False, True)
+        elif not verdict.repeat:
+            verdict = Verdict(verdict.domain, verdict.reasons, verdict.severity, {}, False, True)
+        decisions[domain] = _Decision(until, verdict, quarantine)
+        if self._decision_count > self.max_decisions:
+            self._forget_decisions()
+
+    def _forget_decisions(self) -> None:
+        # Oldest first (dicts keep insertion order); a forgotten decision is only
+        # a cheaper path lost: the windows and quarantines still decide.
+        for decisions in self._decisions.values():
+            for domain in list(decisions)[: max(1, len(decisions) // 4)]:
+                del decisions[domain]
+                self._decision_count -= 1
+
+    def _could_alert(
+        self, ns_pair: PairWindows, client_pair: PairWindows, client_rare: PairWindows, s: DetectorSettings
+    ) -> bool:
+        """Could the pair reach ``alert_points`` if its pending names were estimated?
+
+        An upper bound from counters only: information <= estimated + pending
+        subdomain octets (a charge never exceeds the text), budgets at their lowest
+        (the slow-drip bar; the client-concentration test only takes points away), encoded names
+        <= counted + pending new names, distinct names < ``unique_short`` while new
+        names and new types stay under half of it. When this says no, so would
+        :meth:`_score` after the estimate.
+        """
+        pending_bytes = ns_pair.pending_bytes
+        pending_names = ns_pair.pending_names
+        # First a bound over all four windows at once: the namespace pair's long window
+        # holds every client's queries over a span that contains the short window, so
+        # its counts bound the others'; with the loosest thresholds, most pairs stop here.
+        total = ns_pair.long.total
+        rare_types = total(Field.RARE_QTYPE)
+        points = 0
+        if total(Field.INFO) + pending_bytes >= min(
+            s.client_budget_short_bytes, s.client_budget_long_bytes,
+            s.namespace_budget_short_bytes, s.namespace_budget_long_bytes, s.slow_budget_bytes,
+        ):
+            points += 4
+        encoded_min = min(s.encoded_names_short, s.encoded_names_long)
+        if rare_types >= s.rare_qtype_names:
+            encoded_min = min(encoded_min, s.rare_qtype_names)
+            points += 2
+        elif total(Field.DATA_QTYPE) >= min(s.data_qtype_names_short, s.data_qtype_names_long):
+            points += 1
+        if total(Field.ENCODED) + pending_names >= encoded_min or total(Field.NON_LDH) >= s.non_ldh_names:
+            points += 2
+        if total(Field.LONG_LABEL) >= s.long_label_names:
+            points += 1
+        if total(Field.RESPONSES) >= s.nxdomain_min_responses:
+            points += 1
+        if total(Field.NEW_NAMES) + rare_types + total(Field.DATA_QTYPE) >= s.unique_short // 2:
+            points += 2
+        if not points or points + 1 < s.alert_points:  # +1: the rare_domains support point
+            return False
+        best = 0
+        for pair, short_budget, long_budget in (
+            (client_pair, s.client_budget_short_bytes, s.client_budget_long_bytes),
+            (ns_pair, s.namespace_budget_short_bytes, s.namespace_budget_long_bytes),
+        ):
+            for short, window, budget, encoded_min, data_min in (
+                (True, pair.short, short_budget, s.encoded_names_short, s.data_qtype_names_short),
+                (False, pair.long, long_budget, s.encoded_names_long, s.data_qtype_names_long),
+            ):
+                total = window.total
+                points = 0
+                info = total(Field.INFO) + pending_bytes
+                if not short:
+                    budget = min(budget, s.slow_budget_bytes)  # the slow-drip rule's bar
+                if info >= budget:
+                    points += 4 if info >= 4 * budget else 3
+                rare_types = total(Field.RARE_QTYPE)
+                if rare_types >= s.rare_qtype_names:
+                    encoded_min = min(encoded_min, s.rare_qtype_names)
+                    points += 2
+                elif total(Field.DATA_QTYPE) >= data_min:
+                    points += 1
+                if total(Field.ENCODED) + pending_names >= encoded_min or total(Field.NON_LDH) >= s.non_ldh_names:
+                    points += 2
+                if total(Field.LONG_LABEL) >= s.long_label_names:
+                    points += 1
+                responses = total(Field.RESPONSES)
+                if responses >= s.nxdomain_min_responses and total(Field.NXDOMAIN) >= s.nxdomain_ratio * responses:
+                    points += 1
+                if short and (
+                    total(Field.NEW_NAMES) + total(Field.RARE_QTYPE) + total(Field.DATA_QTYPE)
+                    >= s.unique_short // 2
+                ):
+                    points += 2
+                if points > best:
+                    best = points
+        if best and client_rare.long.total(Field.NEW_NAMES) >= s.rare_domains_per_hour * (
+            s.long_window_seconds / 3600.0
+        ):
+            best += 1
+        return best >= s.alert_points
+
+    def _promote(
+        self, tag: str, ns_pair: PairWindows, client_pair: PairWindows, client: str, derived: _Derived
+    ) -> None:
+        """Estimate the pair's pending names in arrival order; from now on, at once."""
+        ns_pair.promoted = True
+        self.promotions += 1
+        pending, ns_pair.pending = ns_pair.pending, []
+        ns_pair.pending_bytes = ns_pair.pending_names = 0
+        features = self.features
+        for entry in pending:
+            other = client_pair
+            if entry.client != client:
+                other = self.state.pair(f"{tag}|{entry.client}", derived.geometry)
+            try:
+                feats = features.get(entry.qname)
+            except ValueError:  # pragma: no cover - it parsed when it was queued
+                continue
+            self._estimate(tag, ns_pair, other, entry, feats, derived)
+
+    def _estimate(
+        self,
+        tag: str,
+        ns_pair: PairWindows,
+        client_pair: PairWindows,
+        entry: Pending,
+        feats: NameFeatures,
+        derived: _Derived,
+    ) -> None:
+        """The expensive evidence of one query, into the buckets it was counted in."""
+        self.estimated += 1
+        s = derived.settings
+        deltas: list[tuple[int, int]] = []
+        member: bytes | None = None
+        if entry.new:
+            member = feats.digest
+            # Deflate against the domain's recent text, never more than the alphabet allows.
+            sub = feats.subdomain
+            bound = content_bytes(sub, ns_pair.last_new)
+            ns_pair.last_new = sub
+            deltas.append((Field.INFO, min(ns_pair.estimator.charge(sub), bound)))
+            if feats.encoded_shape(s.encoded_label_min, s.entropy_ratio):
+                deltas.append((Field.ENCODED, 1))
+        frozen = tuple(deltas)
+        name_hash = int.from_bytes(feats.digest, "little")
+        ns_short, ns_long, c_short, c_long = entry.heads
+        state = self.state
+        for pair_key, pair, short_head, long_head in (
+            ("n", ns_pair, ns_short, ns_long),
+            ("c|" + entry.client, client_pair, c_short, c_long),
+        ):
+            for field_index, amount in frozen:
+                pair.short.add_at(short_head, field_index, amount)
+                pair.long.add_at(long_head, field_index, amount)
+            pair.short.add_name_at(short_head, name_hash)
+            if frozen or member is not None:
+                state.record(tag, pair_key, pair, frozen, member)
+
+    def _spread(
+        self, namespace: str, client: str, sub: bytes, now: float, geometry: Geometry
+    ) -> list[PairWindows]:
+        """Charge a rare domain's new name to the all-domain meters of the client and the
+        namespace, each against its own recent text (rotating domains share no context),
+        so that rotating over domains does not reset the meter."""
+        spread_pairs = []
+        for key in (f"{namespace}||{client}|domains", f"{namespace}||*|domains"):
+            pair = self.state.pair(key, geometry, unique=False)
+            cost = min(pair.estimator.charge(sub), content_bytes(sub, pair.last_new))
+            pair.last_new = sub
+            _apply(pair, now, ((Field.QUERIES, 1), (Field.NEW_NAMES, 1), (Field.INFO, cost)))
+            spread_pairs.append(pair)
+        return spread_pairs
+
     def _score(
         self,
         ns_pair: PairWindows,
         client_pair: PairWindows,
         client_rare: PairWindows,
         s: DetectorSettings,
-        now: float,
+        _now: float,
+        spread_pairs: list[PairWindows] | None = None,
+        tag: str = "",
     ) -> _Score | None:
         best: _Score | None = None
-        for scope, pair, short_budget, long_budget in (
+        scopes: list[tuple[str, PairWindows, int, int]] = [
             ("client", client_pair, s.client_budget_short_bytes, s.client_budget_long_bytes),
             ("namespace", ns_pair, s.namespace_budget_short_bytes, s.namespace_budget_long_bytes),
-        ):
+        ]
+        if spread_pairs:
+            client_all, namespace_all = spread_pairs
+            scopes.append(
+                ("client_domains", client_all, s.client_budget_short_bytes, s.client_budget_long_bytes)
+            )
+            scopes.append(
+                ("namespace_domains", namespace_all, s.namespace_budget_short_bytes,
+                 s.namespace_budget_long_bytes)
+            )
+        share: float | None = None
+        for scope, pair, short_budget, long_budget in scopes:
             for scale, window, budget, encoded_min, data_min, seconds in (
                 ("short", pair.short, short_budget, s.encoded_names_short,
                  s.data_qtype_names_short, s.short_window_seconds),
@@ -239,8 +612,28 @@ class Detector:
                 reasons: list[str] = []
                 total = window.total
                 info = total(Field.INFO)
+                crossed = 0
+                rule = ""
                 if info >= budget:
-                    points += 4 if info >= 4 * budget else 3
+                    crossed, rule = budget, "window"
+                elif (
+                    scale == "long"
+                    # Over many clients (or many clients' domains) a slow drip is what
+                    # telemetry and CDN pools look like.
+                    and scope != "namespace_domains"
+                    and (scope != "namespace" or len(ns_pair.clients) <= s.spread_clients)
+                    and slow_drip(window, s.slow_budget_bytes, s.slow_min_buckets, s.fresh_ratio)
+                ):
+                    crossed, rule = s.slow_budget_bytes, "slow"
+                if crossed and scope == "namespace":
+                    # Many clients each sending a little (telemetry) is not a channel;
+                    # a channel split over a few clients is.
+                    if share is None:
+                        share = self._concentration(ns_pair, tag, s)
+                    if share < s.concentration:
+                        crossed = 0
+                if crossed:
+                    points += 4 if info >= 4 * crossed else 3
                     reasons.append("info_budget")
                 rare_types = total(Field.RARE_QTYPE)
                 if rare_types >= s.rare_qtype_names:
@@ -274,7 +667,8 @@ class Detector:
                 if points == 0:
                     continue
                 if best is None or points > best.points:
-                    best = _Score(points, reasons, scope, scale, window, seconds)
+                    best = _Score(points, reasons, scope, scale, window, seconds, crossed, rule,
+                                  share if scope == "namespace" else None)
         if best is None:
             return None
         # Supporting evidence only: a client fanning out to many never-seen domains.
@@ -286,6 +680,28 @@ class Detector:
         if best.points < s.alert_points:
             return None
         return best
+
+    def _concentration(self, ns_pair: PairWindows, tag: str, s: DetectorSettings) -> float:
+        """Share of the namespace pair's information sent by its largest clients.
+
+        Reading every client's pair costs; the share is kept until the pair's
+        information grew by an eighth or its long window moved on.
+        """
+        if len(ns_pair.clients) <= s.spread_clients:
+            return 1.0
+        info = ns_pair.long.totals[Field.INFO]
+        cached = ns_pair.share
+        if cached is not None and cached[0] == ns_pair.long.head and info <= cached[1] * 1.125:
+            return cached[2]
+        find = self.state.find
+        client_info = {}
+        for client in ns_pair.clients:
+            pair = find(f"{tag}|{client}")
+            if pair is not None:
+                client_info[client] = pair.long.total(Field.INFO)
+        share = concentration(ns_pair, client_info, s.spread_clients)
+        ns_pair.share = (ns_pair.long.head, info, share)
+        return share
 
     def _verdict(
         self,
@@ -325,12 +741,12 @@ class Detector:
             "queries": total(Field.QUERIES),
             "new_names": total(Field.NEW_NAMES),
             "info_bytes": total(Field.INFO),
-            "budget_bytes": (
-                s.client_budget_short_bytes if best.scope == "client" else
-                s.namespace_budget_short_bytes
-            ) if best.scale == "short" else (
-                s.client_budget_long_bytes if best.scope == "client" else
-                s.namespace_budget_long_bytes
+            "budget_bytes": best.budget or (
+                s.namespace_budget_short_bytes if best.scope == "namespace" else
+                s.client_budget_short_bytes
+            ) if best.scale == "short" else best.budget or (
+                s.namespace_budget_long_bytes if best.scope == "namespace" else
+                s.client_budget_long_bytes
             ),
             "encoded_names": total(Field.ENCODED),
             "non_ldh_names": total(Field.NON_LDH),
@@ -344,6 +760,11 @@ class Detector:
         }
         if best.scale == "short" and w.sketches is not None:
             evidence["unique_names"] = w.unique()
+        if best.rule == "slow":
+            evidence["budget_rule"] = "slow"
+            evidence["active_buckets"] = sum(1 for row in w.counts.values() if row[Field.NEW_NAMES])
+        if best.share is not None:
+            evidence["top_clients_share"] = round(best.share, 3)
         if shape is not None:
             evidence.update(
                 alphabet=shape.alphabet,
@@ -380,12 +801,7 @@ class Detector:
         return fresh
 
 
-def _apply(
-    pair: PairWindows, now: float, deltas: tuple[tuple[int, int], ...], name_hash: int | None
-) -> None:
+def _apply(pair: PairWindows, now: float, deltas: tuple[tuple[int, int], ...]) -> None:
     for window in (pair.short, pair.long):
         window.advance(now)
-        for field_index, amount in deltas:
-            window.add(field_index, amount)
-    if name_hash is not None:
-        pair.short.add_name(name_hash)
+        window.add_all(deltas)

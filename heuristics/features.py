@@ -11,18 +11,19 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import ClassVar
 
-from .names import _label_key, labels_of, registrable_domain
+from .names import domain_text, label_offsets, name_to_text, registrable_offset
 
 __all__ = [
     "Alphabet",
+    "FeatureCache",
     "LabelShape",
     "NameFeatures",
-    "FeatureCache",
     "alphabet_of",
     "expected_entropy",
-    "shannon_entropy",
     "features_of",
+    "shannon_entropy",
 ]
 
 _HEX = frozenset(b"0123456789abcdef")
@@ -53,7 +54,7 @@ class Alphabet:
     LDH = "ldh"
     BASE64 = "base64"
     BINARY = "binary"  # any octet outside LDH and base64: base128 and friends
-    SIZE = {HEX: 16, BASE32: 32, ALNUM: 36, LDH: 38, BASE64: 38, BINARY: 128}
+    SIZE: ClassVar[dict[str, int]] = {HEX: 16, BASE32: 32, ALNUM: 36, LDH: 38, BASE64: 38, BINARY: 128}
 
 
 def alphabet_of(label: bytes) -> str:
@@ -78,14 +79,16 @@ def shannon_entropy(data: bytes) -> float:
     n = len(data)
     if n == 0:
         return 0.0
-    counts: dict[int, int] = {}
-    for b in data:
-        counts[b] = counts.get(b, 0) + 1
-    h = 0.0
-    for c in counts.values():
-        p = c / n
-        h -= p * math.log2(p)
-    return h
+    # H = log2(n) - sum(c log2 c) / n, the counts taken in C (bytes.count per distinct octet).
+    clog = _CLOG
+    if n < len(clog):
+        total = sum([clog[c] for c in map(data.count, set(data))])
+    else:
+        total = sum([c * math.log2(c) for c in map(data.count, set(data))])
+    return max(0.0, math.log2(n) - total / n)
+
+
+_CLOG = [0.0] + [c * math.log2(c) for c in range(1, 256)]  # c*log2(c) for names' label counts
 
 
 @lru_cache(maxsize=4096)
@@ -177,20 +180,107 @@ def _shape(data: bytes) -> LabelShape:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class NameFeatures:
-    """Settings-independent facts about one query name."""
+_LDH_BYTES = bytes(sorted(_LDH))
+_DIGIT_BYTES = bytes(sorted(_DIGITS))
 
-    domain: str  # registrable domain, text
-    suffixes: tuple[str, ...]  # name suffixes from the TLD down to a few labels below the domain
-    subdomain: bytes  # labels left of the registrable domain, joined with '.'
-    digest: bytes  # stable 8-byte hash of the whole name (HLL member, seen-set key)
-    total_length: int  # wire length
-    label_count: int
-    max_label: int  # longest label, octets
-    shapes: tuple[LabelShape, ...]  # subdomain labels, then the joined run if >1 label
-    digit_ratio: float  # digits over subdomain octets
-    non_ldh: bool  # any subdomain octet outside LDH (and '_')
+
+class NameFeatures:
+    """Settings-independent facts about one query name.
+
+    Everything a decision keys on is taken from the wire labels: ``domain_wire``
+    is a label-wise suffix of ``qname`` (an ancestor in the DNS tree) and
+    ``domain`` its escaped presentation text. The cheap facts (lengths, domain,
+    digest, non-LDH octets) are computed at once; the label shapes (alphabet,
+    entropy), the expensive part, only when first asked for.
+    """
+
+    __slots__ = (
+        "_ancestors",
+        "_shapes",
+        "digest",
+        "domain",
+        "domain_labels",
+        "domain_wire",
+        "key",
+        "label_count",
+        "max_label",
+        "non_ldh",
+        "offsets",
+        "qname",
+        "subdomain",
+        "suffixes",
+        "total_length",
+    )
+
+    def __init__(self, qname: bytes) -> None:
+        offsets = label_offsets(qname)
+        start = registrable_offset(qname, offsets)
+        domain = domain_text(qname[start:])
+        sub_labels = [qname[i + 1 : i + 1 + qname[i]] for i in offsets if i < start]
+        self.qname = qname
+        self.offsets = offsets
+        self.domain = domain  # registrable domain, escaped text
+        self.domain_wire = qname[start:]
+        self.domain_labels = sum(1 for i in offsets if i >= start)
+        # Pair keys join namespace, domain and client with '|': a '|' inside the
+        # domain's text must not let one domain's key read as another's.
+        self.key = domain.replace("|", "\\124")
+        # Wire suffixes from the TLD down to three labels below the registrable
+        # domain, for exemptions such as avqs.mcafee.com or zen.spamhaus.org.
+        depth = min(len(offsets), self.domain_labels + 3)
+        self.suffixes = tuple(qname[i:] for i in offsets[len(offsets) - depth :])
+        # Labels left of the registrable domain, joined with '.': the text the
+        # information estimate deflates (an amount, not a decision key).
+        self.subdomain = b".".join(sub_labels)
+        self.digest = hashlib.blake2b(qname, digest_size=8).digest()  # HLL member, seen-set key
+        self.total_length = len(qname)  # wire length
+        self.label_count = len(offsets)
+        self.max_label = max((qname[i] for i in offsets), default=0)
+        joined = b"".join(sub_labels)
+        self.non_ldh = bool(joined.translate(None, _LDH_BYTES))  # any octet outside LDH and '_'
+        self._shapes: tuple[LabelShape, ...] | None = None
+        self._ancestors: tuple[bytes, ...] | None = None
+
+    @property
+    def shapes(self) -> tuple[LabelShape, ...]:
+        """Subdomain labels' shapes, then the joined run's if there is more than one label."""
+        shapes = self._shapes
+        if shapes is None:
+            sub_labels = self.subdomain_labels()
+            found = [_shape(label) for label in sub_labels if label]
+            if len(sub_labels) > 1:
+                # Encoders split long payloads over several labels: judge the joined run too.
+                found.append(_shape(b"".join(sub_labels)))
+            shapes = self._shapes = tuple(found)
+        return shapes
+
+    def subdomain_labels(self) -> list[bytes]:
+        """The labels left of the registrable domain, in order."""
+        q = self.qname
+        start = len(q) - len(self.domain_wire)
+        return [q[i + 1 : i + 1 + q[i]] for i in self.offsets if i < start]
+
+    def ancestors(self) -> tuple[bytes, ...]:
+        """Wire names from the registrable domain up to the root (computed once)."""
+        found = self._ancestors
+        if found is None:
+            q = self.qname
+            start = len(q) - len(self.domain_wire)
+            found = self._ancestors = (*tuple(q[i:] for i in self.offsets if i >= start), b"\x00")
+        return found
+
+    @property
+    def digit_ratio(self) -> float:
+        """Digits over subdomain octets."""
+        joined = b"".join(self.subdomain_labels())
+        if not joined:
+            return 0.0
+        return (len(joined) - len(joined.translate(None, _DIGIT_BYTES))) / len(joined)
+
+    @property
+    def text(self) -> str:
+        """The whole name as escaped presentation text."""
+        return name_to_text(self.qname)
 
     def encoded_shape(self, min_length: int, entropy_ratio: float) -> LabelShape | None:
         """The most random-looking label or joined run that looks encoded, if any."""
@@ -205,36 +295,7 @@ class NameFeatures:
 
 def features_of(qname: bytes) -> NameFeatures:
     """Compute :class:`NameFeatures` for a lowercased wire-format name."""
-    labels = labels_of(qname)
-    domain = registrable_domain(qname)
-    domain_labels = 0 if domain == "." else domain.count(".") + 1
-    # Suffix texts from the TLD down to three labels below the registrable domain:
-    # enough for exemptions such as avqs.mcafee.com or zen.spamhaus.org.
-    depth = min(len(labels), domain_labels + 3)
-    suffixes = tuple(
-        ".".join(_label_key(label) for label in labels[len(labels) - d :])
-        for d in range(1, depth + 1)
-    )
-    sub_labels = labels[: max(0, len(labels) - domain_labels)]
-    subdomain = b".".join(sub_labels)
-    shapes = [_shape(label) for label in sub_labels if label]
-    if len(sub_labels) > 1:
-        # Encoders split long payloads over several labels: judge the joined run too.
-        shapes.append(_shape(b"".join(sub_labels)))
-    joined = b"".join(sub_labels)
-    digits = sum(1 for b in joined if b in _DIGITS)
-    return NameFeatures(
-        domain=domain,
-        suffixes=suffixes,
-        subdomain=subdomain,
-        digest=hashlib.blake2b(qname, digest_size=8).digest(),
-        total_length=len(qname),
-        label_count=len(labels),
-        max_label=max((len(label) for label in labels), default=0),
-        shapes=tuple(shapes),
-        digit_ratio=digits / len(joined) if joined else 0.0,
-        non_ldh=not set(joined) <= _LDH,
-    )
+    return NameFeatures(qname)
 
 
 class FeatureCache:

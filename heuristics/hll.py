@@ -22,7 +22,7 @@ _ALPHA = 0.7213 / (1 + 1.079 / M)
 class HyperLogLog:
     """Distinct-count sketch over 64-bit integer hashes."""
 
-    __slots__ = ("_sparse", "_dense")
+    __slots__ = ("_dense", "_sparse")
 
     def __init__(self) -> None:
         self._sparse: set[int] | None = set()
@@ -112,4 +112,4 @@ def _estimate(dense: bytearray) -> int:
     estimate = _ALPHA * M * M / total
     if estimate <= 2.5 * M and zeros:
         estimate = M * math.log(M / zeros)  # linear counting for small cardinalities
-    return int(round(estimate))
+    return round(estimate)

@@ -8,20 +8,28 @@ assumes ASCII.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 from importlib import resources
 
-from publicsuffixlist import PublicSuffixList
+from publicsuffixlist import PSLFILE, encode_idn
 
 __all__ = [
     "DEFAULT_EXEMPTIONS",
+    "ancestors",
+    "domain_text",
+    "domains_wire",
+    "is_subdomain",
+    "label_offsets",
+    "label_to_text",
     "labels_of",
+    "load_exemptions",
     "name_to_text",
     "registrable_domain",
-    "load_exemptions",
+    "registrable_offset",
+    "registrable_wire",
+    "wire_of",
 ]
-
-_PSL = PublicSuffixList()  # the package's bundled snapshot: never fetched at run time
 
 # RFC 1035 5.1 specials that must be escaped in presentation format.
 _SPECIALS = frozenset(b'."();\\@$')
@@ -31,13 +39,14 @@ _ESCAPED = tuple(
 )
 
 
-def labels_of(qname: bytes) -> list[bytes]:
-    """Split a wire-format name into its labels, root label excluded.
+def label_offsets(qname: bytes) -> list[int]:
+    """Offsets of the length octet of every label of a wire name, root excluded.
 
-    A name without the terminating root label is accepted; a length octet
-    pointing past the end raises ``ValueError``.
+    ``qname[offset:]`` is then an ancestor of the name (the name itself first),
+    cut at a label boundary, so it is a suffix in the DNS tree whatever octets
+    the labels hold. A length octet pointing past the end raises ``ValueError``.
     """
-    labels: list[bytes] = []
+    offsets: list[int] = []
     i = 0
     end = len(qname)
     while i < end:
@@ -49,9 +58,35 @@ def labels_of(qname: bytes) -> list[bytes]:
         j = i + 1 + n
         if j > end:
             raise ValueError(f"label at offset {i} runs past the end of the name")
-        labels.append(qname[i + 1 : j])
+        offsets.append(i)
         i = j
-    return labels
+    return offsets
+
+
+def labels_of(qname: bytes) -> list[bytes]:
+    """Split a wire-format name into its labels, root label excluded.
+
+    A name without the terminating root label is accepted; a length octet
+    pointing past the end raises ``ValueError``.
+    """
+    return [qname[i + 1 : i + 1 + qname[i]] for i in label_offsets(qname)]
+
+
+def ancestors(qname: bytes) -> list[bytes]:
+    """The name and every ancestor up to (not including) the root, as wire names."""
+    return [qname[i:] for i in label_offsets(qname)]
+
+
+def is_subdomain(name: bytes, domain: bytes) -> bool:
+    """True when wire ``name`` is ``domain`` or below it, compared label by label.
+
+    A byte-wise ``endswith`` is not enough: ``\\x06x\\x04test\\x00`` ends with the
+    octets of ``\\x04test\\x00`` but is a one-label name, not a name under ``test``.
+    """
+    if len(domain) > len(name) or not name.endswith(domain):
+        return False
+    cut = len(name) - len(domain)
+    return cut == 0 or domain == b"\x00" or cut in label_offsets(name)
 
 
 def label_to_text(label: bytes) -> str:
@@ -72,46 +107,130 @@ def name_to_text(qname: bytes) -> str:
     return ".".join(label_to_text(label) for label in labels)
 
 
-def _label_key(label: bytes) -> str:
-    # latin-1 maps every octet to one code point, so PSL matching never fails on
-    # binary labels (they simply match no rule).
-    return label.decode("latin-1")
+def wire_of(text: str) -> bytes:
+    """Lowercased wire form of a presentation-format name (``\\.`` and ``\\DDD`` understood)."""
+    import dns.name  # only for config and offline text; the query path stays on wire names
+
+    wire = dns.name.from_text(text).to_wire()
+    assert wire is not None
+    return wire.lower()
+
+
+# --- the public suffix list, matched on wire labels ----------------------------------
+
+
+_Rules = frozenset[tuple[bytes, ...]]
+
+
+def _load_rules() -> tuple[_Rules, _Rules, _Rules, int]:
+    """Exact, wildcard (``*.x`` stored as x) and exception (``!x``) rules as label tuples.
+
+    Read from the snapshot shipped in the ``publicsuffixlist`` package, never
+    fetched at run time. Unicode rules are kept in their IDNA (``xn--``) form,
+    the one that travels in DNS labels. A rule's labels never hold a '.', so a
+    label that does never matches one.
+    """
+    exact: set[tuple[bytes, ...]] = set()
+    wild: set[tuple[bytes, ...]] = set()
+    exception: set[tuple[bytes, ...]] = set()
+    depth = 0
+    with open(PSLFILE, encoding="utf-8") as handle:
+        for line in handle:
+            rule = line.strip().split(" ")[0].lower()
+            if not rule or rule.startswith("//"):
+                continue
+            kind = exact
+            if rule.startswith("!"):
+                kind, rule = exception, rule[1:]
+            elif rule.startswith("*."):
+                kind, rule = wild, rule[2:]
+            try:
+                ascii_rule = encode_idn(rule) if not rule.isascii() else rule
+            except UnicodeError:
+                continue
+            labels = tuple(part.encode("ascii") for part in ascii_rule.split("."))
+            kind.add(labels)
+            depth = max(depth, len(labels) + (kind is wild))
+    return frozenset(exact), frozenset(wild), frozenset(exception), depth
+
+
+_EXACT, _WILD, _EXCEPTION, _MAX_RULE = _load_rules()
+# The registrable domain is at most the longest rule plus one label: looking at
+# more labels than that cannot change the answer.
+_TAIL = _MAX_RULE + 2
+
+
+def _public_labels(labels: tuple[bytes, ...]) -> int:
+    """How many trailing labels form the public suffix (PSL algorithm, unknown TLD = 1).
+
+    Longest suffix first; at each depth an exception beats a wildcard beats an
+    exact rule, as in the list's own test data (``city.kobe.jp``).
+    """
+    n = len(labels)
+    for depth in range(min(n, _MAX_RULE), 0, -1):
+        suffix = labels[n - depth :]
+        if suffix in _EXCEPTION:
+            return depth - 1
+        if suffix in _WILD:
+            return depth + 1 if depth < n else depth
+        if suffix in _EXACT:
+            return depth
+    return 1 if n else 0
 
 
 @lru_cache(maxsize=65536)
-def _registrable_from_text(text: str) -> str:
-    suffix = _PSL.privatesuffix(text)
-    if suffix is not None:
-        return suffix
-    # The name is itself a public suffix (or shorter): it is its own domain.
-    return text
+def _registrable_labels(tail: bytes) -> int:
+    labels = tuple(labels_of(tail))
+    return min(len(labels), _public_labels(labels) + 1)
+
+
+def registrable_offset(qname: bytes, offsets: list[int] | None = None) -> int:
+    """Offset in ``qname`` where its registrable domain starts (public suffix + one label).
+
+    Decided on wire labels, so ``qname[registrable_offset(qname):]`` is always an
+    ancestor of the name (or the name itself) in the DNS tree, whatever octets
+    its labels hold: a '.' inside a label is one octet of that label. A name
+    that is itself a public suffix (``com``, ``co.uk``) is its own domain; the
+    root's is the root. ``offsets`` may pass :func:`label_offsets` already computed.
+    """
+    if offsets is None:
+        offsets = label_offsets(qname)
+    n = len(offsets)
+    if n == 0:
+        return max(0, len(qname) - 1)
+    # Only the last few labels matter; keying the cache by them shares it between
+    # every name under one domain, so long tunnel names cost nothing extra.
+    start = offsets[max(0, n - _TAIL)]
+    keep = _registrable_labels(qname[start:])
+    return offsets[n - keep]
+
+
+def registrable_wire(qname: bytes) -> bytes:
+    """The registrable domain of a wire name, as a wire name (a label-wise suffix of it)."""
+    return qname[registrable_offset(qname) :]
 
 
 def registrable_domain(qname: bytes) -> str:
-    """Registrable domain of a wire name (public suffix + one label).
+    """Registrable domain of a wire name, as presentation text without trailing dot.
 
     Uses the public suffix list including its private section (``s3.amazonaws.com``,
     ``github.io``, ``cloudfront.net``), from the snapshot shipped with the
-    ``publicsuffixlist`` package. Returned as lowercase text without trailing dot;
-    a name that is itself a public suffix (``com``, ``co.uk``) is returned as is.
-    Only the last few labels are looked at, so long tunnel names cost nothing extra.
+    ``publicsuffixlist`` package, matched label by label (see :func:`registrable_offset`).
+    The text is escaped as :func:`name_to_text` writes it, so two different
+    domains never share a text.
     """
-    labels = labels_of(qname)
-    if not labels:
-        return "."
-    # The longest PSL rule has fewer than 8 labels; keep the lookup key small so the
-    # cache is shared by every name under the same domain.
-    tail = labels[-8:]
-    text = ".".join(_label_key(label) for label in tail)
-    domain = _registrable_from_text(text)
-    return label_to_text_str(domain)
+    return domain_text(registrable_wire(qname))
 
 
-def label_to_text_str(text: str) -> str:
-    """Escape a latin-1 decoded name the way :func:`name_to_text` would."""
-    if all(0x21 <= ord(c) <= 0x7E and c not in '"();\\@$' for c in text):
-        return text
-    return ".".join(label_to_text(part.encode("latin-1")) for part in text.split("."))
+@lru_cache(maxsize=65536)
+def domain_text(domain: bytes) -> str:
+    """:func:`name_to_text` of a domain, memoised (few domains, many names under them)."""
+    return name_to_text(domain)
+
+
+def domains_wire(names: Iterable[str]) -> frozenset[bytes]:
+    """Wire forms of presentation-format domains (config lists, flagged domains)."""
+    return frozenset(wire_of(name) for name in names)
 
 
 def load_exemptions(text: str) -> frozenset[str]:

@@ -17,9 +17,10 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from .client_quarantine import ClientQuarantines
 from .windows import Field, PairWindows, Window
 
-__all__ = ["State", "MemoryState", "RedisState", "Geometry"]
+__all__ = ["Geometry", "MemoryState", "RedisState", "State"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 Geometry = tuple[float, int, float, int, int]
 
 SHORT, LONG = "s", "l"
+ANNOUNCE_OVERLAP = 30.0  # seconds of the shared-pairs index read again each flush (clock skew)
 
 
 class _LRU(OrderedDict[Any, Any]):
@@ -61,6 +63,7 @@ class State:
         self._seen: _LRU = _LRU(max_names)
         self._domains: _LRU = _LRU(max_keys)
         self._quarantines: _LRU = _LRU(max_keys)
+        self.clients = ClientQuarantines(max_keys)  # workloads quarantined (on_undeclared)
         self.errors = 0
         self.fallbacks = 0
 
@@ -76,6 +79,11 @@ class State:
         windows = PairWindows(*geometry[:4], context_bytes=geometry[4], unique=unique)
         pairs.put(key, (geometry, windows))
         return windows
+
+    def find(self, key: str) -> PairWindows | None:
+        """The windows of a pair key if they exist (never creates, never reorders)."""
+        found = self._pairs.get(key)
+        return None if found is None else found[1]
 
     def first_sight(self, key: tuple[str, bytes]) -> bool:
         """True the first time a (namespace, name digest) is seen (bounded memory)."""
@@ -124,7 +132,7 @@ class State:
     async def close(self) -> None:
         """Stop background work and release connections."""
 
-    def stats(self) -> dict[str, object]:
+    def stats(self) -> dict[str, Any]:
         """Sizes and counters, for metrics."""
         return {
             "backend_in_use": self.backend_in_use,
@@ -134,7 +142,12 @@ class State:
             "name_evictions": self._seen.evictions,
             "errors": self.errors,
             "fallbacks": self.fallbacks,
+            "quarantines_active": self.active_quarantines(time.time()),
         }
+
+    def active_quarantines(self, now: float) -> int:
+        """Quarantined (namespace, domain) pairs whose quarantine has not expired."""
+        return sum(1 for until in list(self._quarantines.values()) if until > now)
 
 
 class MemoryState(State):
@@ -152,6 +165,11 @@ class RedisState(State):
     - ``dnsgate:{ns|domain}:<pair>:u:<bucket>`` HyperLogLog of name hashes (PFADD), TTL
     - ``dnsgate:{ns|domain}:quarantine`` expiry (epoch seconds) and the index
       sorted set ``dnsgate:quarantines`` (member ``ns|domain``, score = until)
+
+    - ``dnsgate:shared`` sorted set of pair key prefixes some replica shares
+      (score = when it started): a pair is shared by every replica as soon as
+      one of them has local evidence, so a channel whose queries alternate
+      between replicas is judged on all of its queries, not half on each
 
     ``<pair>`` is ``n`` for the namespace pair, ``c:<client>`` for a client pair.
     If Redis fails the error is counted (``errors``), the outage counted once
@@ -173,9 +191,13 @@ class RedisState(State):
         prefix: str = "dnsgate",
         share_min_names: int = 4,
         max_merge: int = 512,
+        hot_flush_seconds: float = 0.05,
+        max_hot_merge: int = 64,
+        cluster: bool = False,
     ) -> None:
         super().__init__(max_keys=max_keys, max_names=max_names)
         self.url = url
+        self.cluster = cluster  # url names one node of a Redis Cluster
         self.flush_seconds = flush_seconds
         self.merge_seconds = merge_seconds
         self.retry_seconds = retry_seconds
@@ -186,6 +208,7 @@ class RedisState(State):
         self.max_merge = max_merge  # pairs merged back per round, most recently changed first
         self.merge_rounds = 5  # merges per pair after its last local change
         self.backend_in_use = "redis"
+        self.clients.shared = True
         self.dropped = 0  # batched updates lost while Redis was unreachable or lagging
         self.flushes = 0
         self.recoveries = 0
@@ -195,6 +218,20 @@ class RedisState(State):
         self._touched: dict[str, tuple[PairWindows, int]] = {}  # redis key prefix -> windows
         self._ttl: dict[str, int] = {}
         self._pending_quarantines: list[tuple[str, str, float]] = []
+        # Sharing is decided for all replicas at once: a pair one replica shares is
+        # announced in ``<prefix>:shared``; the others start sharing it too.
+        self._candidates: _LRU = _LRU(max_keys)  # redis key prefix -> windows not shared yet
+        self._announced: _LRU = _LRU(max_keys)  # prefixes another replica shares, not active here yet
+        self._announce: dict[str, None] = {}  # prefixes to announce at the next flush
+        self._announced_since = 0.0  # score of the newest announcement read
+        self.adopted = 0  # pairs shared here because another replica announced them
+        # Shared pairs changed since the last flush: pushed and merged back at once, so
+        # replicas taking turns on one channel see each other's queries within ~hot_flush_seconds.
+        self.hot_flush_seconds = hot_flush_seconds
+        self.max_hot_merge = max_hot_merge
+        self._hot: dict[str, PairWindows] = {}
+        self._wake: asyncio.Event | None = None
+        self._stopping = False
         self._last_now = 0.0
         self._client: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -213,18 +250,34 @@ class RedisState(State):
         """Queue a pair's head-bucket deltas for the next flush.
 
         Only pairs with some evidence are shared: a domain asked once or twice
-        (most of them) never costs a Redis command. When a pair first qualifies,
-        its whole live window is pushed, so replicas still see all of it.
+        with plain names (most of them) never costs a Redis command. When a pair
+        first qualifies, its whole live window is pushed, so replicas still see
+        all of it, and it is announced so that every other replica shares its
+        own part of that pair too, evidence or not.
         """
         if not windows.shared:
+            base = f"{self.prefix}:{{{tag}}}:{pair_key}"
+            if base in self._announced:
+                del self._announced[base]
+                self.adopted += 1
+                self._promote(base, windows)
+                return
             totals = windows.long.totals
+            # Any encoded-looking, long-label, non-LDH or rare-type name is evidence
+            # enough: waiting for several names on each replica would let a channel
+            # spread over N replicas send N times the payload before anyone sees it.
             if (
                 totals[Field.NEW_NAMES] < self.share_min_names
+                and not totals[Field.ENCODED]
+                and not totals[Field.LONG_LABEL]
                 and not totals[Field.RARE_QTYPE]
                 and not totals[Field.NON_LDH]
             ):
+                self._candidates.put(base, windows)
                 return
-            self._promote(f"{self.prefix}:{{{tag}}}:{pair_key}", windows)
+            self._candidates.pop(base, None)
+            self._announce[base] = None
+            self._promote(base, windows)
             return
         if len(self._pending) >= self.max_pending:
             self.dropped += 1
@@ -243,6 +296,19 @@ class RedisState(State):
         self._touched[base] = (windows, self.merge_rounds)
         if len(self._touched) > self.max_keys:
             del self._touched[next(iter(self._touched))]
+        self._heat(base, windows)
+
+    @property
+    def hot(self) -> int:
+        """Shared pairs changed since the last flush (the flush task runs early for them)."""
+        return len(self._hot)
+
+    def _heat(self, base: str, windows: PairWindows) -> None:
+        """Mark a shared pair changed: the flush task runs soon and merges it back."""
+        if len(self._hot) < self.max_hot_merge:
+            self._hot[base] = windows
+        if self._wake is not None:
+            self._wake.set()
 
     def _promote(self, base: str, windows: PairWindows) -> None:
         """Start sharing a pair: queue every live bucket's counters."""
@@ -256,10 +322,13 @@ class RedisState(State):
         self._touched[base] = (windows, self.merge_rounds)
         if len(self._touched) > self.max_keys:
             del self._touched[next(iter(self._touched))]
+        self._heat(base, windows)
 
     def set_quarantine(self, namespace: str, domain: str, until: float) -> None:
         super().set_quarantine(namespace, domain, until)
         self._pending_quarantines.append((namespace, domain, until))
+        if self._wake is not None:
+            self._wake.set()  # a decision other replicas should apply now, not at the next tick
 
     def note_time(self, now: float) -> None:
         """Latest query time seen (capture time in replay), for quarantine expiry."""
@@ -273,12 +342,23 @@ class RedisState(State):
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
-        self._client = aioredis.Redis.from_url(
-            self.url,
-            socket_timeout=self.socket_timeout,
-            socket_connect_timeout=self.socket_timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
+        if self.cluster:
+            # Redis Cluster: the pipeline is split per node by the client; every
+            # multi-key command stays inside one hash tag, so one slot.
+            from redis.asyncio.cluster import RedisCluster
+
+            self._client = RedisCluster.from_url(
+                self.url,
+                socket_timeout=self.socket_timeout,
+                socket_connect_timeout=self.socket_timeout,
+            )
+        else:
+            self._client = aioredis.Redis.from_url(
+                self.url,
+                socket_timeout=self.socket_timeout,
+                socket_connect_timeout=self.socket_timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="dnsgate-redis-flush")
 
@@ -286,6 +366,9 @@ class RedisState(State):
         """Flush what is pending (best effort), stop the task, close the client."""
         task, self._task = self._task, None
         if task is not None:
+            self._stopping = True
+            if self._wake is not None:
+                self._wake.set()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -297,9 +380,23 @@ class RedisState(State):
             self._client = None
 
     async def _run(self) -> None:
-        while True:
-            # Pacing of a background loop, not a readiness wait.
-            await asyncio.sleep(self.flush_seconds)
+        wake = self._wake = asyncio.Event()
+        last = time.monotonic()
+        # The flag, not only the cancellation, ends the loop: a cancel landing inside
+        # a Redis command can surface as a connection error and be swallowed there.
+        while not self._stopping:
+            # Pacing of a background loop, not a readiness wait: every flush_seconds,
+            # or sooner (at most every hot_flush_seconds) when a shared pair changed.
+            # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a
+            # cancellation that arrives as the event is set, and close() would hang.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.flush_seconds):
+                    await wake.wait()
+            gap = self.hot_flush_seconds - (time.monotonic() - last)
+            if gap > 0:
+                await asyncio.sleep(gap)
+            wake.clear()
+            last = time.monotonic()
             try:
                 await self.flush()
             except asyncio.CancelledError:
@@ -321,6 +418,11 @@ class RedisState(State):
         pending, self._pending = self._pending, {}
         members, self._pending_members = self._pending_members, {}
         quarantines, self._pending_quarantines = self._pending_quarantines, []
+        announce, self._announce = self._announce, {}
+        hot, self._hot = self._hot, {}
+        # What this replica has counted so far is all in ``pending`` or pushed before:
+        # once this flush is through, Redis holds these totals of ours.
+        pushed = {id(w): (w.head, list(w.totals)) for pw in hot.values() for w in (pw.short, pw.long)}
         do_merge = merge if merge is not None else clock - self._last_merge >= self.merge_seconds
         touched: dict[str, tuple[PairWindows, int]] = {}
         if do_merge:
@@ -328,20 +430,30 @@ class RedisState(State):
             # other replicas' later contributions reach a quiet replica too.
             items = list(self._touched.items())
             touched = dict(items[-self.max_merge :])
+            for pw, _ in touched.values():
+                for w in (pw.short, pw.long):
+                    pushed[id(w)] = (w.head, list(w.totals))
             waiting = dict(items[: -self.max_merge]) if len(items) > self.max_merge else {}
             waiting.update(
                 (base, (windows, rounds - 1)) for base, (windows, rounds) in touched.items() if rounds > 1
             )
             self._touched = waiting
         try:
-            await self._push(pending, members, quarantines)
+            adopted = await self._push(pending, members, quarantines, announce)
+            if not do_merge:
+                # Pairs that just changed or were just adopted: fetch the other
+                # replicas' counts now, not at the next merge round.
+                touched = {base: (windows, 0) for base, windows in hot.items()}
+                touched.update((base, self._touched[base]) for base in adopted if base in self._touched)
+            if do_merge or touched:
+                await self._merge(touched, pushed)
             if do_merge:
-                await self._merge(touched)
                 self._last_merge = clock
-        except Exception as exc:  # redis.RedisError, OSError, timeouts
+        except Exception as exc:  # noqa: BLE001 - redis.RedisError, OSError, timeouts
             self._failed(exc, len(pending) + len(members) + len(quarantines))
             # Quarantines are decisions worth keeping: re-queue them for later.
             self._pending_quarantines = quarantines + self._pending_quarantines
+            self._announce.update(announce)
             return False
         if self.backend_in_use != "redis":
             self.backend_in_use = "redis"
@@ -366,7 +478,14 @@ class RedisState(State):
         pending: dict[tuple[str, str, int], list[int]],
         members: dict[tuple[str, int], set[bytes]],
         quarantines: list[tuple[str, str, float]],
-    ) -> None:
+        announce: dict[str, None] | None = None,
+    ) -> list[str]:
+        """One pipeline: deltas, quarantines and announcements out; quarantines and announcements in.
+
+        Returns the pairs another replica's announcement made shared here (their
+        windows are merged at once rather than at the next merge round).
+        """
+        announce = announce or {}
         pipe = self._client.pipeline(transaction=False)
         names = Field.NAMES
         for (base, scale, bucket), counts in pending.items():
@@ -384,15 +503,43 @@ class RedisState(State):
             member = f"{namespace}|{domain}"
             pipe.zadd(index, {member: until}, gt=True)
             pipe.set(f"{self.prefix}:{{{member}}}:quarantine", repr(until))
-        # Pull everyone's live quarantines in the same round trip.
+        shared = f"{self.prefix}:shared"
+        wall = time.time()
+        if announce:
+            pipe.zadd(shared, dict.fromkeys(announce, wall))
+            # The index only needs to outlive the longest window it can apply to.
+            pipe.zremrangebyscore(shared, "-inf", wall - self._ttl.get(LONG, 86400))
+        self.clients.queue(pipe, self.prefix, self._last_now or time.time())
+        # Pull everyone's live quarantines and shared pairs in the same round trip.
         pipe.zrangebyscore(index, self._last_now, "+inf", withscores=True)
+        # Read back with some overlap: replicas' clocks differ a little, re-reading is harmless.
+        pipe.zrangebyscore(shared, self._announced_since - ANNOUNCE_OVERLAP, "+inf", withscores=True)
         results = await pipe.execute()
-        for raw, until in results[-1]:
+        self.clients.pulled(results[-4], results[-3])
+        for raw, until in results[-2]:
             member = raw.decode() if isinstance(raw, bytes) else str(raw)
             namespace, _, domain = member.partition("|")
             super().set_quarantine(namespace, domain, float(until))
+        adopted: list[str] = []
+        for raw, score in results[-1]:
+            base = raw.decode() if isinstance(raw, bytes) else str(raw)
+            self._announced_since = max(self._announced_since, float(score))
+            if base in announce:
+                continue
+            windows = self._candidates.pop(base, None)
+            if windows is None:
+                self._announced.put(base, None)  # adopted when the pair is first seen here
+            elif not windows.shared:
+                self.adopted += 1
+                self._promote(base, windows)
+                adopted.append(base)
+        return adopted
 
-    async def _merge(self, touched: dict[str, tuple[PairWindows, int]]) -> None:
+    async def _merge(
+        self,
+        touched: dict[str, tuple[PairWindows, int]],
+        pushed: dict[int, tuple[int, list[int]]] | None = None,
+    ) -> None:
         if not touched:
             return
         pipe = self._client.pipeline(transaction=False)
@@ -408,7 +555,9 @@ class RedisState(State):
                 plan.append((window, head, False))
                 if unique and window.sketches is not None:
                     live = range(head - window.size + 1, head + 1)
-                    pipe.pfcount(*(f"{base}:u:{b}" for b in live))
+                    # execute_command: redis-py blocks the pfcount() method in cluster pipelines,
+                    # though every key here shares one hash tag, so one slot.
+                    pipe.execute_command("PFCOUNT", *(f"{base}:u:{b}" for b in live))
                     plan.append((window, head, True))
         results = await pipe.execute()
         i = 0
@@ -426,8 +575,12 @@ class RedisState(State):
                         totals[field] += int(value)
             window.remote = totals
             window.remote_head = head
+            mine = (pushed or {}).get(id(window))
+            # Our own part of ``totals``, when known for this head bucket; else the
+            # plain maximum of the two views is used (never an overcount).
+            window.remote_local = mine[1] if mine is not None and mine[0] == head else None
 
-    def stats(self) -> dict[str, object]:
+    def stats(self) -> dict[str, Any]:
         out = super().stats()
-        out.update(dropped=self.dropped, flushes=self.flushes, recoveries=self.recoveries)
+        out.update(dropped=self.dropped, flushes=self.flushes, recoveries=self.recoveries, adopted=self.adopted)
         return out

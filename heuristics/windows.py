@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .hll import HyperLogLog
 
-__all__ = ["Field", "Window", "PairWindows", "InformationEstimator"]
+__all__ = ["Field", "InformationEstimator", "PairWindows", "Pending", "Window"]
 
 
 class Field:
@@ -54,16 +54,17 @@ class Window:
     """
 
     __slots__ = (
-        "width",
-        "size",
-        "head",
+        "_unique_cache",
         "counts",
-        "totals",
-        "sketches",
+        "head",
         "remote",
         "remote_head",
+        "remote_local",
         "remote_unique",
-        "_unique_cache",
+        "size",
+        "sketches",
+        "totals",
+        "width",
     )
 
     def __init__(self, seconds: float, buckets: int, unique: bool = False) -> None:
@@ -77,11 +78,10 @@ class Window:
         self.remote: list[int] | None = None
         self.remote_head = -1
         self.remote_unique = 0
+        # This replica's own totals already inside ``remote`` (pushed before that merge):
+        # what was counted here since is added on top, so no query is missed or doubled.
+        self.remote_local: list[int] | None = None
         self._unique_cache: tuple[int, int, int] = (-1, -1, 0)
-
-    def bucket_of(self, now: float) -> int:
-        """Absolute bucket index of a time."""
-        return int(now // self.width)
 
     def advance(self, now: float) -> int:
         """Move the head to ``now``'s bucket, expiring old buckets; returns it.
@@ -120,6 +120,16 @@ class Window:
         row[field] += amount
         self.totals[field] += amount
 
+    def add_all(self, deltas: tuple[tuple[int, int], ...]) -> None:
+        """:meth:`add` for several counters at once (one row lookup)."""
+        row = self.counts.get(self.head)
+        if row is None:
+            row = self.counts[self.head] = [0] * Field.COUNT
+        totals = self.totals
+        for field, amount in deltas:
+            row[field] += amount
+            totals[field] += amount
+
     def add_name(self, h: int) -> None:
         """Record a name hash in the head bucket's sketch."""
         sketches = self.sketches
@@ -129,12 +139,44 @@ class Window:
                 sketch = sketches[self.head] = HyperLogLog()
             sketch.add(h)
 
+    def add_at(self, bucket: int, field: int, amount: int) -> None:
+        """Add to a counter of an earlier bucket, if it is still inside the window.
+
+        For estimates computed after the fact (a pair's deferred names): the
+        amount lands where it would have landed at the time, or nowhere if that
+        bucket has expired since.
+        """
+        if bucket >= self.head:
+            self.add(field, amount)
+            return
+        if bucket <= self.head - self.size:
+            return
+        row = self.counts.get(bucket)
+        if row is None:
+            row = self.counts[bucket] = [0] * Field.COUNT
+        row[field] += amount
+        self.totals[field] += amount
+
+    def add_name_at(self, bucket: int, h: int) -> None:
+        """:meth:`add_name` into an earlier bucket, if it is still inside the window."""
+        sketches = self.sketches
+        if sketches is None or bucket <= self.head - self.size:
+            return
+        bucket = min(bucket, self.head)
+        sketch = sketches.get(bucket)
+        if sketch is None:
+            sketch = sketches[bucket] = HyperLogLog()
+        sketch.add(h)
+
     def total(self, field: int) -> int:
         """Window total of one counter, merged with the shared backend's view."""
         local = self.totals[field]
         remote = self.remote
-        if remote is not None and self.remote_head == self.head and remote[field] > local:
-            return remote[field]
+        if remote is not None and self.remote_head == self.head:
+            base = self.remote_local
+            merged = remote[field] if base is None else remote[field] + local - base[field]
+            if merged > local:
+                return merged
         return local
 
     def unique(self) -> int:
@@ -151,9 +193,28 @@ class Window:
             self._unique_cache = (self.head, new_names, cached)
         # Remote HLL estimates jitter a few per cent; adopt them only when another
         # replica clearly contributed.
-        if self.remote_head == self.head and self.remote_unique > cached * 1.05 + 2:
-            return self.remote_unique
+        if self.remote_head == self.head:
+            remote = self.remote_unique
+            base = self.remote_local
+            if base is not None:
+                remote += max(0, new_names - base[Field.NEW_NAMES])
+            if remote > cached * 1.05 + 2:
+                return remote
         return cached
+
+
+@dataclass(slots=True)
+class Pending:
+    """A query whose expensive evidence waits until its pair is promoted.
+
+    ``heads`` are the bucket indexes (namespace short, long; client short,
+    long) it was counted in, so the deferred amounts land in the same buckets.
+    """
+
+    qname: bytes
+    client: str
+    heads: tuple[int, int, int, int]
+    new: bool  # a never-seen name (else only a never-seen (name, rare/data qtype))
 
 
 @dataclass(slots=True)
@@ -186,9 +247,28 @@ class InformationEstimator:
 
 
 class PairWindows:
-    """Short and long windows of one (namespace or client, domain) pair."""
+    """Short and long windows of one (namespace or client, domain) pair.
 
-    __slots__ = ("short", "long", "estimator", "shared")
+    A namespace pair is either *promoted* (every never-seen name pays for the
+    information estimate, the encoding test and the HyperLogLog at once) or
+    not yet: then those names wait in ``pending``, in order, and are estimated
+    together, exactly as they would have been, the moment cheap counters say
+    the pair could reach a verdict (see ``Detector``).
+    """
+
+    __slots__ = (
+        "clients",
+        "estimator",
+        "last_new",
+        "long",
+        "pending",
+        "pending_bytes",
+        "pending_names",
+        "promoted",
+        "share",
+        "shared",
+        "short",
+    )
 
     def __init__(
         self,
@@ -203,6 +283,14 @@ class PairWindows:
         self.long = Window(long_seconds, long_buckets)
         self.estimator = InformationEstimator(context_bytes)
         self.shared = False  # set by a shared backend once it pushes this pair
+        # Clients that sent never-seen names (namespace pairs only; see heuristics.spread).
+        self.clients: tuple[str, ...] = ()
+        self.last_new = b""  # subdomain text of the pair's last never-seen name
+        self.promoted = False
+        self.pending: list[Pending] = []
+        self.pending_bytes = 0  # subdomain octets of the pending new names
+        self.pending_names = 0  # pending entries that are new names (not only a new qtype)
+        self.share: tuple[int, int, float] | None = None  # (long head, info, share of top clients)
 
     def shape(self) -> tuple[float, int, float, int]:
         """The window geometry, to notice settings changes."""

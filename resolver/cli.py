@@ -1,58 +1,84 @@
-"""The ``dnsgate`` command: serve, check-config, replay, propose."""
+"""The ``dnsgate`` command: serve, check-config, replay, propose; every subcommand is defined here."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ipaddress
 import logging
 import sys
+from dataclasses import replace
+from importlib import metadata
 from pathlib import Path
 
 from resolver import config as config_mod
+from resolver.app import StartupError
 from resolver.config import ConfigError
+from resolver.offline.propose import DEFAULT_COLLAPSE, DEFAULT_MAX_NAMES
+from resolver.operations.sinks import check_sinks
+from resolver.pipeline.policy import compile_policies
 
 EPILOG = """examples:
   dnsgate serve                                  bundled example policy on 127.0.0.1:5353
   dnsgate serve --config /etc/dnsgate/dnsgate.yaml
   dnsgate check-config zones/default.yaml
   dnsgate replay capture.pcap --format table
+  dnsgate replay capture.pcap --report report.html
   dnsgate propose capture.pcap > allowlist.yaml
+  dnsgate import serviceentries.yaml skill.json --namespace agents > declared.yaml
+  dnsgate diff --declared serviceentries.yaml capture.pcap
 """
 
 
 def _serve(args: argparse.Namespace) -> int:
     path = Path(args.config) if args.config else config_mod.bundled_config_path()
-    try:
-        config = config_mod.load(path)
-        from resolver.pipeline import check_sinks
-        from resolver.policy import compile_policies
-
-        compile_policies(config)
-        check_sinks(config)
-    except ConfigError as exc:
-        print(f"dnsgate: {exc}", file=sys.stderr)
-        return 2
+    config = config_mod.load(path)
+    compile_policies(config)
+    check_sinks(config)
     if args.listen:
-        host, _, port = args.listen.rpartition(":")
-        from dataclasses import replace
-
-        config = replace(config, listen=(config_mod.Listen(host.strip("[]") or "127.0.0.1", int(port)),))
+        config = replace(config, listen=(parse_listen(args.listen),))
+        config_mod.refuse_forwarding_loop(config.path, config.upstreams_line, config.listen, config.upstreams,
+                                          f"(--listen {args.listen})")
+    if args.user:
+        config = replace(config, user=args.user)
     logging.getLogger("dnsgate").info("config %s", path)
     if config.workers > 1:
         return _serve_workers(config)
     return _run_one(config)
 
 
+def parse_listen(text: str) -> config_mod.Listen:
+    """``ADDR:PORT`` (``[ADDR]:PORT`` for IPv6) as a Listen; the same rules as the config's ``listen``."""
+    host, colon, port_text = text.rpartition(":")
+    if not colon or not host or (":" in host and not host.startswith("[")):
+        raise UsageError(f"--listen {text!r}: write ADDR:PORT, e.g. 127.0.0.1:53 or [::1]:53")
+    address = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = str(ipaddress.ip_address(address))
+    except ValueError:
+        raise UsageError(f"--listen {text!r}: {address!r} is not an IP address "
+                         "(names are not resolved: write 127.0.0.1 or [::1])") from None
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise UsageError(f"--listen {text!r}: the port must be 0..65535, not {port_text!r}")
+    return config_mod.Listen(address, int(port_text))
+
+
+class UsageError(Exception):
+    """A command-line value dnsgate cannot use (one line, exit status 2)."""
+
+
 def _run_one(config: config_mod.Config) -> int:
+    from resolver.app import prepare, run
+
+    prepared = prepare(config)  # binds and drops privileges before the event loop has threads
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    from resolver.server import run
-
-    return asyncio.run(run(config))
+    return asyncio.run(run(config, prepared))
 
 
 def _serve_workers(config: config_mod.Config) -> int:
@@ -65,7 +91,6 @@ def _serve_workers(config: config_mod.Config) -> int:
     """
     import os
     import signal
-    from dataclasses import replace
 
     log = logging.getLogger("dnsgate")
     children: list[int] = []
@@ -73,16 +98,19 @@ def _serve_workers(config: config_mod.Config) -> int:
         pid = os.fork()
         if pid == 0:
             worker_config = config if index == 0 else replace(config, admin=None)
-            os._exit(_run_one(worker_config))
+            try:
+                code = _run_one(worker_config)
+            except StartupError as exc:
+                print(f"dnsgate: worker {index}: {exc}", file=sys.stderr)
+                code = 2
+            os._exit(code)
         children.append(pid)
     log.info("started %d workers: %s", len(children), " ".join(map(str, children)))
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
-            except ProcessLookupError:
-                pass
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
@@ -103,18 +131,63 @@ def _check_config(args: argparse.Namespace) -> int:
     for path in args.files:
         try:
             config = config_mod.load(path)
-            from resolver.pipeline import check_sinks
-            from resolver.policy import compile_policies
-
             policies = compile_policies(config)
             check_sinks(config)
         except ConfigError as exc:
             print(f"{exc}", file=sys.stderr)
             status = 1
             continue
-        rules = sum(len(z) for p in policies.values() for z in p.zones)
+        rules = sum(len(p) for p in policies.values())
+        zones = {z.name: z for p in policies.values() for z in p.zones}
+        for zone in zones.values():
+            for item in zone.unsupported:
+                print(f"{item}", file=sys.stderr)
         print(f"{path}: ok ({len(config.namespaces)} namespaces, {rules} policy triggers)")
     return status
+
+
+def _capture_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pcaps", nargs="*", metavar="PCAP", help="pcap or pcapng files, merged in capture time")
+    p.add_argument("--config", metavar="FILE", help="dnsgate config (default: every client in "
+                   "namespace 'default', mode learn, detection observe)")
+    p.add_argument("--port", action="append", metavar="N",
+                   help="DNS port to look for (repeatable; default 53); 'any': UDP DNS on any port, "
+                        "found by content. DNS seen on other ports is named on stderr")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a detector threshold in every namespace (repeatable)")
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from resolver.offline.replay import run_replay
+
+    return run_replay(args)
+
+
+def _propose(args: argparse.Namespace) -> int:
+    from resolver.offline.propose import run_propose
+
+    return run_propose(args)
+
+
+def _import(args: argparse.Namespace) -> int:
+    from resolver.offline.declared import run_import
+
+    return run_import(args)
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from resolver.offline.diff import run_diff
+
+    return run_diff(args)
+
+
+def _declared_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--namespace", default="default", metavar="NAME",
+                   help="namespace for documents without metadata.namespace (default: default)")
+    p.add_argument("--registry-map", metavar="FILE",
+                   help="YAML mapping of purl type to the hosts serving it, for CycloneDX SBOMs")
+    p.add_argument("--ignore-unknown", action="store_true",
+                   help="skip documents of other kinds (Deployments ...) instead of failing")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,23 +198,91 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error that stops dnsgate (normally one line)")
+    parser.add_argument("--version", action="version", version=f"dnsgate {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the resolver (UDP and TCP)")
     serve.add_argument("--config", metavar="FILE", help="YAML config (default: the bundled example policy)")
-    serve.add_argument("--listen", metavar="ADDR:PORT", help="override the config's listen addresses")
+    serve.add_argument("--listen", metavar="ADDR:PORT",
+                       help="listen here instead of the config's listen addresses (IP literal: 127.0.0.1:53, [::1]:53)")
+    serve.add_argument("--user", metavar="NAME",
+                       help="when started as root: bind, then drop to this user with no capabilities "
+                            "(overrides the config's user:)")
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check-config", help="validate config files; errors name file:line and key")
     check.add_argument("files", nargs="+", metavar="FILE")
     check.set_defaults(func=_check_config)
 
-    try:
-        from resolver import replay
+    replay = sub.add_parser(
+        "replay", help="replay pcap/pcapng captures through the pipeline, offline",
+        description="Replay captures through the same pipeline `dnsgate serve` runs, in capture "
+                    "time, without sending anything upstream. Alerts: stdout (jsonl) or a table.",
+    )
+    _capture_arguments(replay)
+    replay.add_argument("--format", choices=("jsonl", "table"), default=None,
+                        help="jsonl: one alert object per line on stdout (default); table: a summary")
+    replay.add_argument("--sweep", metavar="KEY=V1,V2,...",
+                        help="replay once per value of a threshold and print flagged domains per value")
+    replay.add_argument("--labels", metavar="FILE",
+                        help="with --sweep: tunnel domains, one per line; adds TP/FP/FN columns")
+    replay.add_argument("--report", metavar="FILE.html",
+                        help="also write a self-contained HTML page: alerts over capture time, top denied and "
+                             "flagged domains with evidence; with --sweep, the tuning curve")
+    replay.add_argument("--top", type=int, default=10, help="rows per list in the table (default 10)")
+    replay.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                        help="progress bar on stderr (auto: when stderr is a terminal)")
+    replay.set_defaults(func=_replay)
 
-        replay.add_commands(sub)
-    except ImportError:
-        pass
+    propose = sub.add_parser(
+        "propose", help="print a YAML allowlist per namespace from captures or learned names",
+        description="Propose allowlists from observed traffic: PCAP files replayed in learn "
+                    "mode, or the names live learn-mode namespaces keep in Redis.",
+    )
+    _capture_arguments(propose)
+    propose.add_argument("--from-redis", metavar="URL", help="read learned names from Redis instead of captures")
+    propose.add_argument("--redis-prefix", default="dnsgate:learn", help="key prefix of the learned names")
+    propose.add_argument("--collapse", type=int, default=DEFAULT_COLLAPSE, metavar="N",
+                         help=f"write *.domain when N or more names share a registrable domain "
+                              f"(default {DEFAULT_COLLAPSE}; 0 never collapses)")
+    propose.add_argument("--mode", choices=("observe", "enforce"), default="observe",
+                         help="mode written for namespaces that were learning (default observe)")
+    propose.add_argument("--max-names", type=int, default=DEFAULT_MAX_NAMES,
+                         help=f"distinct (namespace, name, type) records kept (default {DEFAULT_MAX_NAMES:,})")
+    propose.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                         help="progress bar on stderr (auto: when stderr is a terminal)")
+    propose.set_defaults(func=_propose)
+
+    importer = sub.add_parser(
+        "import", help="print allowlists from declared egress (Istio, Cilium, skill manifests, SBOMs)",
+        description="Read declared egress (Istio ServiceEntry and Sidecar, Cilium toFQDNs, skill manifest "
+                    "egressRequirements, CycloneDX JSON SBOMs, plain host lists; YAML or JSON) and print a "
+                    "config fragment `namespaces: {NAME: {allow: [...]}}`, every entry commented with its "
+                    "sources. Values that are not names (IP addresses, ports, '*') are listed as skipped.",
+        epilog="example: dnsgate import deploy/istio/*.yaml skills/*.json --namespace agents > declared.yaml",
+    )
+    importer.add_argument("files", nargs="+", metavar="FILE", help="YAML (multi-document), JSON or text files")
+    _declared_arguments(importer)
+    importer.set_defaults(func=_import)
+
+    diff = sub.add_parser(
+        "diff", help="declared egress against observed traffic; exit 1 when something undeclared was seen",
+        description="Compare what is declared (the files `dnsgate import` reads) with what was observed "
+                    "(captures replayed in learn mode, or names learned live in Redis). Per namespace: "
+                    "names observed but not declared, with counts, clients and first/last seen, and declared "
+                    "entries never used. Exit 1 when anything undeclared was observed, 0 otherwise, 2 on error.",
+        epilog="example: dnsgate diff --declared istio/*.yaml skill.json --namespace agents -- capture.pcap",
+    )
+    _capture_arguments(diff)
+    diff.add_argument("--declared", nargs="+", required=True, metavar="FILE",
+                      help="declaration files (ServiceEntry, Sidecar, Cilium, skill manifests, SBOMs, host lists)")
+    _declared_arguments(diff)
+    diff.add_argument("--from-redis", metavar="URL", help="read learned names from Redis instead of captures")
+    diff.add_argument("--redis-prefix", default="dnsgate:learn", help="key prefix of the learned names")
+    diff.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
+    diff.set_defaults(func=_diff)
 
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -149,8 +290,21 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except (ConfigError, UsageError, StartupError) as exc:
+        if args.debug:
+            raise
+        print(f"dnsgate: {exc}", file=sys.stderr)
+        return 2
     return result
+
+
+def _version() -> str:
+    try:
+        return metadata.version("dnsgate")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 if __name__ == "__main__":

@@ -35,9 +35,7 @@ _SEARCH = ["{ns}.svc.cluster.local", "svc.cluster.local", "cluster.local",
            "us-east-1.compute.internal", "c.my-project-123.internal"]
 _NAMESPACES = ["agents", "ci", "web", "data"]
 _REGIONS = ["us-east-1", "us-west-2", "eu-west-1", "ap-southeast-2", "eu-central-1"]
-_WORDS = ("alpha beta gamma delta orders billing search users catalog checkout "
-          "payments inventory shipping reports metrics auth gateway frontend backend "
-          "worker queue cache media images video assets static docs status").split()
+_WORDS = ["alpha", "beta", "gamma", "delta", "orders", "billing", "search", "users", "catalog", "checkout", "payments", "inventory", "shipping", "reports", "metrics", "auth", "gateway", "frontend", "backend", "worker", "queue", "cache", "media", "images", "video", "assets", "static", "docs", "status"]
 
 
 _ALNUM = string.ascii_lowercase + string.digits
@@ -190,3 +188,117 @@ def client_namespace(client: str) -> str:
     """Namespace a benign client belongs to (stable for the seeded clients)."""
     _, tens, units, _ = client.split(".")
     return _NAMESPACES[(int(tens) * 10 + int(units)) % len(_NAMESPACES)]
+
+
+# --- cloud shapes that look like a spread channel ----------------------------------------
+# Each row: (ts, client, qname_wire, qtype, rcode). Every name here is answered NOERROR.
+
+_TELEMETRY_PROVIDERS = (
+    # (provider registrable domain, name template); {id} a per-query unique ID
+    ("microsoft.com", "{id}.events.data.microsoft.com"),
+    ("azure.com", "{id}.ingest.monitor.azure.com"),
+    ("googleapis.com", "{id}.firebaselogging-pa.googleapis.com"),
+    ("browser-intake-datadoghq.com", "{id}.rum.browser-intake-datadoghq.com"),
+    ("newrelic.com", "{id}.bam.nr-data.newrelic.com"),
+    ("segment.io", "{id}.api.segment.io"),
+)
+
+
+def _unique_id(rng: random.Random, style: int) -> str:
+    if style == 0:
+        return str(uuid.UUID(int=rng.getrandbits(128)))
+    if style == 1:
+        return f"{rng.getrandbits(32):08x}"
+    if style == 2:
+        return f"{rng.getrandbits(32):08x}-{rng.getrandbits(64):016x}"
+    return f"{rng.getrandbits(32):08x}.{rng.choice(_REGIONS)}"
+
+
+def sdk_telemetry(seed: int = 13, start: float = 1_795_300_000.0, clients: int = 40,
+                  hours: float = 2.0, per_client: tuple[int, int] = (40, 90),
+                  ) -> list[tuple[float, str, bytes, int, int]]:
+    """Many clients of one namespace each send a few dozen names carrying per-query unique IDs
+    (GUIDs, 8-hex prefixes) to one large provider, over ``hours``; one provider per run.
+
+    No client comes near its own budget; added up over the namespace the names carry tens of KB.
+    """
+    rng = random.Random(seed)
+    _, template = _TELEMETRY_PROVIDERS[seed % len(_TELEMETRY_PROVIDERS)]
+    style = rng.randrange(4)
+    hosts = [f"10.60.{i // 200}.{i % 200 + 10}" for i in range(clients)]
+    out = []
+    for client in hosts:
+        for _ in range(rng.randint(*per_client)):
+            ts = start + rng.random() * hours * 3600
+            name = template.format(id=_unique_id(rng, style))
+            for qtype in (A, AAAA):
+                out.append((ts + (qtype == AAAA) * 0.001, client, wire(name), qtype, NOERROR))
+    out.sort(key=lambda row: row[0])
+    return out
+
+
+def unique_id_beacons(seed: int = 17, start: float = 1_795_300_000.0, clients: int = 12,
+                      hours: float = 24.0, every: float = 2400.0,
+                      ) -> list[tuple[float, str, bytes, int, int]]:
+    """Per-query unique IDs under large providers, all day: a few clients, one name every
+    ``every`` seconds each (device check-ins, push tokens), two providers shared by all,
+    beside the SDK's collector host re-resolved every five minutes.
+
+    Each client carries well under 1 KB/day of ID bytes: a client sending a fresh 16-byte ID
+    every few minutes to one domain *is* a channel of a few KB/day, whatever its purpose."""
+    rng = random.Random(seed)
+    hosts = [f"10.61.{i // 200}.{i % 200 + 10}" for i in range(clients)]
+    out = []
+    for n, client in enumerate(hosts):
+        _, template = _TELEMETRY_PROVIDERS[n % 2]
+        style = n % 4
+        ts = start + rng.random() * every
+        while ts < start + hours * 3600:
+            out.append((ts, client, wire(template.format(id=_unique_id(rng, style))), A, NOERROR))
+            ts += every * rng.uniform(0.5, 1.5)
+        # The SDK's ordinary traffic: its collector host, re-resolved as the TTL expires.
+        collector = template.split("}.", 1)[1]
+        ts = start + rng.random() * 300
+        while ts < start + hours * 3600:
+            for qtype in (A, AAAA):
+                out.append((ts, client, wire(collector), qtype, NOERROR))
+            ts += 300 * rng.uniform(0.9, 1.1)
+    out.sort(key=lambda row: row[0])
+    return out
+
+
+def cdn_content_hashes(seed: int = 19, start: float = 1_795_300_000.0, clients: int = 30,
+                       hours: float = 8.0, published_per_hour: int = 120,
+                       ) -> list[tuple[float, str, bytes, int, int]]:
+    """Browsers fetching content-addressed host names (``<32 hex>.<edge>.<cdn>``) from one CDN:
+    a pool that grows as content is published, Zipf-like popularity, each client re-resolving
+    a name after its 60 s TTL."""
+    rng = random.Random(seed)
+    domain = rng.choice(("fbcdn.net", "twimg.com", "gstatic.com", "shopifycdn.com"))
+    pool = [f"{rng.getrandbits(128):032x}.e{rng.randint(1, 16)}.{domain}"
+            for _ in range(int(published_per_hour * hours) + 200)]
+    weights = [1 / (k + 1) ** 1.05 for k in range(len(pool))]
+    hosts = [f"10.62.{i // 200}.{i % 200 + 10}" for i in range(clients)]
+    cached: dict[tuple[str, str], float] = {}
+    out = []
+    t = start
+    while t < start + hours * 3600:
+        t += rng.expovariate(1 / 2.0)
+        live = min(len(pool), 200 + int((t - start) / 3600 * published_per_hour))
+        client = rng.choice(hosts)
+        for name in rng.choices(pool[:live], weights[:live], k=rng.randint(1, 6)):
+            if cached.get((client, name), 0.0) > t:
+                continue
+            cached[(client, name)] = t + 60
+            for qtype in (A, AAAA):
+                out.append((t, client, wire(name), qtype, NOERROR))
+    out.sort(key=lambda row: row[0])
+    return out
+
+
+def cloud_shapes(start: float = 1_795_300_000.0) -> dict[str, list[tuple[float, str, bytes, int, int]]]:
+    """The benign cloud workloads a namespace budget mistakes for a spread channel, by name."""
+    shapes = {f"sdk telemetry {i}": sdk_telemetry(seed=13 + i, start=start) for i in range(6)}
+    shapes["unique-id beacons"] = unique_id_beacons(start=start)
+    shapes["cdn content hashes"] = cdn_content_hashes(start=start)
+    return shapes

@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support.harness import ensure_packages, free_port
 
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+free_tcp_port = free_port
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -35,8 +32,13 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def http_post(url: str, body: bytes = b"", timeout: float = 5.0) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method="POST")
+def http_post(url: str, body: bytes = b"", timeout: float = 5.0, token: str | None = None,
+              headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """Status and body of a POST; ``token`` is sent as ``Authorization: Bearer``."""
+    sent = dict(headers or {})
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=body, method="POST", headers=sent)  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - loopback only
             return resp.status, resp.read()
@@ -116,16 +118,28 @@ class Prometheus(Daemon):
         result: list[dict[str, Any]] = data["data"]["result"]
         return result
 
+    def get(self, path: str, **params: str) -> Any:
+        """The ``data`` of a successful API answer, e.g. ``get("/api/v1/alerts")``."""
+        url = self.base + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        status, body = http_get(url)
+        data = json.loads(body)
+        if status != 200 or data.get("status") != "success":
+            raise RuntimeError(f"GET {path} failed: {body[:300]!r}")
+        return data["data"]
 
-def start_prometheus(workdir: Path, targets: list[str], job: str = "dnsgate") -> Prometheus:
-    """Prometheus scraping ``targets`` (host:port) every second."""
+
+def start_prometheus(
+    workdir: Path, targets: list[str], job: str = "dnsgate", rule_files: Sequence[Path] = ()
+) -> Prometheus:
+    """Prometheus scraping ``targets`` (host:port) every second, evaluating ``rule_files``."""
     if shutil.which("prometheus") is None:
-        subprocess.run(["apt-get", "install", "-y", "-q", "prometheus"], check=True)
+        ensure_packages("prometheus")
     port = free_tcp_port()
     (workdir / "prometheus.yml").write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         f"scrape_configs:\n  - job_name: {job}\n    scrape_timeout: 1s\n"
         f"    static_configs:\n      - targets: {json.dumps(targets)}\n"
+        + (f"rule_files: {json.dumps([str(p) for p in rule_files])}\n" if rule_files else "")
     )
     argv = [
         "prometheus",
@@ -150,7 +164,7 @@ class Alertmanager(Daemon):
 def start_alertmanager(workdir: Path) -> Alertmanager:
     """Alertmanager with one no-op receiver, clustering off."""
     if shutil.which("prometheus-alertmanager") is None:
-        subprocess.run(["apt-get", "install", "-y", "-q", "prometheus-alertmanager"], check=True)
+        ensure_packages("prometheus-alertmanager")
     port = free_tcp_port()
     (workdir / "alertmanager.yml").write_text(
         "route:\n  receiver: blackhole\n  group_wait: 1s\n  group_by: [alertname, namespace]\n"

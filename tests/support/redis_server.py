@@ -18,18 +18,13 @@ from collections.abc import Iterator
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.support.harness import ensure_packages, free_port
 
 
 def _redis_binary() -> str:
     found = shutil.which("redis-server")
     if found is None:
-        subprocess.run(["apt-get", "install", "-y", "redis-server"], check=True)
+        ensure_packages("redis-server")
         found = shutil.which("redis-server")
     if found is None:
         raise RuntimeError("redis-server not found and could not be installed")
@@ -53,14 +48,14 @@ class RedisServer(str):
     url: str
 
     def __new__(cls, port: int | None = None) -> RedisServer:
-        port = port or _free_port()
+        port = port or free_port()
         url = f"redis://127.0.0.1:{port}/0"
         self = super().__new__(cls, url)
         self.port = port
         self.url = url
         return self
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, _port: int | None = None) -> None:
         self._dir = tempfile.mkdtemp(prefix="dnsgate-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
 

@@ -8,12 +8,9 @@ Readiness is a successful DNS answer, never a sleep.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +19,8 @@ import dns.message
 import dns.query
 import dns.rcode
 import pytest
+
+from tests.support.harness import ensure_packages, free_port, wait_for_dns
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,47 +35,6 @@ UPSTREAM_RECORDS = [
 ] + [
     f'big.allowed.test. 300 IN TXT "{i:03d}-{"x" * 200}"' for i in range(20)
 ]
-
-
-def ensure_packages(*commands: str) -> None:
-    """Install the Debian packages providing these commands when absent."""
-    packages = {
-        "unbound": "unbound", "nsd": "nsd", "dig": "dnsutils", "dnsperf": "dnsperf",
-        "redis-server": "redis-server", "ip": "iproute2", "tcpdump": "tcpdump",
-    }
-    missing = [packages[c] for c in commands if shutil.which(c) is None and not Path(f"/usr/sbin/{c}").exists()]
-    if missing:
-        subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return int(port)
-    raise RuntimeError("no free port")
-
-
-def wait_for_dns(port: int, name: str = "www.allowed.test", timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None, address: str = "127.0.0.1") -> None:
-    """Poll until the server at port answers a query (any rcode)."""
-    deadline = time.monotonic() + timeout
-    query = dns.message.make_query(name, "A")
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            dns.query.udp(query, address, port=port, timeout=0.2)
-            return
-        except (dns.exception.Timeout, OSError):
-            continue
-    raise TimeoutError(f"no DNS answer on port {port} within {timeout}s")
 
 
 @dataclass
@@ -174,17 +132,18 @@ class Dnsgate:
         return int(self.proc.returncode)
 
 
-def start_dnsgate(config_text: str, workdir: Path, port: int, probe: str = "www.allowed.test", address: str = "127.0.0.1") -> Dnsgate:
+def start_dnsgate(config_text: str, workdir: Path, port: int, probe: str = "www.allowed.test", address: str = "127.0.0.1",
+                  env: dict[str, str] | None = None) -> Dnsgate:
     config_path = workdir / "dnsgate.yaml"
     config_path.write_text(config_text)
     stderr = open(workdir / "dnsgate.stderr", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "resolver.cli", "serve", "--config", str(config_path)],
-        stdout=subprocess.DEVNULL, stderr=stderr, cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=stderr, cwd=ROOT, env={**os.environ, **(env or {})},
     )
     try:
         wait_for_dns(port, name=probe, proc=proc, address=address)
-    except Exception:
+    except Exception:  # noqa: BLE001
         proc.kill()
         raise RuntimeError((workdir / "dnsgate.stderr").read_text()) from None
     return Dnsgate(port, config_path, proc, workdir / "alerts.jsonl")

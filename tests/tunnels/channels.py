@@ -25,25 +25,9 @@ import time
 import zlib
 
 # 256 common English words: one word = one payload byte (8 bits).
-WORDS = """
-able acid aged also area army away baby back ball band bank base bath bear beat
-been beer bell belt best bird blow blue boat body bone book boot born boss both
-bowl bulk burn bush busy cake call calm came camp card care case cash cast cell
-chat chip city club coal coat code cold come cook cool cope copy core cost crew
-crop dark data date dawn days dead deal dear debt deep deny desk diet disc dish
-door dose down draw drew drop drug dual duke dust duty each earn ease east easy
-edge else even ever evil exit face fact fail fair fall farm fast fate fear feed
-feel feet fell felt file fill film find fine fire firm fish five flat flow food
-foot ford form fort four free from fuel full fund gain game gate gave gear gift
-girl give glad goal goes gold golf gone good gray grew grey grow gulf hair half
-hall hand hang hard harm hate have head hear heat held hell help here hero high
-hill hire hold hole holy home hope host hour huge hung hunt hurt idea inch into
-iron item jack jane jean john join jump jury just keen keep kent kept kick kill
-kind king knee knew know lack lady laid lake land lane last late lead left less
-life lift like line link list live load loan lock logo long look lord lose loss
-lost love luck made mail main make male many mark mass matt meal mean meat meet
-""".split()
-assert len(WORDS) == 256 and len(set(WORDS)) == 256, len(WORDS)
+WORDS = ["able", "acid", "aged", "also", "area", "army", "away", "baby", "back", "ball", "band", "bank", "base", "bath", "bear", "beat", "been", "beer", "bell", "belt", "best", "bird", "blow", "blue", "boat", "body", "bone", "book", "boot", "born", "boss", "both", "bowl", "bulk", "burn", "bush", "busy", "cake", "call", "calm", "came", "camp", "card", "care", "case", "cash", "cast", "cell", "chat", "chip", "city", "club", "coal", "coat", "code", "cold", "come", "cook", "cool", "cope", "copy", "core", "cost", "crew", "crop", "dark", "data", "date", "dawn", "days", "dead", "deal", "dear", "debt", "deep", "deny", "desk", "diet", "disc", "dish", "door", "dose", "down", "draw", "drew", "drop", "drug", "dual", "duke", "dust", "duty", "each", "earn", "ease", "east", "easy", "edge", "else", "even", "ever", "evil", "exit", "face", "fact", "fail", "fair", "fall", "farm", "fast", "fate", "fear", "feed", "feel", "feet", "fell", "felt", "file", "fill", "film", "find", "fine", "fire", "firm", "fish", "five", "flat", "flow", "food", "foot", "ford", "form", "fort", "four", "free", "from", "fuel", "full", "fund", "gain", "game", "gate", "gave", "gear", "gift", "girl", "give", "glad", "goal", "goes", "gold", "golf", "gone", "good", "gray", "grew", "grey", "grow", "gulf", "hair", "half", "hall", "hand", "hang", "hard", "harm", "hate", "have", "head", "hear", "heat", "held", "hell", "help", "here", "hero", "high", "hill", "hire", "hold", "hole", "holy", "home", "hope", "host", "hour", "huge", "hung", "hunt", "hurt", "idea", "inch", "into", "iron", "item", "jack", "jane", "jean", "john", "join", "jump", "jury", "just", "keen", "keep", "kent", "kept", "kick", "kill", "kind", "king", "knee", "knew", "know", "lack", "lady", "laid", "lake", "land", "lane", "last", "late", "lead", "left", "less", "life", "lift", "like", "line", "link", "list", "live", "load", "loan", "lock", "logo", "long", "look", "lord", "lose", "loss", "lost", "love", "luck", "made", "mail", "main", "make", "male", "many", "mark", "mass", "matt", "meal", "mean", "meat", "meet"]
+assert len(WORDS) == 256, len(WORDS)
+assert len(set(WORDS)) == 256, len(WORDS)
 
 
 def seeded_bytes(n: int, seed: str) -> bytes:
@@ -173,7 +157,7 @@ def cmd_respond(a: argparse.Namespace) -> int:
             continue
         try:
             query = dns.message.from_wire(wire)
-        except Exception:
+        except Exception:  # noqa: S112, BLE001
             continue
         resp = dns.message.make_response(query)
         resp.flags |= dns.flags.AA

@@ -19,6 +19,7 @@ tools pick random ids, timing differs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -58,25 +59,22 @@ class Procs:
     def start(
         self, argv: list[str], logfile: Path, stdin=subprocess.DEVNULL, stdout: Path | None = None
     ) -> subprocess.Popen:
-        err = open(logfile, "wb")
-        out = open(stdout, "wb") if stdout else err
+        # The files stay open for the process's lifetime; Popen keeps its own descriptors.
+        err = open(logfile, "wb")  # noqa: SIM115
+        out = open(stdout, "wb") if stdout else err  # noqa: SIM115
         p = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=err, start_new_session=True)
         self.items.append(p)
         return p
 
     def stop(self, p: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 5.0) -> None:
         if p.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, sig)
-            except ProcessLookupError:
-                pass
             try:
                 p.wait(grace)
             except subprocess.TimeoutExpired:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 p.wait(5)
 
     def stop_all(self) -> None:
@@ -122,10 +120,8 @@ def delete_namespace(ns: str) -> None:
     """Kill what runs inside one of *our* namespaces, then delete it."""
     pids = run(["ip", "netns", "pids", ns], check=False).stdout.split()
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
     run(["ip", "netns", "del", ns], check=False)
 
 
@@ -740,7 +736,7 @@ def main() -> int:
                     f"  ok: {st['queries']} queries, {st['responses']} responses, "
                     f"{st['size']} bytes, {fmt_duration(st['duration'])}"
                 )
-            except (Exception, TimeoutError) as e:  # noqa: B014
+            except (Exception, TimeoutError) as e:  # noqa: BLE001
                 c.error = f"{type(e).__name__}: {e}".replace("\n", " ")[:300]
                 logs = " | ".join(
                     f"{p.name}: {p.read_text(errors='replace')[-300:]!r}" for p in sorted(work.glob("*.log"))

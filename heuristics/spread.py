@@ -1,0 +1,129 @@
+"""How information is spread: over time, over clients, over domains.
+
+Three questions the per-pair budgets alone cannot answer, each cheap to ask
+because it is asked only about never-seen names:
+
+* **Over time** (low and slow): a client that keeps sending never-seen names to
+  a domain, hour after hour, carries a channel even when a day's worth stays
+  under the daily budget. :func:`slow_drip` asks whether the long window holds
+  ``slow_budget_bytes`` of new text spread over at least ``slow_min_buckets``
+  buckets, with names that are not re-asked (fresh: a pool of CDN names is
+  re-resolved as TTLs expire, a channel's names never are).
+* **Over clients** (telemetry versus a spread channel): a namespace budget adds
+  every client's new text. Telemetry from forty pods sends a few unique IDs
+  each; a channel split over a few clients sends a lot each.
+  :func:`concentration` is the share of a (namespace, domain)'s information
+  carried by its ``spread_clients`` largest contributors: the namespace budget
+  is evidence only when that share is at least ``concentration``.
+* **Over domains** (rotation): a client rotating its channel over several rare
+  domains resets each domain's meter. A per-client meter over every rare
+  domain (asked by at most ``spread_clients`` clients of the namespace) charges
+  each new name against the client's own recent text, from the
+  ``spread_skip_names``-th new name of a domain on (a browser's first names of
+  a site, a mail server's DKIM and DMARC look-ups per sender are free).
+
+:func:`content_bytes` bounds the charge of a name by what its alphabet can
+carry: a GUID is 16 bytes of information, not the ~28 its 36 hex-and-dash
+characters deflate to, so unique-ID telemetry is charged what it carries.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+from .features import Alphabet, alphabet_of
+from .windows import Field, PairWindows, Window
+
+__all__ = ["MAX_CLIENTS", "active_buckets", "concentration", "content_bytes", "note_client", "slow_drip"]
+
+MAX_CLIENTS = 64  # clients remembered per (namespace, domain); beyond, it is "many"
+
+
+@lru_cache(maxsize=64)
+def _bits(size: int) -> float:
+    return math.log2(size)
+
+
+def content_bytes(subdomain: bytes, previous: bytes = b"") -> int:
+    """Upper bound of the information in ``subdomain`` (labels joined by '.').
+
+    Labels equal to ``previous``'s label at the same place from the right (the
+    domain's last new name: ``events.data`` in ``<id>.events.data``, a parent
+    such as ``img``) are predicted and cost nothing. Each other label is split
+    at '-' (GUIDs, word lists, hostnames use it between parts) and each part
+    costs length x log2(its alphabet) bits; digits-only parts cost log2(10) a
+    digit. Separators cost nothing: their places are what the length of the
+    parts already tells.
+    """
+    labels = subdomain.split(b".")
+    if previous:
+        before = previous.split(b".")
+        keep = len(labels)
+        for i in range(1, min(len(labels), len(before)) + 1):
+            if labels[-i] != before[-i]:
+                break
+            keep -= 1
+        labels = labels[:keep]
+    bits = 0.0
+    for label in labels:
+        for part in label.split(b"-"):
+            if not part:
+                continue
+            if part.isdigit():
+                bits += len(part) * 3.33
+                continue
+            bits += len(part) * _bits(Alphabet.SIZE[alphabet_of(part)])
+    return math.ceil(bits / 8)
+
+
+def note_client(pair: PairWindows, client: str) -> int:
+    """Remember that ``client`` asked a never-seen name under this namespace pair.
+
+    Returns how many distinct clients the pair has seen (``MAX_CLIENTS + 1``
+    once it stopped counting).
+    """
+    clients = pair.clients
+    if client in clients:
+        return len(clients)
+    if len(clients) > MAX_CLIENTS:
+        return len(clients)
+    pair.clients = (*clients, client)
+    return len(pair.clients)
+
+
+def concentration(pair: PairWindows, client_info: dict[str, int], top: int) -> float:
+    """Share of the pair's long-window information carried by its ``top`` largest clients.
+
+    ``client_info`` holds the long-window information of each client the pair
+    remembers (the caller reads it from the client pairs). Clients past
+    ``MAX_CLIENTS`` are not listed, so their part only lowers the share.
+    """
+    total = pair.long.total(Field.INFO)
+    if total <= 0:
+        return 0.0
+    if len(pair.clients) <= top:
+        return 1.0
+    largest = sorted(client_info.values(), reverse=True)[:top]
+    return min(1.0, sum(largest) / total)
+
+
+def active_buckets(window: Window) -> int:
+    """Buckets of the window in which never-seen names arrived."""
+    new = Field.NEW_NAMES
+    return sum(1 for row in window.counts.values() if row[new] > 0)
+
+
+def slow_drip(window: Window, budget: int, min_buckets: int, fresh_ratio: float) -> bool:
+    """True when the window holds ``budget`` bytes of new text spread over time in fresh names.
+
+    Fresh: never-seen names are at least ``fresh_ratio`` of the queries (A and
+    AAAA of one name count twice, so 0.5 is what a one-shot unique name scores).
+    """
+    total = window.total
+    if total(Field.INFO) < budget:
+        return False
+    queries = total(Field.QUERIES)
+    if queries and total(Field.NEW_NAMES) < fresh_ratio * queries:
+        return False
+    return active_buckets(window) >= min_buckets

@@ -1,0 +1,787 @@
+"""``dnsgate replay``: captures through the live pipeline, offline, in capture time.
+
+Each query in a capture becomes a :class:`~resolver.query.Query` whose ``now`` is
+the packet's timestamp and whose client is its source address, and goes through
+``Pipeline.decide``, the same synchronous stages the server runs: identity,
+detection, policy, cache. What would go upstream never does: replay forwards
+nothing. A captured response, matched to its query by (client, port, ID, name),
+feeds ``Pipeline.observe_reply`` as an upstream reply does live, so NXDOMAIN
+ratios and learned rcodes work offline too.
+
+Alerts go to the engine's sinks: ``--format jsonl`` puts a JsonlSink on stdout,
+so stdout carries alert objects and nothing else; summaries, problems and the
+progress bar go to stderr. See docs/replay.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from heuristics import DetectorSettings, SettingsError
+from heuristics.hll import HyperLogLog
+from resolver import config as config_mod
+from resolver.config import Config, ConfigError
+from resolver.offline.capture import ANY_PORT, CaptureError, CaptureProblem, DnsPacket, read_many
+from resolver.offline.report import Timeline, evidence_text, render_report, render_sweep_report
+from resolver.offline.report import write as write_page
+from resolver.pipeline.alerts import SEVERITIES, Alert, JsonlSink, Sink
+from resolver.pipeline.chain import Engine, Pipeline
+from resolver.pipeline.query import Query, Reply
+from resolver.wire.message import HEADER, QR, MalformedMessage, parse_query, read_name
+
+__all__ = [
+    "FlaggedDomain",
+    "NamespaceSummary",
+    "Replay",
+    "ReplayReport",
+    "apply_overrides",
+    "replay",
+    "replay_config",
+]
+
+PENDING_MAX = 65_536  # queries awaiting their captured response
+DENIED_NAMES_MAX = 50_000  # distinct denied names kept per namespace for the table
+PROBLEMS_SHOWN = 200  # per run; the rest are counted
+SWEEP_EVERY = 5.0  # capture seconds between AlertHub sweeps (the live server's period)
+
+
+# --- configuration -------------------------------------------------------------------
+
+
+def replay_config(path: str | None) -> Config:
+    """The config a replay runs: the file's, or learn-everything; never any upstream."""
+    config = config_mod.load(path) if path else config_mod.learn_all()
+    # Offline and isolated: no upstream, in-memory detector state (never the live
+    # Redis windows), alerts only to the sinks replay chooses.
+    return dataclasses.replace(
+        config, upstreams=(), state=config_mod.State(), alerts=()
+    )
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as YAML (``3``, ``0.5``, ``[TXT, NULL]``, ``true``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), yaml.safe_load(value) if value.strip() else value
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """Every namespace's detector thresholds with ``overrides`` applied (validated)."""
+    if not overrides:
+        return config
+    namespaces = {}
+    for name, ns in config.namespaces.items():
+        base: DetectorSettings = ns.detection.thresholds or DetectorSettings()
+        thresholds = base.replace(**overrides)
+        namespaces[name] = dataclasses.replace(
+            ns, detection=dataclasses.replace(ns.detection, thresholds=thresholds)
+        )
+    return dataclasses.replace(config, namespaces=namespaces)
+
+
+# --- what a replay reports -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class FlaggedDomain:
+    """Tunnel alerts for one (namespace, domain)."""
+
+    domain: str
+    alerts: int = 0
+    severity: str = "info"
+    reasons: set[str] = field(default_factory=set)
+    evidence: dict[str, Any] = field(default_factory=dict)  # of the most severe alert
+    first: float = 0.0
+    last: float = 0.0
+    clients: set[str] = field(default_factory=set)
+
+    def add(self, alert: Alert) -> None:
+        if not self.alerts:
+            self.first = alert.ts
+        self.alerts += 1
+        self.last = alert.ts
+        self.reasons.update(alert.reasons)
+        if len(self.clients) < 16:
+            self.clients.add(alert.client)
+        if SEVERITIES.index(alert.severity) >= SEVERITIES.index(self.severity):
+            self.severity = alert.severity
+            self.evidence = alert.evidence
+
+
+@dataclass(slots=True)
+class NamespaceSummary:
+    """Counts for one namespace; bounded whatever the capture holds."""
+
+    name: str
+    mode: str
+    detection: str
+    queries: int = 0
+    responses: int = 0
+    upstream: int = 0  # would have gone upstream (allowed, or alerted only)
+    actions: Counter[str] = field(default_factory=Counter)
+    unique: HyperLogLog = field(default_factory=HyperLogLog)
+    denied: dict[str, int] = field(default_factory=dict)  # qname -> denials (folded count)
+    denied_overflow: int = 0
+    denied_domains: Counter[str] = field(default_factory=Counter)  # domain -> names denied
+    flagged: dict[str, FlaggedDomain] = field(default_factory=dict)
+
+    @property
+    def unique_names(self) -> int:
+        return self.unique.count()
+
+    def top_flagged(self, n: int = 10) -> list[FlaggedDomain]:
+        return sorted(
+            self.flagged.values(),
+            key=lambda f: (-SEVERITIES.index(f.severity), -f.alerts, f.domain),
+        )[:n]
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    files: list[str]
+    packets: int = 0
+    queries: int = 0
+    responses: int = 0
+    matched: int = 0
+    malformed: int = 0
+    problems: int = 0
+    first_ts: float = 0.0
+    last_ts: float = 0.0
+    alerts: Counter[str] = field(default_factory=Counter)
+    namespaces: dict[str, NamespaceSummary] = field(default_factory=dict)
+    seconds: float = 0.0
+    elsewhere: Counter[int] = field(default_factory=Counter)  # DNS-looking UDP on ports not replayed
+
+    def flagged_domains(self) -> set[str]:
+        return {d for s in self.namespaces.values() for d in s.flagged}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "packets": self.packets,
+            "queries": self.queries,
+            "responses": self.responses,
+            "matched_responses": self.matched,
+            "malformed": self.malformed,
+            "problems": self.problems,
+            "alerts": dict(self.alerts),
+            "seconds": round(self.seconds, 3),
+            "namespaces": {
+                s.name: {
+                    "queries": s.queries,
+                    "unique_names": s.unique_names,
+                    "names_denied": len(s.denied) + s.denied_overflow,
+                    "flagged": sorted(s.flagged),
+                }
+                for s in self.namespaces.values()
+            },
+        }
+
+
+class SummarySink:
+    """A sink that folds alerts into the report's per-namespace summaries."""
+
+    name = "summary"
+
+    def __init__(self, report: ReplayReport, summary: Callable[[str], NamespaceSummary]) -> None:
+        self.report = report
+        self.summary = summary
+
+    def submit(self, alert: Alert) -> None:
+        self.report.alerts[alert.kind] += 1
+        s = self.summary(alert.namespace)
+        if alert.kind == "tunnel":
+            flagged = s.flagged.get(alert.domain)
+            if flagged is None:
+                flagged = s.flagged[alert.domain] = FlaggedDomain(alert.domain)
+            flagged.add(alert)
+        elif alert.kind == "policy":
+            if alert.qname in s.denied:
+                s.denied[alert.qname] += alert.count
+                return
+            if len(s.denied) < DENIED_NAMES_MAX:
+                s.denied[alert.qname] = alert.count
+            else:
+                s.denied_overflow += 1
+            if alert.domain in s.denied_domains or len(s.denied_domains) < DENIED_NAMES_MAX:
+                s.denied_domains[alert.domain] += 1
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+# --- the replay ----------------------------------------------------------------------
+
+
+class Replay:
+    """One pass over captures through one Engine + Pipeline.
+
+    ``feed`` takes packets in capture-time order; ``finish`` flushes folded
+    alerts and returns the report. Memory is bounded: the pending-response
+    table is capped, the pipeline's own state is bounded by its config.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        sinks: Sequence[Sink] = (),
+        files: Sequence[str] = (),
+        on_query: Callable[[Query, Reply | None], None] | None = None,
+    ) -> None:
+        self.config = config
+        # Called after ``Pipeline.decide`` with each query and the pipeline's reply
+        # (None: it would go upstream); alerts raised by that query are already out.
+        self.on_query = on_query
+        self.report = ReplayReport(list(files))
+        self._summary_sink = SummarySink(self.report, self.summary)
+        self.engine = Engine.from_config(config, sinks=[*sinks, self._summary_sink])
+        self.pipeline = Pipeline(config, self.engine)
+        asyncio.run(self.engine.start())
+        # Listener-bound namespaces: a query to that address and port lands there.
+        self._listeners: dict[tuple[str, int], str] = {}
+        self._any_listeners: dict[int, str] = {}
+        for lst in config.listen:
+            if lst.namespace is None:
+                continue
+            if lst.address in ("0.0.0.0", "::"):  # noqa: S104
+                self._any_listeners[lst.port] = lst.namespace
+            else:
+                self._listeners[(lst.address, lst.port)] = lst.namespace
+        self._pending: dict[tuple[str, int, int, bytes], Query] = {}
+        self._next_sweep = 0.0
+        # Keyed by namespace name: hashing a Namespace (its client networks) per query costs.
+        self._summaries: dict[str | None, NamespaceSummary] = {}
+
+    def summary(self, namespace: str) -> NamespaceSummary:
+        s = self.report.namespaces.get(namespace)
+        if s is None:
+            ns = self.config.namespaces.get(namespace)
+            s = NamespaceSummary(
+                namespace,
+                ns.mode if ns else "?",
+                ns.detection.mode if ns else "?",
+            )
+            self.report.namespaces[namespace] = s
+        return s
+
+    def feed(self, pkt: DnsPacket, on_malformed: Callable[[DnsPacket, str], None] | None = None) -> None:
+        report = self.report
+        report.packets += 1
+        now = pkt.ts
+        report.last_ts = now
+        if now >= self._next_sweep:
+            if not report.first_ts:
+                report.first_ts = now
+            self.engine.alerts.sweep(now)
+            self._next_sweep = now + SWEEP_EVERY
+        if pkt.is_response:
+            self._response(pkt)
+            return
+        wire = pkt.wire
+        try:
+            q = parse_query(wire)
+        except (MalformedMessage, IndexError) as exc:
+            report.malformed += 1
+            if on_malformed is not None:
+                on_malformed(pkt, f"malformed DNS query: {exc}")
+            return
+        if wire[2] & 0x78:
+            return  # opcode NOTIFY, UPDATE ...: answered NOTIMP before the pipeline, live too
+        report.queries += 1
+        listener_ns = None
+        if self._listeners or self._any_listeners:
+            listener_ns = self._listeners.get((pkt.dst, pkt.dport)) or self._any_listeners.get(pkt.dport)
+        query = Query(wire, q, pkt.src, pkt.transport, now, listener_ns)
+        reply = self.pipeline.decide(query)
+        if self.on_query is not None:
+            self.on_query(query, reply)
+        ns = query.namespace
+        name = ns.name if ns is not None else None
+        s = self._summaries.get(name)
+        if s is None:
+            s = self._summaries[name] = self.summary(name if name is not None else "(refused)")
+        s.queries += 1
+        s.unique.add(hash(q.qname))
+        if reply is not None:
+            s.actions[reply.action] += 1
+            return
+        s.upstream += 1
+        pending = self._pending
+        if len(pending) >= PENDING_MAX:
+            del pending[next(iter(pending))]  # oldest: its response was never captured
+        pending[(pkt.src, pkt.sport, (wire[0] << 8) | wire[1], q.qname)] = query
+
+    def _response(self, pkt: DnsPacket) -> None:
+        self.report.responses += 1
+        wire = pkt.wire
+        msg_id, flags, qdcount = HEADER.unpack_from(wire)[:3]
+        if not qdcount or not flags & QR:
+            return
+        try:
+            qname = read_name(wire, 12)[0].lower()
+        except (MalformedMessage, IndexError):
+            return
+        query = self._pending.pop((pkt.dst, pkt.dport, msg_id, qname), None)
+        if query is None or query.namespace is None:
+            return
+        self.report.matched += 1
+        self.summary(query.namespace.name).responses += 1
+        self.pipeline.observe_reply(query, flags & 0xF)
+
+    def finish(self) -> ReplayReport:
+        self._pending.clear()
+        for s in self.report.namespaces.values():
+            if s.upstream:
+                s.actions["upstream"] = s.upstream
+        asyncio.run(self.engine.close(self.report.last_ts))
+        return self.report
+
+
+class StdoutClosed(Exception):
+    """The reader of stdout went away (``dnsgate replay ... | head``)."""
+
+
+class StdoutAlerts(JsonlSink):
+    """The jsonl sink on stdout; a closed pipe ends the replay instead of logging per alert."""
+
+    def __init__(self) -> None:
+        super().__init__("-", stream=sys.stdout)
+
+    def submit(self, alert: Alert) -> None:
+        try:
+            sys.stdout.write(alert.to_json() + "\n")
+        except BrokenPipeError:
+            raise StdoutClosed from None
+        self.delivered += 1
+
+
+def source_error(prog: str, exc: Exception) -> str | None:
+    """The one-line message for a capture or Redis source that failed; None for any other error."""
+    if isinstance(exc, (CaptureError, OSError)):  # redis.ConnectionError is an OSError subclass too
+        return f"{prog}: {exc}"
+    if type(exc).__module__.startswith("redis"):
+        return f"{prog}: redis: {exc}"
+    return None
+
+
+class ProblemPrinter:
+    """Reports skipped packets on stderr by file and packet number; caps the flood."""
+
+    def __init__(self, prog: str, stream: IO[str], limit: int = PROBLEMS_SHOWN) -> None:
+        self.prog = prog
+        self.stream = stream
+        self.limit = limit
+        self.count = 0
+
+    def say(self, path: str, number: int, message: str) -> None:
+        self.count += 1
+        if self.count <= self.limit:
+            self.stream.write(f"{self.prog}: {path}: packet {number}: {message}\n")
+        elif self.count == self.limit + 1:
+            self.stream.write(f"{self.prog}: further problems are counted, not shown\n")
+
+    def capture(self, problem: CaptureProblem) -> None:
+        self.say(problem.path, problem.number, problem.message)
+
+
+class Progress:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal.
+
+    The fraction done is the read position of the capture files (from
+    /proc/self/fdinfo) over their total size, so it needs no help from the reader.
+    """
+
+    def __init__(self, paths: Sequence[str], stream: IO[str], enabled: bool | None = None) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty() if enabled is None else enabled
+        self.paths = {os.path.realpath(p) for p in paths}
+        self.total = sum(_size(p) for p in paths) or 1
+        self._next = 0.0
+        self._started = time.monotonic()
+
+    def _position(self) -> int:
+        pos = 0
+        try:
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    if os.readlink(f"/proc/self/fd/{fd}") in self.paths:
+                        with open(f"/proc/self/fdinfo/{fd}") as info:
+                            pos += int(info.readline().split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+        except OSError:
+            return 0
+        return pos
+
+    def update(self, report: ReplayReport, label: str = "") -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + 0.2
+        frac = min(self._position() / self.total, 1.0)
+        bar = "#" * int(frac * 30)
+        rate = report.packets / max(now - self._started, 1e-6)
+        self.stream.write(
+            f"\r{label}[{bar:<30}] {frac:6.1%} {report.packets:,} packets "
+            f"{report.queries:,} queries {sum(report.alerts.values()):,} alerts {rate:,.0f}/s "
+        )
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def replay(
+    paths: Sequence[str],
+    config: Config,
+    *,
+    sinks: Sequence[Sink] = (),
+    ports: Iterable[int] = (53,),
+    problems: ProblemPrinter | None = None,
+    progress: Progress | None = None,
+    label: str = "",
+    on_engine: Callable[[Engine], None] | None = None,
+    on_query: Callable[[Query, Reply | None], None] | None = None,
+) -> ReplayReport:
+    """Stream the captures at ``paths`` through a fresh pipeline built from ``config``.
+
+    Raises CaptureError before any output when a file cannot be read at all.
+    ``on_engine`` sees the Engine before the first packet (propose reads its LearnBook).
+    ``on_query`` sees every query after the pipeline decided it (see ``Replay``).
+    """
+    started = time.monotonic()
+    on_problem = problems.capture if problems is not None else None
+    elsewhere: Counter[int] = Counter()
+    packets = read_many(list(paths), ports=frozenset(ports), on_problem=on_problem, elsewhere=elsewhere)
+    run = Replay(config, sinks, paths, on_query=on_query)
+    run.report.elsewhere = elsewhere
+    if on_engine is not None:
+        on_engine(run.engine)
+    # DnsPacket does not name its file; with several files a malformed query is
+    # reported against all of them (packet numbers are per file).
+    where = paths[0] if len(paths) == 1 else " or ".join(paths)
+
+    def malformed(pkt: DnsPacket, message: str) -> None:
+        if problems is not None:
+            problems.say(where, pkt.number, message)
+
+    feed = run.feed
+    if progress is not None and progress.enabled:
+        for i, pkt in enumerate(packets):
+            feed(pkt, malformed)
+            if not i & 1023:
+                progress.update(run.report, label)
+        progress.done()
+    else:
+        for pkt in packets:
+            feed(pkt, malformed)
+    report = run.finish()
+    report.problems = problems.count if problems is not None else 0
+    report.seconds = time.monotonic() - started
+    return report
+
+
+# --- output --------------------------------------------------------------------------
+
+
+def render_table(report: ReplayReport, top: int = 10) -> str:
+    """The human summary: per namespace, queries, denied and unique names, flagged domains."""
+    out: list[str] = []
+    span = report.last_ts - report.first_ts if report.first_ts else 0.0
+    out.append(
+        f"replayed {report.queries:,} queries ({report.responses:,} responses, "
+        f"{report.matched:,} matched to forwarded queries) over {span:,.0f}s of capture "
+        f"from {len(report.files)} file(s)"
+        + (f"; {report.problems} packet(s) skipped" if report.problems else "")
+        + (f"; {report.malformed} malformed queries" if report.malformed else "")
+    )
+    for s in sorted(report.namespaces.values(), key=lambda s: -s.queries):
+        out.append("")
+        out.append(f"namespace {s.name}  (mode {s.mode}, detection {s.detection})")
+        actions = ", ".join(f"{k} {v:,}" for k, v in s.actions.most_common())
+        out.append(f"  queries        {s.queries:>10,}   ({actions})")
+        out.append(f"  unique names   {s.unique_names:>10,}")
+        out.append(f"  names denied   {len(s.denied) + s.denied_overflow:>10,}")
+        if s.denied:
+            out.append("    by domain (names denied):")
+            for domain, names in s.denied_domains.most_common(top):
+                out.append(f"      {names:>6,}  {domain}")
+            out.append("    most denied names (denials):")
+            worst = sorted(s.denied.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+            for name, count in worst:
+                out.append(f"      {count:>6,}  {name if len(name) <= 90 else name[:87] + '...'}")
+        flagged = s.top_flagged(top)
+        out.append(f"  flagged domains {len(s.flagged):>9,}")
+        if flagged:
+            width = max(len(f.domain) for f in flagged)
+            for f in flagged:
+                out.append(
+                    f"    {f.domain:<{width}}  {f.severity:<8} {f.alerts:>4} alert(s)  "
+                    f"reasons: {', '.join(sorted(f.reasons))}"
+                )
+                if f.evidence:
+                    out.append(f"    {'':<{width}}  evidence: {evidence_text(f.evidence)}")
+                    example = str(f.evidence.get("qname", ""))
+                    if example:
+                        cut = example if len(example) <= 90 else example[:87] + "..."
+                        out.append(f"    {'':<{width}}  e.g. {cut}")
+    return "\n".join(out) + "\n"
+
+
+def render_summary(report: ReplayReport) -> str:
+    """One stderr paragraph for ``--format jsonl`` runs."""
+    lines = [
+        f"dnsgate replay: {report.queries:,} queries, {report.responses:,} responses, "
+        f"{report.alerts.get('policy', 0):,} policy and {report.alerts.get('tunnel', 0):,} tunnel "
+        f"alerts in {report.seconds:.2f}s"
+        + (f"; {report.problems} packet(s) skipped" if report.problems else "")
+    ]
+    for s in sorted(report.namespaces.values(), key=lambda s: -s.queries):
+        flagged = ", ".join(f.domain for f in s.top_flagged(5)) or "none"
+        lines.append(
+            f"  {s.name}: {s.queries:,} queries, ~{s.unique_names:,} unique names, "
+            f"{len(s.denied) + s.denied_overflow:,} names denied, flagged: {flagged}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --- sweeps --------------------------------------------------------------------------
+
+
+def load_labels(path: str) -> set[str]:
+    """Tunnel domains, one per line; ``#`` starts a comment."""
+    labels = set()
+    for raw in Path(path).read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip().lower().rstrip(".")
+        if line:
+            labels.add(line)
+    return labels
+
+
+def _matches(domain: str, label: str) -> bool:
+    return domain == label or label.endswith("." + domain) or domain.endswith("." + label)
+
+
+@dataclass(slots=True)
+class SweepRow:
+    value: Any
+    flagged: set[str]
+    tp: set[str] = field(default_factory=set)
+    fp: set[str] = field(default_factory=set)
+    fn: set[str] = field(default_factory=set)
+    seconds: float = 0.0
+
+
+def score(flagged: set[str], labels: set[str]) -> tuple[set[str], set[str], set[str]]:
+    """(true positives, false positives, missed labels) of flagged domains against labels."""
+    tp = {d for d in flagged if any(_matches(d, lab) for lab in labels)}
+    fp = flagged - tp
+    fn = {lab for lab in labels if not any(_matches(d, lab) for d in flagged)}
+    return tp, fp, fn
+
+
+def render_sweep(key: str, rows: list[SweepRow], labels: set[str] | None) -> str:
+    head = f"{key:>14}  {'flagged':>7}"
+    if labels is not None:
+        head += f"  {'TP':>4}  {'FP':>4}  {'FN':>4}  {'precision':>9}  {'recall':>6}"
+    out = [head + "  domains"]
+    for r in rows:
+        line = f"{json.dumps(r.value):>14}  {len(r.flagged):>7}"
+        if labels is not None:
+            precision = len(r.tp) / len(r.flagged) if r.flagged else 1.0
+            recall = len(r.tp) / len(labels) if labels else 1.0
+            line += (
+                f"  {len(r.tp):>4}  {len(r.fp):>4}  {len(r.fn):>4}  {precision:>9.2f}  {recall:>6.2f}"
+            )
+            names = [f"+{d}" for d in sorted(r.tp)] + [f"!{d}" for d in sorted(r.fp)]
+            names += [f"-{d}" for d in sorted(r.fn)]
+        else:
+            names = sorted(r.flagged)
+        out.append(f"{line}  {' '.join(names) or '-'}")
+    if labels is not None:
+        out.append("(+ true positive, ! false positive, - labelled tunnel not flagged)")
+    return "\n".join(out) + "\n"
+
+
+# --- command line --------------------------------------------------------------------
+
+
+def _overrides(prog: str, sets: list[str]) -> dict[str, Any] | None:
+    overrides: dict[str, Any] = {}
+    for text in sets:
+        try:
+            key, value = parse_assignment(text)
+        except (ValueError, yaml.YAMLError) as exc:
+            print(f"{prog}: --set: {exc}", file=sys.stderr)
+            return None
+        overrides[key] = value
+    return overrides
+
+
+def build_config(prog: str, args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Config | None:
+    """Load the replay config with --set (and ``extra``) applied; print errors, None on failure."""
+    overrides = _overrides(prog, args.sets)
+    if overrides is None:
+        return None
+    overrides.update(extra or {})
+    try:
+        return apply_overrides(replay_config(args.config), overrides)
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+    except SettingsError as exc:
+        print(f"{prog}: --set {exc.key}: {exc.message}", file=sys.stderr)
+    return None
+
+
+def capture_ports(prog: str, given: Sequence[str] | None) -> frozenset[int] | None:
+    """``--port`` values as the capture reader wants them (ANY_PORT for ``any``); None, said on stderr, when bad."""
+    if not given:
+        return frozenset({53})
+    if "any" in given:
+        return ANY_PORT
+    try:
+        ports = frozenset(int(p) for p in given)
+    except ValueError:
+        ports = frozenset({0})
+    if all(0 < p < 65536 for p in ports):
+        return ports
+    print(f"{prog}: --port takes a port number (1-65535) or 'any', not {given!r}", file=sys.stderr)
+    return None
+
+
+def port_hint(prog: str, report: ReplayReport, ports: frozenset[int]) -> str:
+    """Lines for stderr when DNS went by on ports that were not replayed, or nothing was replayed."""
+    lines = []
+    if report.elsewhere:
+        seen = ", ".join(f"{port} ({n:,} messages)" for port, n in report.elsewhere.most_common(5))
+        first = report.elsewhere.most_common(1)[0][0]
+        lines.append(f"{prog}: DNS also seen on UDP port(s) {seen}, not replayed: "
+                     f"add --port {first} (or --port any to find DNS by content)")
+    if not report.queries:
+        where = "any port" if ports == ANY_PORT else "port " + ", ".join(map(str, sorted(ports)))
+        lines.append(f"{prog}: no DNS queries found on {where}")
+    return "".join(line + "\n" for line in lines)
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    prog = "dnsgate replay"
+    if not args.pcaps:
+        print(f"{prog}: give at least one capture file", file=sys.stderr)
+        return 2
+    if args.sweep and args.format == "jsonl":
+        print(f"{prog}: --sweep prints a table; drop --format jsonl", file=sys.stderr)
+        return 2
+    args.format = args.format or ("table" if args.sweep else "jsonl")
+    if args.labels and not args.sweep:
+        print(f"{prog}: --labels needs --sweep", file=sys.stderr)
+        return 2
+    config = build_config(prog, args)
+    if config is None:
+        return 2
+    ports = capture_ports(prog, args.port)
+    if ports is None:
+        return 2
+    problems = ProblemPrinter(prog, sys.stderr)
+    enabled = None if args.progress == "auto" else args.progress == "always"
+    try:
+        if args.sweep:
+            return _run_sweep(prog, args, config, ports, problems, enabled)
+        sinks: list[Sink] = []
+        if args.format == "jsonl":
+            sinks.append(StdoutAlerts())
+        timeline = Timeline()
+        if args.report:
+            sinks.append(timeline)
+        progress = Progress(args.pcaps, sys.stderr, enabled)
+        report = replay(args.pcaps, config, sinks=sinks, ports=ports, problems=problems,
+                        progress=progress)
+    except CaptureError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    except StdoutClosed:
+        # Keep Python from complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    if args.format == "table":
+        sys.stdout.write(render_table(report, args.top))
+    else:
+        sys.stdout.flush()
+        sys.stderr.write(render_summary(report))
+    sys.stderr.write(port_hint(prog, report, ports))
+    if args.report:
+        status = _write_report(prog, args.report, lambda: render_report(report, timeline, args.top))
+        if status:
+            return status
+    return 0 if report.queries else 1
+
+
+def _write_report(prog: str, path: str, render: Callable[[], str]) -> int:
+    try:
+        write_page(path, render())
+    except OSError as exc:
+        print(f"{prog}: --report {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(f"{prog}: report written to {path}", file=sys.stderr)
+    return 0
+
+
+def _run_sweep(prog: str, args: argparse.Namespace, config: Config, ports: frozenset[int],
+               problems: ProblemPrinter, enabled: bool | None) -> int:
+    key, sep, values_text = args.sweep.partition("=")
+    key = key.strip()
+    if not sep or not key or not values_text.strip():
+        print(f"{prog}: --sweep: expected KEY=V1,V2,..., got {args.sweep!r}", file=sys.stderr)
+        return 2
+    values = [yaml.safe_load(v) for v in values_text.split(",") if v.strip()]
+    labels = load_labels(args.labels) if args.labels else None
+    rows: list[SweepRow] = []
+    reports: list[ReplayReport] = []
+    for value in values:
+        try:
+            swept = apply_overrides(config, {key: value})
+        except SettingsError as exc:
+            print(f"{prog}: --sweep {exc.key}: {exc.message}", file=sys.stderr)
+            return 2
+        progress = Progress(args.pcaps, sys.stderr, enabled)
+        report = replay(args.pcaps, swept, ports=ports, problems=problems, progress=progress,
+                        label=f"{key}={value} ")
+        row = SweepRow(value, report.flagged_domains(), seconds=report.seconds)
+        if labels is not None:
+            row.tp, row.fp, row.fn = score(row.flagged, labels)
+        rows.append(row)
+        reports.append(report)
+        sys.stderr.write(f"{prog}: {key}={json.dumps(value)}: {len(row.flagged)} flagged domain(s) "
+                         f"in {report.seconds:.2f}s\n")
+    sys.stdout.write(render_sweep(key, rows, labels))
+    if args.report:
+        return _write_report(prog, args.report, lambda: render_sweep_report(key, rows, reports, labels))
+    return 0
+

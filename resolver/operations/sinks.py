@@ -1,0 +1,763 @@
+"""Remote alert sinks: webhook, Alertmanager (v2 API), Redis stream, Falco (falcosidekick) and syslog.
+
+Each remote sink owns a bounded queue and one background task that delivers
+from it. ``submit`` only appends to the queue (or counts a drop when it is
+full), so a slow or dead receiver never touches the query path. Delivery is
+retried with exponential backoff; a batch that still fails is dropped and
+counted. Nothing is lost silently: the hub hands every alert to every sink, so
+the jsonl sink, when one is configured, holds each alert a remote sink could
+not deliver; when none is configured a dropped alert is logged as one JSON
+line on stderr.
+
+``build(spec)`` validates a sink's options once, when the engine is built,
+raising ConfigError with the file, line and key of the bad option.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+import socket
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from resolver.config import Config
+from resolver.config import Sink as SinkSpec
+from resolver.pipeline.alerts import Alert, JsonlSink, Sink
+from resolver.schema import Choice, ConfigError, Kind, Positive, Rule, Section, fail, of_kind, validate
+
+log = logging.getLogger("dnsgate.sinks")
+
+CLOSE_GRACE = 2.0  # seconds a closing sink keeps delivering what is still queued
+ALERTNAMES = {"tunnel": "DNSTunnel", "policy": "DNSPolicyDenied", "undeclared": "DNSUndeclaredEgress"}
+
+
+class DeliveryError(Exception):
+    """A delivery attempt failed; ``permanent`` ones (HTTP 4xx) are not retried."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How a remote sink queues and retries."""
+
+    queue_size: int = 1000
+    batch_size: int = 1
+    retries: int = 3
+    backoff: float = 0.5  # first retry delay; doubles each attempt, with jitter
+    backoff_max: float = 10.0
+    timeout: float = 5.0  # per attempt
+
+    def delay(self, attempt: int) -> float:
+        base: float = min(self.backoff_max, self.backoff * (2**attempt))
+        return base * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
+
+
+def spill_to_log(sink: str, alert: Alert) -> None:
+    """Where a dropped alert goes when no jsonl sink holds a copy."""
+    log.warning("alert not delivered to sink %s: %s", sink, alert.to_json())
+
+
+class QueuedSink:
+    """A bounded queue and a background task delivering batches from it.
+
+    Subclasses implement ``deliver(batch)`` and, when they hold a connection,
+    ``open``/``release``.
+    """
+
+    def __init__(self, name: str, delivery: Delivery) -> None:
+        self.name = name
+        self.delivery = delivery
+        self.delivered = 0
+        self.retried = 0
+        self.dropped = 0
+        self.spill: Callable[[str, Alert], None] | None = spill_to_log
+        self.down = False
+        self._queue: deque[Alert] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._busy = False  # a batch is being delivered (or waiting to be retried)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def stats(self) -> dict[str, Any]:
+        """Delivery counters for metrics."""
+        return {
+            "name": self.name, "delivered": self.delivered, "retried": self.retried,
+            "dropped": self.dropped, "queued": self.queued,
+        }
+
+    def submit(self, alert: Alert) -> None:
+        """Queue an alert; never blocks, counts a drop when the queue is full."""
+        if self._closing or len(self._queue) >= self.delivery.queue_size:
+            self._drop([alert], "queue full" if not self._closing else "sink closed")
+            return
+        self._queue.append(alert)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        if self._queue:
+            self._wakeup.set()
+        await self.open()
+        self._task = asyncio.create_task(self._run(), name=f"sink-{self.name}")
+
+    async def close(self) -> None:
+        """Deliver what is queued for a short grace period, then drop (and count) the rest."""
+        self._closing = True
+        if self._task is not None:
+            if self._queue or self._busy:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CLOSE_GRACE):
+                        while self._queue or self._busy:  # noqa: ASYNC110
+                            await asyncio.sleep(0.02)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._queue:
+            self._drop(list(self._queue), "sink closed")
+            self._queue.clear()
+        await self.release()
+
+    async def open(self) -> None:
+        """Acquire what delivery needs (a session, a connection pool)."""
+
+    async def release(self) -> None:
+        """Release what ``open`` acquired."""
+
+    async def deliver(self, batch: list[Alert]) -> None:
+        raise NotImplementedError
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            size = min(self.delivery.batch_size, len(self._queue))
+            batch = [self._queue.popleft() for _ in range(size)]
+            self._busy = True
+            try:
+                await self._send(batch)
+            finally:
+                self._busy = False
+
+    async def _send(self, batch: list[Alert]) -> None:
+        d = self.delivery
+        error: BaseException | None = None
+        for attempt in range(d.retries + 1):
+            if attempt:
+                self.retried += 1
+                await asyncio.sleep(d.delay(attempt - 1))
+            try:
+                async with asyncio.timeout(d.timeout):
+                    await self.deliver(batch)
+            except asyncio.CancelledError:
+                self._drop(batch, "sink closed")
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure of a remote is retried, never raised
+                error = exc
+                if isinstance(exc, DeliveryError) and exc.permanent:
+                    break
+                continue
+            self.delivered += len(batch)
+            if self.down:
+                self.down = False
+                log.info("alert sink %s delivering again", self.name)
+            return
+        if not self.down:
+            self.down = True
+            log.error(
+                "alert sink %s failing (%s); dropping its undelivered alerts and counting them",
+                self.name, describe(error),
+            )
+        self._drop(batch, describe(error))
+
+    def _drop(self, batch: list[Alert], reason: str) -> None:
+        self.dropped += len(batch)
+        if self.spill is not None:
+            for alert in batch:
+                self.spill(self.name, alert)
+        else:
+            log.debug(
+                "alert sink %s dropped %d alerts (%s); the jsonl sink has them",
+                self.name, len(batch), reason,
+            )
+
+
+def describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class HttpSink(QueuedSink):
+    """Shared by the HTTP sinks: one aiohttp session, headers, a status check."""
+
+    def __init__(self, name: str, delivery: Delivery, url: str, headers: dict[str, str]) -> None:
+        super().__init__(name, delivery)
+        self.url = url
+        self.headers = {"Content-Type": "application/json", "User-Agent": "dnsgate", **headers}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        self._session = aiohttp.ClientSession(headers=self.headers)
+
+    async def release(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post(self, url: str, body: str) -> None:
+        assert self._session is not None
+        async with self._session.post(url, data=body.encode()) as resp:
+            if resp.status >= 300:
+                text = (await resp.text())[:200]
+                # Client errors other than timeout/rate limit will fail the same way again.
+                permanent = 400 <= resp.status < 500 and resp.status not in (408, 429)
+                raise DeliveryError(f"HTTP {resp.status} from {url}: {text}", permanent)
+
+
+class WebhookSink(HttpSink):
+    """POSTs each alert, as the JSON alert object, to a URL."""
+
+    async def deliver(self, batch: list[Alert]) -> None:
+        for alert in batch:
+            await self.post(self.url, alert.to_json())
+
+
+class AlertmanagerSink(HttpSink):
+    """Alertmanager v2 API: ``POST /api/v2/alerts`` with a batch of alerts.
+
+    Labels identify the alert for grouping (alertname, namespace, domain,
+    severity, plus configured static labels); what changes per query (name,
+    client, reasons, evidence) goes in annotations. ``endsAt`` is
+    ``resolve_after`` seconds after the alert, so Alertmanager resolves it by
+    itself once dnsgate stops re-firing it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        delivery: Delivery,
+        url: str,
+        headers: dict[str, str],
+        resolve_after: float,
+        labels: dict[str, str],
+        generator_url: str | None,
+    ) -> None:
+        super().__init__(name, delivery, url.rstrip("/") + "/api/v2/alerts", headers)
+        self.resolve_after = resolve_after
+        self.labels = labels
+        self.generator_url = generator_url
+
+    def payload(self, alert: Alert) -> dict[str, Any]:
+        labels = {
+            **self.labels,
+            "alertname": ALERTNAMES.get(alert.kind, "DNSAlert"),
+            "namespace": alert.namespace,
+            "domain": alert.domain,
+            "severity": alert.severity,
+        }
+        reasons = ",".join(alert.reasons)
+        annotations = {
+            "summary": f"{alert.kind} alert for {alert.domain} in namespace {alert.namespace}: "
+            f"{reasons}",
+            "reasons": reasons,
+            "evidence": json.dumps(
+                alert.evidence, separators=(",", ":"), default=str, sort_keys=True
+            ),
+            "qname": alert.qname,
+            "qtype": alert.qtype,
+            "client": alert.client,
+            "action": alert.action,
+            "count": str(alert.count),
+        }
+        out: dict[str, Any] = {
+            "labels": labels,
+            "annotations": annotations,
+            "startsAt": rfc3339(alert.ts),
+            "endsAt": rfc3339(alert.ts + self.resolve_after),
+        }
+        if self.generator_url:
+            out["generatorURL"] = self.generator_url
+        return out
+
+    async def deliver(self, batch: list[Alert]) -> None:
+        await self.post(self.url, json.dumps([self.payload(a) for a in batch], default=str))
+
+
+class RedisStreamSink(QueuedSink):
+    """``XADD`` to a Redis stream with an approximate MAXLEN, for SIEM pipelines.
+
+    Each entry's fields are the alert object's keys; lists and mappings
+    (``reasons``, ``evidence``) are JSON text.
+    """
+
+    def __init__(self, name: str, delivery: Delivery, url: str, stream: str, maxlen: int) -> None:
+        super().__init__(name, delivery)
+        self.url = url
+        self.stream = stream
+        self.maxlen = maxlen
+        self._client: Any = None
+
+    async def open(self) -> None:
+        import redis.asyncio
+
+        self._client = redis.asyncio.from_url(
+            self.url,
+            socket_timeout=self.delivery.timeout,
+            socket_connect_timeout=self.delivery.timeout,
+        )
+
+    async def release(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    @staticmethod
+    def fields(alert: Alert) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for key, value in alert.to_dict().items():
+            if isinstance(value, list | dict):
+                out[key] = json.dumps(value, separators=(",", ":"), default=str)
+            else:
+                out[key] = str(value)
+        return out
+
+    async def deliver(self, batch: list[Alert]) -> None:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for alert in batch:
+                pipe.xadd(self.stream, self.fields(alert), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+            await pipe.execute()
+
+
+# -- security pipelines: Falco events and syslog ---------------------------------
+
+# Falco's priorities (falcosidekick's ``priority``), from an alert's severity.
+FALCO_PRIORITIES = {"info": "Informational", "warning": "Warning", "high": "Error", "critical": "Critical"}
+FALCO_RULES = {
+    "policy": "DNS query to a non-allowlisted domain",
+    "tunnel": "DNS tunnel suspected",
+    "rebinding": "DNS answer rebinding into a private range",
+    "rate_limit": "DNS client over its rate limit",
+    "undeclared": "Workload quarantined for undeclared DNS egress",
+}
+# MITRE ATT&CK tags in Falco's style: T1071.004 is "Application Layer Protocol: DNS",
+# T1048 "Exfiltration Over Alternative Protocol".
+FALCO_TAGS = {
+    "policy": ["dns", "network", "mitre_command_and_control", "T1071.004"],
+    "tunnel": ["dns", "network", "mitre_exfiltration", "mitre_command_and_control", "T1048", "T1071.004"],
+    "rebinding": ["dns", "network", "mitre_initial_access"],
+    "rate_limit": ["dns", "network", "mitre_impact"],
+    "undeclared": ["dns", "network", "mitre_exfiltration"],
+}
+
+
+def scalar(value: Any) -> str | int | float | bool:
+    """An evidence value as one flat field: numbers and text as they are, the rest as JSON text."""
+    if isinstance(value, str | int | float | bool):
+        return value
+    return json.dumps(value, separators=(",", ":"), default=str, sort_keys=True)
+
+
+class FalcoSink(HttpSink):
+    """POSTs each alert as a Falco event to a falcosidekick-compatible endpoint.
+
+    The event has Falco's output JSON shape (``rule``, ``priority``,
+    ``output``, ``output_fields``, ``time``, ``source``, ``tags``,
+    ``hostname``), so falcosidekick routes it to its outputs like any Falco
+    alert. ``output_fields`` are flat (``dnsgate.namespace``,
+    ``dnsgate.evidence.entropy`` ...); names keep their ``\\DDD`` escapes.
+    """
+
+    def __init__(self, name: str, delivery: Delivery, url: str, headers: dict[str, str],
+                 source: str, hostname: str, tags: list[str]) -> None:
+        super().__init__(name, delivery, url, headers)
+        self.source = source
+        self.hostname = hostname
+        self.tags = tags
+
+    def event(self, alert: Alert) -> dict[str, Any]:
+        priority = FALCO_PRIORITIES.get(alert.severity, "Warning")
+        rule = FALCO_RULES.get(alert.kind, "dnsgate alert")
+        fields: dict[str, Any] = {
+            "dnsgate.kind": alert.kind,
+            "dnsgate.severity": alert.severity,
+            "dnsgate.namespace": alert.namespace,
+            "dnsgate.client": alert.client,
+            "dnsgate.qname": alert.qname,
+            "dnsgate.qtype": alert.qtype,
+            "dnsgate.domain": alert.domain,
+            "dnsgate.reasons": ",".join(alert.reasons),
+            "dnsgate.action": alert.action,
+            "dnsgate.count": alert.count,
+        }
+        for key, value in alert.evidence.items():
+            fields[f"dnsgate.evidence.{key}"] = scalar(value)
+        when = datetime.fromtimestamp(alert.ts, UTC)
+        output = (
+            f"{when.strftime('%H:%M:%S.%f')}: {priority} {rule} "
+            f"(namespace={alert.namespace} client={alert.client} qname={alert.qname} "
+            f"qtype={alert.qtype} domain={alert.domain} reasons={fields['dnsgate.reasons'] or '-'} "
+            f"action={alert.action} count={alert.count})"
+        )
+        return {
+            "rule": rule,
+            "priority": priority,
+            "output": output,
+            "output_fields": fields,
+            "time": when.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "source": self.source,
+            "tags": [*FALCO_TAGS.get(alert.kind, ["dns"]), *self.tags],
+            "hostname": self.hostname,
+        }
+
+    async def deliver(self, batch: list[Alert]) -> None:
+        for alert in batch:
+            await self.post(self.url, json.dumps(self.event(alert), default=str))
+
+
+SYSLOG_FACILITIES = {
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
+    "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, "ntp": 12, "security": 13, "console": 14,
+    "solaris-cron": 15, **{f"local{i}": 16 + i for i in range(8)},
+}
+# RFC 5424 severities: critical 2, error 3, warning 4, informational 6.
+SYSLOG_SEVERITIES = {"info": 6, "warning": 4, "high": 3, "critical": 2}
+SD_VALUE_MAX = 1024  # characters of one structured-data value; a name is at most 1020 escaped
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NOT_PRINTABLE = re.compile(r"[^\x21-\x7e]")
+_SD_NAME_BAD = re.compile(r'[^\x21-\x7e]|[= \]"]')
+
+
+def _escape_control(text: str) -> str:
+    # Names arrive escaped already; this keeps anything else from carrying a raw
+    # control byte (a newline would split the record in a line-based receiver).
+    return _CONTROL.sub(lambda m: f"\\{ord(m.group()):03d}", text)
+
+
+def sd_value(value: Any) -> str:
+    """A PARAM-VALUE (RFC 5424 6.3.3): control bytes as \\DDD, then ``"``, ``\\`` and ``]`` escaped."""
+    text = _escape_control(str(scalar(value)))[:SD_VALUE_MAX]
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+def sd_name(name: str) -> str:
+    """An SD-NAME: printable US-ASCII without ``= ] "`` and space, at most 32 characters."""
+    return _SD_NAME_BAD.sub("_", name)[:32] or "_"
+
+
+def header_field(text: str, limit: int) -> str:
+    """HOSTNAME, APP-NAME, MSGID: printable US-ASCII without spaces, ``-`` when empty."""
+    return _NOT_PRINTABLE.sub("_", text)[:limit] or "-"
+
+
+class SyslogSink(QueuedSink):
+    """RFC 5424 messages over UDP, TCP (octet-counted framing, RFC 6587) or a unix datagram socket.
+
+    One message per alert: the header carries the facility and a severity
+    mapped from the alert's, ``APP-NAME`` dnsgate and the alert kind as
+    ``MSGID``; every field of the alert object is a structured-data parameter
+    under ``sd_id`` (evidence keys as ``ev.<key>``); the MSG is a one-line
+    summary. Non-printable octets in names stay ``\\DDD``-escaped.
+    """
+
+    def __init__(self, name: str, delivery: Delivery, url: str, facility: int,
+                 hostname: str, app_name: str, sd_id: str) -> None:
+        super().__init__(name, delivery)
+        parts = urlsplit(url)
+        self.transport = parts.scheme
+        self.path = parts.path
+        self.host = parts.hostname or ""
+        self.port = parts.port or 514
+        self.facility = facility
+        self.hostname = header_field(hostname, 255)
+        self.app_name = header_field(app_name, 48)
+        self.sd_id = sd_name(sd_id)
+        self.procid = str(os.getpid())
+        self._sock: socket.socket | None = None
+        self._address: Any = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    def message(self, alert: Alert) -> bytes:
+        pri = self.facility * 8 + SYSLOG_SEVERITIES.get(alert.severity, 4)
+        when = datetime.fromtimestamp(alert.ts, UTC).isoformat(timespec="microseconds")
+        params = [
+            ("kind", alert.kind), ("severity", alert.severity), ("namespace", alert.namespace),
+            ("client", alert.client), ("qname", alert.qname), ("qtype", alert.qtype),
+            ("domain", alert.domain), ("reasons", ",".join(alert.reasons)),
+            ("action", alert.action), ("count", alert.count),
+        ] + [(f"ev.{key}", value) for key, value in alert.evidence.items()]
+        sd = "[" + self.sd_id + "".join(f' {sd_name(k)}="{sd_value(v)}"' for k, v in params) + "]"
+        summary = _escape_control(
+            f"{alert.kind} alert: {alert.namespace} {alert.client} asked {alert.qname} {alert.qtype}"
+            f" ({', '.join(alert.reasons) or '-'}): {alert.action}"
+        )
+        msgid = header_field(alert.kind, 32)
+        head = f"<{pri}>1 {when.replace('+00:00', 'Z')} {self.hostname} {self.app_name} {self.procid} {msgid}"
+        return f"{head} {sd} {summary}".encode()
+
+    async def open(self) -> None:
+        if self.transport == "tcp":
+            return  # connected on first delivery, and again after a failure
+        if self.transport == "unix":
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._address = self.path
+        else:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                self.host, self.port, type=socket.SOCK_DGRAM
+            )
+            family, _, _, _, self._address = infos[0]
+            self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+
+    async def release(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        await self._disconnect()
+
+    async def _disconnect(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def deliver(self, batch: list[Alert]) -> None:
+        messages = [self.message(a) for a in batch]
+        if self.transport != "tcp":
+            assert self._sock is not None
+            loop = asyncio.get_running_loop()
+            for data in messages:
+                await loop.sock_sendto(self._sock, data, self._address)
+            return
+        try:
+            if self._writer is None:
+                _, self._writer = await asyncio.open_connection(self.host, self.port)
+            self._writer.write(b"".join(b"%d %s" % (len(m), m) for m in messages))
+            await self._writer.drain()
+        except BaseException:
+            await self._disconnect()  # the next attempt reconnects
+            raise
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# -- building from config -----------------------------------------------------
+
+
+def _url(*schemes: str) -> Any:
+    """A URL whose scheme is one of ``schemes`` and that names a host (or, for ``unix``, a path)."""
+
+    def check(value: Any) -> str:
+        value = str(of_kind(value, str))
+        parts = urlsplit(value)
+        where = parts.path if parts.scheme == "unix" else parts.hostname
+        if parts.scheme not in schemes or not where:
+            fail(f"must be a {' or '.join(schemes)} URL, not {value!r}")
+        return value
+
+    return Rule(check)
+
+
+def _string_map(value: Any) -> dict[str, str]:
+    """A mapping of header or label values, numbers written as text."""
+    out: dict[str, str] = {}
+    for k, v in of_kind(value, dict).items():
+        if isinstance(v, bool) or not isinstance(v, str | int | float):
+            fail(f"must be a string, not {v!r}", key=str(k))
+        out[str(k)] = str(v)
+    return out
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    value = of_kind(value, list)
+    if not all(isinstance(v, str) for v in value):
+        fail(f"must be a list of strings, not {value!r}")
+    return tuple(value)
+
+
+def _token_variable(value: Any) -> str | None:
+    if value is None:
+        return None
+    name = str(of_kind(value, str))
+    if not os.environ.get(name):
+        fail(f"variable {name} is unset or empty")
+    return name
+
+
+def _retries(value: Any) -> int:
+    retries = int(of_kind(value, int, bools_as=float))
+    if retries < 0:
+        fail(f"must be 0 or more, not {retries}")
+    return retries
+
+
+Count = Annotated[int, Positive(int, bools_as=float)]  # a bool reads "must be a number" in sink options
+Seconds = Annotated[float, Positive(float)]
+Text = Annotated[str, Kind(str)]
+OptionalText = Annotated[str | None, Kind(str, optional=True)]
+StringMap = Annotated[dict[str, str], Rule(_string_map)]
+
+
+# The order the options were always checked in: with several wrong, the first of these is named.
+_DELIVERY = ("retries", "queue_size", "backoff", "backoff_max", "timeout")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteOptions(Section):
+    """What every remote sink takes: its name and how it delivers (queue, retries, backoff)."""
+
+    name: Annotated[str | None, Kind(str)] = None  # not given: the sink's type
+    queue_size: Count = 1000
+    retries: Annotated[int, Rule(_retries)] = 3
+    backoff: Seconds = 0.5
+    backoff_max: Seconds = 10.0
+    timeout: Seconds = 5.0
+
+    def delivery(self, batch_size: int) -> Delivery:
+        return Delivery(queue_size=self.queue_size, batch_size=batch_size, retries=self.retries,
+                        backoff=self.backoff, backoff_max=self.backoff_max, timeout=self.timeout)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookOptions(RemoteOptions):
+    ORDER: ClassVar[tuple[str, ...]] = ("name", "url", *_DELIVERY, "headers", "bearer_token_env")
+    url: Annotated[str, _url("http", "https")]
+    headers: StringMap = field(default_factory=dict)
+    # Authorization: Bearer from this variable, which must be set when the sink is built
+    bearer_token_env: Annotated[str | None, Rule(_token_variable)] = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertmanagerOptions(WebhookOptions):
+    ORDER: ClassVar[tuple[str, ...]] = ("name", "batch_size", *_DELIVERY, "url", "headers", "bearer_token_env",
+                                        "resolve_after", "labels", "generator_url")
+    batch_size: Count = 64
+    resolve_after: Seconds = 300.0
+    labels: StringMap = field(default_factory=dict)
+    generator_url: OptionalText = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FalcoOptions(WebhookOptions):
+    ORDER: ClassVar[tuple[str, ...]] = ("name", *_DELIVERY, "url", "headers", "bearer_token_env", "source", "hostname",
+                                        "tags")
+    source: Text = "dnsgate"
+    hostname: Text = field(default_factory=socket.gethostname)
+    tags: Annotated[tuple[str, ...], Rule(_strings)] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyslogOptions(RemoteOptions):
+    ORDER: ClassVar[tuple[str, ...]] = ("name", "facility", "batch_size", *_DELIVERY, "url", "hostname", "app_name",
+                                        "sd_id")
+    url: Annotated[str, _url("udp", "tcp", "unix")]
+    batch_size: Count = 16
+    facility: Annotated[str, Choice(tuple(SYSLOG_FACILITIES), hints=False)] = "local0"
+    hostname: Text = field(default_factory=socket.gethostname)
+    app_name: Text = "dnsgate"
+    sd_id: Text = "dnsgate@32473"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedisStreamOptions(RemoteOptions):
+    ORDER: ClassVar[tuple[str, ...]] = ("name", "batch_size", *_DELIVERY, "url", "stream", "maxlen")
+    url: Annotated[str, _url("redis", "rediss", "unix")] = "redis://127.0.0.1:6379/0"
+    batch_size: Count = 64
+    stream: Text = "dnsgate:alerts"
+    maxlen: Count = 100_000
+
+
+OPTIONS: dict[str, type[RemoteOptions]] = {
+    "webhook": WebhookOptions, "alertmanager": AlertmanagerOptions, "falco": FalcoOptions,
+    "syslog": SyslogOptions, "redis_stream": RedisStreamOptions,
+}
+
+
+def _headers(opts: WebhookOptions) -> dict[str, str]:
+    """``headers`` plus ``Authorization: Bearer`` from ``bearer_token_env`` (checked set when validated)."""
+    headers = dict(opts.headers)
+    if opts.bearer_token_env is not None:
+        headers["Authorization"] = f"Bearer {os.environ.get(opts.bearer_token_env, '')}"
+    return headers
+
+
+def build(spec: SinkSpec) -> Sink:
+    """A remote sink from its config entry; ConfigError names the bad option."""
+    prefix = f"alerts[{spec.type}]"
+    if spec.type not in OPTIONS:
+        raise ConfigError(spec.path, spec.line, f"{prefix}.type", f"no remote sink of type {spec.type!r}")
+    opts = validate(OPTIONS[spec.type], spec.options, spec.path, prefix=prefix, line=spec.line, fixed_line=True)
+    name = opts.name or spec.type
+    if isinstance(opts, AlertmanagerOptions):
+        return AlertmanagerSink(name, opts.delivery(opts.batch_size), opts.url, _headers(opts),
+                                resolve_after=opts.resolve_after, labels=opts.labels,
+                                generator_url=opts.generator_url)
+    if isinstance(opts, FalcoOptions):
+        return FalcoSink(name, opts.delivery(1), opts.url, _headers(opts), source=opts.source,
+                         hostname=opts.hostname, tags=list(opts.tags))
+    if isinstance(opts, WebhookOptions):
+        return WebhookSink(name, opts.delivery(1), opts.url, _headers(opts))
+    if isinstance(opts, SyslogOptions):
+        return SyslogSink(name, opts.delivery(opts.batch_size), opts.url, SYSLOG_FACILITIES[opts.facility],
+                          hostname=opts.hostname, app_name=opts.app_name, sd_id=opts.sd_id)
+    assert isinstance(opts, RedisStreamOptions)
+    return RedisStreamSink(name, opts.delivery(opts.batch_size), opts.url, opts.stream, opts.maxlen)
+
+
+def connect_fallbacks(sinks: list[Sink]) -> None:
+    """Give sinks unique names and decide where remote sinks' dropped alerts go.
+
+    With a jsonl sink configured, it already received every alert, so a remote
+    drop is only counted; without one, the dropped alert is logged as JSON.
+    """
+    seen: dict[str, int] = {}
+    for sink in sinks:
+        n = seen.get(sink.name, 0)
+        seen[sink.name] = n + 1
+        if n:
+            sink.name = f"{sink.name}{n + 1}"
+    has_jsonl = any(isinstance(s, JsonlSink) for s in sinks)
+    for sink in sinks:
+        if isinstance(sink, QueuedSink):
+            sink.spill = None if has_jsonl else spill_to_log
+
+
+def build_sinks(config: Config) -> list[Sink]:
+    """One sink per ``alerts`` entry."""
+    return [
+        JsonlSink(spec.options.get("path", "-")) if spec.type == "jsonl" else build(spec)
+        for spec in config.alerts
+    ]
+
+
+def check_sinks(config: Config) -> None:
+    """Validate every remote sink's options (ConfigError names the line) without opening anything."""
+    for spec in config.alerts:
+        if spec.type != "jsonl":
+            build(spec)

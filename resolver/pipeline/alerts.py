@@ -1,0 +1,327 @@
+"""Alert objects and the hub that deduplicates them and hands them to the sinks.
+
+Every sink receives the same object (see DESIGN.md, "Alert object"). The hub
+never blocks: sinks take alerts with ``submit`` and deliver them on their own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+import dns.rdatatype
+
+from heuristics import name_to_text, registrable_domain
+
+if TYPE_CHECKING:
+    from resolver.pipeline.identity import PodIdentity
+
+log = logging.getLogger("dnsgate.alerts")
+
+SEVERITIES = ("info", "warning", "high", "critical")
+
+
+@dataclass(slots=True)
+class Alert:
+    ts: float
+    kind: str  # policy | tunnel | rebinding | rate_limit | ...
+    severity: str
+    namespace: str
+    client: str
+    qname: str
+    qtype: str
+    domain: str
+    reasons: list[str]
+    action: str  # alerted | blocked | quarantined
+    evidence: dict[str, Any] = field(default_factory=dict)
+    count: int = 1
+    pod: str = ""  # "namespace/name" of the Kubernetes pod that asked, when pod identity is on
+    service_account: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ts": round(self.ts, 6),
+            "kind": self.kind,
+            "severity": self.severity,
+            "namespace": self.namespace,
+            "client": self.client,
+            "qname": self.qname,
+            "qtype": self.qtype,
+            "domain": self.domain,
+            "reasons": list(self.reasons),
+            "action": self.action,
+            "evidence": self.evidence,
+            "count": self.count,
+        }
+        if self.pod:
+            out["pod"] = self.pod
+            out["service_account"] = self.service_account
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
+
+
+class Sink(Protocol):
+    """Somewhere alerts go. ``submit`` must return at once; delivery happens elsewhere."""
+
+    name: str
+
+    def submit(self, alert: Alert) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class JsonlSink:
+    """One JSON object per line, to a file or stdout; ``reopen`` lets logrotate work."""
+
+    name = "jsonl"
+
+    def __init__(self, path: str = "-", stream: IO[str] | None = None) -> None:
+        self.path = path
+        self._stream = stream
+        self.delivered = 0
+        self.dropped = 0
+        self._fh: IO[str] | None = None
+        self.reopen()
+
+    def stats(self) -> dict[str, Any]:
+        """Delivery counters for metrics (a file sink never queues or retries)."""
+        return {"name": self.name, "delivered": self.delivered, "retried": 0, "dropped": self.dropped, "queued": 0}
+
+    def reopen(self) -> None:
+        if self._stream is not None:
+            self._fh = self._stream
+        elif self.path == "-":
+            self._fh = sys.stdout
+        else:
+            old = self._fh
+            self._fh = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+            if old is not None and old is not sys.stdout:
+                old.close()
+
+    def submit(self, alert: Alert) -> None:
+        try:
+            assert self._fh is not None
+            self._fh.write(alert.to_json() + "\n")
+            if self.path == "-":
+                self._fh.flush()
+            self.delivered += 1
+        except (OSError, ValueError) as exc:
+            self.dropped += 1
+            log.error("jsonl sink %s: %s", self.path, exc)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        if self._fh is not None and self._fh is not sys.stdout and self._stream is None:
+            self._fh.close()
+
+
+# Severity of a decision alert by kind: (alerted only, blocked).
+SEVERITY = {"policy": ("info", "warning"), "rebinding": ("warning", "high"), "rate_limit": ("warning", "warning")}
+
+
+def qtype_text(qtype: int) -> str:
+    try:
+        return dns.rdatatype.to_text(qtype)  # type: ignore[arg-type]
+    except ValueError:
+        return f"TYPE{qtype}"
+
+
+class AlertHub:
+    """Builds alerts from decisions, folds repeats, fans out to sinks.
+
+    A denied (namespace, client, name) alerts once; further denials within
+    ``window`` seconds are counted and reported in one follow-up alert whose
+    ``count`` says how many there were, so a retry storm costs two lines, and
+    nothing is silently lost.
+
+    Lines per client are bounded too: after ``names_per_client`` distinct
+    denied names from one (namespace, client) in a window, further new names
+    are folded into one aggregate alert for that client (``count`` names,
+    ``evidence.names_folded`` and a few samples), reported when the window
+    closes. A client asking a million unique names therefore costs at most
+    ``2 * names_per_client + 1`` policy lines per window, and one
+    ``rate_limit`` alert plus one follow-up when it is rate limited.
+    """
+
+    def __init__(
+        self,
+        sinks: list[Sink],
+        window: float = 60.0,
+        workloads: Callable[[str], PodIdentity | None] | None = None,
+        names_per_client: int = 20,
+    ) -> None:
+        self.sinks = sinks
+        self._workloads = workloads  # client address -> pod, to name the pod in each alert
+        self.window = window
+        self.names_per_client = names_per_client
+        # (kind, namespace, client, qname) -> [first_ts, repeats, alert]
+        self._recent: dict[tuple[str, str, str, bytes], list[Any]] = {}
+        # (kind, namespace, client) -> [window_start, distinct names alerted in it]
+        self._per_client: dict[tuple[str, str, str], list[float]] = {}
+        self.emitted = 0
+        self.folded = 0  # policy alerts folded into a per-client aggregate
+
+    def stats(self) -> dict[str, Any]:
+        """Alerts emitted, and each sink's own ``stats()`` (delivered, retried, dropped, queued)."""
+        sinks = []
+        for sink in self.sinks:
+            report = getattr(sink, "stats", None)
+            if report is not None:
+                sinks.append(report())
+        return {"emitted": self.emitted, "folded": self.folded, "sinks": sinks}
+
+    def emit(self, alert: Alert) -> None:
+        if self._workloads is not None and not alert.pod:
+            pod = self._workloads(alert.client)
+            if pod is not None:
+                alert.pod = f"{pod.namespace}/{pod.name}"
+                alert.service_account = pod.service_account
+        self.emitted += 1
+        for sink in self.sinks:
+            sink.submit(alert)
+
+    def policy(
+        self,
+        now: float,
+        namespace: str,
+        client: str,
+        qname: bytes,
+        qtype: int,
+        action: str,
+        reasons: list[str],
+        evidence: dict[str, Any],
+        *,
+        kind: str = "policy",
+    ) -> None:
+        """A decision about a name (``kind`` policy, or rebinding for an answer pointing inside)."""
+        key = (kind, namespace, client, qname)
+        if self._repeated(key, now):
+            return
+        if not self._client_has_room(now, kind, namespace, client):
+            self._fold(now, kind, namespace, client, qname, qtype, action, reasons, evidence)
+            return
+        alert = self._alert(kind, now, namespace, client, qname, qtype, action, reasons, evidence)
+        self._open(key, now, alert)
+        self.emit(alert)
+
+    def rate_limit(
+        self, now: float, namespace: str, client: str, qname: bytes, qtype: int, evidence: dict[str, Any]
+    ) -> None:
+        """One ``rate_limit`` alert per limited (namespace, client) and window, then one with the count."""
+        key = ("rate_limit", namespace, client, b"")
+        if self._repeated(key, now):
+            return
+        alert = self._alert(
+            "rate_limit", now, namespace, client, qname, qtype, "blocked", ["rate_limit"], dict(evidence)
+        )
+        self._open(key, now, alert)
+        self.emit(alert)
+
+    def _repeated(self, key: tuple[str, str, str, bytes], now: float) -> bool:
+        """Count a repeat of ``key`` inside its window (True); else report the closed window, if any."""
+        seen = self._recent.get(key)
+        if seen is None:
+            return False
+        if now - seen[0] < self.window:
+            seen[1] += 1
+            return True
+        self._flush_one(key, seen)
+        return False
+
+    def _client_has_room(self, now: float, kind: str, namespace: str, client: str) -> bool:
+        slot = self._per_client.get((kind, namespace, client))
+        if slot is None or now - slot[0] >= self.window:
+            if len(self._per_client) >= 100_000:
+                self._per_client.clear()
+            self._per_client[(kind, namespace, client)] = [now, 1]
+            return True
+        if slot[1] < self.names_per_client:
+            slot[1] += 1
+            return True
+        return False
+
+    def _fold(
+        self, now: float, kind: str, namespace: str, client: str, qname: bytes, qtype: int,
+        action: str, reasons: list[str], evidence: dict[str, Any],
+    ) -> None:
+        self.folded += 1
+        key = (kind + "_names", namespace, client, b"")
+        seen = self._recent.get(key)
+        if seen is None:
+            alert = self._alert(kind, now, namespace, client, qname, qtype, action, reasons, dict(evidence))
+            alert.evidence["sample"] = []
+            # count 0: nothing is emitted now; _flush_one reports the folded names when the window closes
+            self._open(key, now, alert)
+            seen = self._recent[key]
+        seen[1] += 1
+        sample: list[str] = seen[2].evidence["sample"]
+        if len(sample) < 5:
+            sample.append(name_to_text(qname))
+
+    @staticmethod
+    def _alert(
+        kind: str, now: float, namespace: str, client: str, qname: bytes, qtype: int,
+        action: str, reasons: list[str], evidence: dict[str, Any],
+    ) -> Alert:
+        return Alert(
+            ts=now,
+            kind=kind,
+            severity=SEVERITY[kind][action == "blocked"],
+            namespace=namespace,
+            client=client,
+            qname=name_to_text(qname),
+            qtype=qtype_text(qtype),
+            domain=registrable_domain(qname),
+            reasons=reasons,
+            action=action,
+            evidence=evidence,
+        )
+
+    def _open(self, key: tuple[str, str, str, bytes], now: float, alert: Alert) -> None:
+        if len(self._recent) >= 100_000:
+            self.sweep(now, force=True)
+        self._recent[key] = [now, 0, alert]
+
+    def _flush_one(self, key: tuple[str, str, str, bytes], seen: list[Any]) -> None:
+        if seen[1]:
+            first: Alert = seen[2]
+            repeat = Alert(**{**first.to_dict(), "ts": seen[0] + self.window, "count": seen[1]})
+            if key[0].endswith("_names"):
+                repeat.evidence = {**first.evidence, "names_folded": seen[1], "window": self.window}
+            else:
+                repeat.evidence = {**first.evidence, "repeats_since": round(seen[0], 6), "window": self.window}
+            self.emit(repeat)
+        self._recent.pop(key, None)
+
+    def sweep(self, now: float, force: bool = False) -> None:
+        """Report folded repeats whose window has closed (or all of them, when forced).
+
+        Entries are kept in the order they opened, so the sweep stops at the
+        first window still open instead of walking every entry.
+        """
+        recent = self._recent
+        while recent:
+            key = next(iter(recent))
+            seen = recent[key]
+            if not force and now - seen[0] < self.window:
+                break
+            self._flush_one(key, seen)
+
+    async def start(self) -> None:
+        for sink in self.sinks:
+            await sink.start()
+
+    async def close(self, now: float) -> None:
+        self.sweep(now, force=True)
+        for sink in self.sinks:
+            await sink.close()

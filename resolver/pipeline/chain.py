@@ -1,0 +1,220 @@
+"""Where the chain is built: the stage list, readable in one place.
+
+    wire -> question -> loop guard -> admission -> identity -> rate limit -> detection -> quarantine
+         -> policy -> cache -> upstream -> scrub -> rebinding -> cname chain -> reply
+
+``Engine`` holds what outlives a reload (cache, upstreams, detector state,
+alert sinks, learned names); ``Pipeline`` holds one config generation's stages.
+A reload builds a new Pipeline and swaps it in; queries already inside the old
+one finish there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import perf_counter
+
+from heuristics import Detector, name_to_text
+from heuristics.state import MemoryState, RedisState, State
+from resolver.config import Config
+from resolver.pipeline.admission import AdmissionStage
+from resolver.pipeline.alerts import AlertHub, Sink
+from resolver.pipeline.cache import Cache, CacheStage
+from resolver.pipeline.detection import DetectionStage
+from resolver.pipeline.identity import IdentityStage, PodTable
+from resolver.pipeline.learn import LearnBook
+from resolver.pipeline.loop import LoopGuard, dnsgate_mark
+from resolver.pipeline.policy import PolicyStage, append_followed, compile_policies, deny, follow_query
+from resolver.pipeline.quarantine import QuarantineStage
+from resolver.pipeline.query import Query, Reply, ReplyHook, Stage, servfail
+from resolver.pipeline.ratelimit import RateLimiter, RateLimitStage
+from resolver.pipeline.rebinding import RebindingCounts, RebindingGuard
+from resolver.pipeline.scrub import MalformedReply, Scrubber
+from resolver.pipeline.upstream import Forwarder
+from resolver.wire.message import (
+    MalformedMessage,
+    fit_udp,
+    inspect_reply,
+    parse_query,
+)
+
+log = logging.getLogger("dnsgate.pipeline")
+
+
+def build_state(config: Config) -> State:
+    caps = config.state
+    if caps.backend == "redis":
+        return RedisState(caps.url, max_keys=caps.max_pairs, max_names=caps.max_names, cluster=caps.cluster)
+    return MemoryState(max_keys=caps.max_pairs, max_names=caps.max_names)
+
+
+@dataclass
+class Engine:
+    """The parts that live across config generations."""
+
+    cache: Cache
+    forwarder: Forwarder
+    detector: Detector
+    state: State
+    alerts: AlertHub
+    learned: LearnBook
+    scrubber: Scrubber = field(default_factory=Scrubber)
+    admission: AdmissionStage = field(default_factory=AdmissionStage)
+    pods: PodTable = field(default_factory=PodTable)  # filled by the Pods watch when identity.kubernetes is set
+    rebinding: RebindingCounts = field(default_factory=RebindingCounts)
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+    loop: LoopGuard = field(default_factory=LoopGuard)
+    generation: int = 0
+
+    @classmethod
+    def from_config(cls, config: Config, sinks: list[Sink]) -> Engine:
+        state = build_state(config)
+        pods = PodTable()
+        loop = LoopGuard(dnsgate_mark(config))
+        return cls(
+            pods=pods,
+            loop=loop,
+            cache=Cache(config.cache.max_entries),
+            forwarder=Forwarder(config.upstreams, config.upstream_timeout, config.servfail_after, mark=loop.marked),
+            detector=Detector(state),
+            state=state,
+            alerts=AlertHub(sinks, config.policy_alert_window, workloads=pods.lookup),
+            learned=LearnBook(config.learn_max_records),
+            limiter=RateLimiter(config.rate_limit_clients),
+        )
+
+    async def start(self) -> None:
+        await self.state.start()
+        await self.alerts.start()
+
+    async def close(self, now: float) -> None:
+        self.forwarder.close()
+        await self.alerts.close(now)
+        await self.state.close()
+
+
+def answer_policy_scope(config: Config, namespace: str) -> bytes:
+    """A cache-key prefix naming a namespace and the version of what decides on its answers.
+
+    A reload that changes the namespace's RPZ zones, allowlist, rebinding guard
+    or CNAME check gives it a fresh prefix, so answers checked under the old
+    policy are not served again (they age out of the cache).
+    """
+    ns = config.namespaces[namespace]
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(repr((ns.allow, ns.mode, ns.deny_action, ns.rebinding, config.cname_check)).encode())
+    for path in ns.rpz:
+        try:
+            digest.update(Path(path).read_bytes())
+        except OSError:
+            digest.update(str(path).encode())
+    return namespace.encode() + b"\x00" + digest.digest()
+
+
+class Pipeline:
+    """One config generation: the stages, in order, and the upstream step after them."""
+
+    def __init__(self, config: Config, engine: Engine) -> None:
+        self.config = config
+        self.engine = engine
+        self.policy = PolicyStage(config, compile_policies(config), engine.alerts, engine.learned)
+        self.detection = DetectionStage(engine.detector, engine.alerts, deny)
+        self.quarantine = QuarantineStage(engine.state.clients, self.policy, engine.alerts, deny)
+        self.rate_limit = RateLimitStage(engine.limiter, engine.alerts)
+        cache = CacheStage(engine.cache, {name: answer_policy_scope(config, name) for name in config.namespaces})
+        self.stages: tuple[Stage, ...] = (
+            engine.loop,
+            engine.admission,
+            IdentityStage(config, engine.pods),
+            self.rate_limit,
+            self.detection,
+            self.quarantine,
+            self.policy,
+            cache,
+        )
+        self.rebinding = RebindingGuard(config, engine.alerts, engine.rebinding)
+        # The reply side, in order: each sees the scrubbed answer; the first to return a
+        # Reply replaces it, and the cache (last) keeps only what all of them let through.
+        self.reply_hooks: tuple[ReplyHook, ...] = (self.detection, self.policy, self.rebinding, cache)
+
+    def decide(self, query: Query) -> Reply | None:
+        """Run the synchronous stages; None means the query goes upstream."""
+        for stage in self.stages:
+            reply = stage.resolve(query)
+            if reply is not None:
+                return reply
+        return None
+
+    def handle(self, query: Query) -> Reply | Awaitable[Reply]:
+        """A reply now, or an awaitable one when the query must go upstream.
+
+        The synchronous work is timed and charged to the client's rate-limit
+        bucket (see resolver/pipeline/ratelimit.py): the limit bounds work, not packets.
+        """
+        started = perf_counter()
+        reply = self.decide(query)
+        self.rate_limit.charge(query, perf_counter() - started)
+        if reply is not None:
+            if reply.follow is not None:
+                return self.follow(query, reply)
+            return reply
+        return self.forward(query)
+
+    async def follow(self, query: Query, local: Reply) -> Reply:
+        """Resolve a local CNAME's target upstream and append its answer (RPZ local data)."""
+        assert local.follow is not None
+        wire = follow_query(query, local.follow)
+        target = parse_query(wire)
+        raw = await self.engine.forwarder.forward(wire, target, tcp=query.transport == "tcp")
+        if raw is None:
+            return servfail(query.wire, query.question)
+        try:
+            answer = self.engine.scrubber.scrub(raw, target, client_edns=True)
+        except MalformedReply as exc:
+            self._malformed(query, exc)
+            return servfail(query.wire, query.question)
+        reply = append_followed(local, answer)
+        if query.transport == "udp" and reply.wire is not None:
+            reply.wire = fit_udp(reply.wire, query.wire, query.question)
+        return reply
+
+    def _malformed(self, query: Query, exc: Exception) -> None:
+        seen = self.engine.scrubber.count_malformed(exc)
+        if seen == 1 or seen % 1000 == 0:  # an upstream must not be able to flood the log
+            qname = name_to_text(query.question.qname)
+            log.warning("malformed upstream reply for %s (%d so far): %s", qname, seen, exc)
+
+    async def forward(self, query: Query) -> Reply:
+        q = query.question
+        raw = await self.engine.forwarder.forward(query.wire, q, tcp=query.transport == "tcp")
+        if raw is None:
+            return servfail(query.wire, q)
+        try:
+            answer = self.engine.scrubber.scrub(raw, q, client_edns=q.has_edns)
+            info = inspect_reply(
+                answer.wire, q.end, max_ttl=self.config.cache.max_ttl, neg_ttl=self.config.cache.negative_ttl
+            )
+        except (MalformedReply, MalformedMessage, IndexError) as exc:
+            self._malformed(query, exc)
+            return servfail(query.wire, q)
+        for hook in self.reply_hooks:
+            replaced = hook.on_reply(query, answer, info)
+            if replaced is not None:
+                if replaced.follow is not None:
+                    return await self.follow(query, replaced)
+                if query.transport == "udp" and replaced.wire is not None:
+                    replaced.wire = fit_udp(replaced.wire, query.wire, q)
+                return replaced
+        wire = query.wire[:2] + answer.wire[2:]
+        if query.transport == "udp":
+            wire = fit_udp(wire, query.wire, q)
+        return Reply(wire, info.rcode, "allowed")
+
+    def observe_reply(self, query: Query, rcode: int) -> None:
+        """An rcode seen without a reply to check (replay reads it from the capture)."""
+        self.detection.observe_rcode(query, rcode)
+        self.policy.observe_rcode(query, rcode)

@@ -1,0 +1,89 @@
+"""The detection stage: every query, in every mode, goes past the tunnelling detector.
+
+With detection ``enforce`` a flagged (namespace, domain) is quarantined for a
+while and its queries get the namespace's deny action; with ``observe`` the
+detector only alerts. Detection runs before the allowlist so that denied names
+are watched too and a quarantine overrides an allowed name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from heuristics import Detector, Verdict, name_to_text
+from resolver.config import Namespace
+from resolver.pipeline.alerts import Alert, AlertHub, qtype_text
+from resolver.pipeline.query import Query, Reply
+from resolver.pipeline.scrub import UpstreamAnswer
+from resolver.wire.message import ReplyInfo
+
+
+class DetectionStage:
+    def __init__(self, detector: Detector, alerts: AlertHub, deny: Any) -> None:
+        self.detector = detector
+        self._alerts = alerts
+        self._deny = deny  # callable(query, namespace) -> Reply
+        self.quarantine_blocks = 0
+
+    def resolve(self, query: Query) -> Reply | None:
+        ns = query.namespace
+        assert ns is not None
+        detection = ns.detection
+        if detection.mode == "off":
+            return None
+        q = query.question
+        enforce = detection.mode == "enforce"
+        # A quarantined name costs a lookup or two: checked before any scoring, on wire
+        # labels, so a quarantine of D covers every name below D whatever octets (a '.'
+        # included) its labels hold.
+        if enforce and self.detector.quarantined_name(ns.name, q.qname, query.now):
+            self.quarantine_blocks += 1
+            return self._blocked(query, ns)
+        verdict = self.detector.observe(ns.name, query.client, q.qname, q.qtype, query.now, detection.thresholds)
+        if verdict is None:
+            return None
+        query.domain = verdict.domain
+        if enforce and not verdict.repeat:
+            until = query.now + detection.thresholds.quarantine_seconds
+            self.detector.quarantine(ns.name, verdict.domain, until)
+        if verdict.alert:
+            self._alerts.emit(self.alert(query, ns, verdict, "quarantined" if enforce else "alerted"))
+        if enforce:
+            self.quarantine_blocks += 1
+            return self._blocked(query, ns)
+        return None
+
+    def on_reply(self, query: Query, _answer: UpstreamAnswer, info: ReplyInfo, /) -> Reply | None:
+        """Feed the answer's rcode to the detector's windows (NXDOMAIN ratios, answered names)."""
+        self.observe_rcode(query, info.rcode)
+        return None
+
+    def observe_rcode(self, query: Query, rcode: int) -> None:
+        """An answer's rcode, live or read from a capture in replay."""
+        ns = query.namespace
+        assert ns is not None
+        if ns.detection.mode != "off":
+            q = query.question
+            self.detector.observe_response(ns.name, query.client, q.qname, rcode, query.now, ns.detection.thresholds)
+
+    def _blocked(self, query: Query, ns: Namespace) -> Reply:
+        reply: Reply = self._deny(query, ns)
+        reply.action = "quarantined"
+        return reply
+
+    @staticmethod
+    def alert(query: Query, ns: Namespace, verdict: Verdict, action: str) -> Alert:
+        q = query.question
+        return Alert(
+            ts=query.now,
+            kind="tunnel",
+            severity=verdict.severity,
+            namespace=ns.name,
+            client=query.client,
+            qname=name_to_text(q.qname),
+            qtype=qtype_text(q.qtype),
+            domain=verdict.domain,
+            reasons=list(verdict.reasons),
+            action=action,
+            evidence=dict(verdict.evidence),
+        )

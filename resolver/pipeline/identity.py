@@ -1,0 +1,219 @@
+"""Identify the client's namespace: listener binding, then pod identity, then longest prefix, then the default."""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from resolver.config import Config, Namespace
+from resolver.pipeline.query import Query, Reply
+from resolver.wire.message import REFUSED, header_reply
+
+
+class PrefixTable:
+    """Longest-prefix match of client addresses to namespaces, memoised per address."""
+
+    def __init__(self, namespaces: dict[str, Namespace], memo_size: int = 65_536) -> None:
+        # (version, prefix length) -> {network int: namespace}; lengths checked longest first.
+        self._tables: dict[int, list[tuple[int, dict[int, Namespace]]]] = {4: [], 6: []}
+        by_len: dict[tuple[int, int], dict[int, Namespace]] = {}
+        for ns in namespaces.values():
+            for net in ns.clients:
+                key = (net.version, net.prefixlen)
+                by_len.setdefault(key, {})[int(net.network_address) >> (net.max_prefixlen - net.prefixlen)] = ns
+        for (version, plen), table in sorted(by_len.items(), key=lambda kv: -kv[0][1]):
+            bits = 32 if version == 4 else 128
+            self._tables[version].append((bits - plen, table))
+        self._memo: dict[str, Namespace | None] = {}
+        self._memo_size = memo_size
+
+    def lookup(self, client: str) -> Namespace | None:
+        try:
+            return self._memo[client]
+        except KeyError:
+            pass
+        found: Namespace | None = None
+        try:
+            addr = ipaddress.ip_address(client.split("%")[0])
+        except ValueError:
+            addr = None
+        if addr is not None:
+            if addr.version == 6 and addr.ipv4_mapped is not None:
+                addr = addr.ipv4_mapped
+            value = int(addr)
+            for shift, table in self._tables[addr.version]:
+                found = table.get(value >> shift)
+                if found is not None:
+                    break
+        if len(self._memo) >= self._memo_size:
+            self._memo.clear()
+        self._memo[client] = found
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class PodIdentity:
+    """Who a pod is, as alerts and learn records name it."""
+
+    namespace: str  # the Kubernetes namespace
+    name: str
+    service_account: str
+    uid: str
+    labels: tuple[tuple[str, str], ...] = ()  # the pod's labels, for namespaces that select by label
+
+
+def canonical_address(text: str) -> str | None:
+    """An address in the form listeners report it (IPv4-mapped IPv6 folded to IPv4); None if not one."""
+    try:
+        addr = ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return None
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return str(addr)
+
+
+class PodTable:
+    """Client address -> the Running pod that owns it, kept current by the Pods watch.
+
+    The table holds only pods that map (Running, not hostNetwork, with an
+    address); the watch (``resolver/operations/kubernetes.py``) decides that and
+    calls :meth:`put` / :meth:`drop` / :meth:`replace`. When two pods claim one
+    address the later event wins: an address handed to a new pod follows it
+    at once, and the old pod's later deletion does not unmap it.
+    Memory is one small object per pod plus two dict entries per address.
+    """
+
+    def __init__(self) -> None:
+        self._by_address: dict[str, PodIdentity] = {}
+        self._addresses: dict[str, tuple[str, ...]] = {}  # uid -> addresses it holds
+        self.synced = False  # True once the first full list has been applied
+        self.watched = False  # True while a Pods watch fills this table (started with the server)
+
+    def __len__(self) -> int:
+        return len(self._addresses)
+
+    @property
+    def addresses(self) -> int:
+        return len(self._by_address)
+
+    def lookup(self, client: str) -> PodIdentity | None:
+        found = self._by_address.get(client)
+        if found is None and (client.startswith("::ffff:") or "%" in client):
+            canonical = canonical_address(client)
+            if canonical is not None:
+                found = self._by_address.get(canonical)
+        return found
+
+    def put(self, pod: PodIdentity, addresses: Iterable[str]) -> None:
+        """Map ``addresses`` to ``pod``; addresses it held before and no longer lists stop mapping."""
+        pod = PodIdentity(
+            sys.intern(pod.namespace), pod.name, sys.intern(pod.service_account), pod.uid,
+            tuple((sys.intern(k), sys.intern(v)) for k, v in pod.labels),
+        )
+        new = tuple(a for a in (canonical_address(x) for x in addresses) if a is not None)
+        old = self._addresses.get(pod.uid, ())
+        for address in old:
+            if address not in new:
+                self._unmap(address, pod.uid)
+        if not new:
+            self._addresses.pop(pod.uid, None)
+            return
+        for address in new:
+            previous = self._by_address.get(address)
+            if previous is not None and previous.uid != pod.uid:
+                # The address moved to a new pod: the old one no longer holds it.
+                held = tuple(a for a in self._addresses.get(previous.uid, ()) if a != address)
+                if held:
+                    self._addresses[previous.uid] = held
+                else:
+                    self._addresses.pop(previous.uid, None)
+            self._by_address[address] = pod
+        self._addresses[pod.uid] = new
+
+    def drop(self, uid: str) -> None:
+        """The pod is gone (deleted, Succeeded, Failed, or no longer has an address)."""
+        for address in self._addresses.pop(uid, ()):
+            self._unmap(address, uid)
+
+    def replace(self, pods: Iterable[tuple[PodIdentity, tuple[str, ...]]]) -> None:
+        """Swap in the result of a full list: pods it does not name stop mapping."""
+        self._by_address = {}
+        self._addresses = {}
+        for pod, addresses in pods:
+            self.put(pod, addresses)
+        self.synced = True
+
+    def _unmap(self, address: str, uid: str) -> None:
+        current = self._by_address.get(address)
+        if current is not None and current.uid == uid:
+            del self._by_address[address]
+
+
+def kubernetes_namespaces(config: Config) -> dict[str, Namespace]:
+    """Kubernetes namespace -> the dnsgate namespace that serves its pods (label-selecting ones aside)."""
+    out: dict[str, Namespace] = {}
+    for ns in config.namespaces.values():
+        if ns.pod_labels:
+            continue
+        for kube in ns.kubernetes_namespaces or (ns.name,):
+            out.setdefault(kube, ns)
+    return out
+
+
+class PodSelectors:
+    """Namespaces that serve pods by label, in config order; the first whose labels all match wins."""
+
+    def __init__(self, config: Config) -> None:
+        self._rules = [
+            (ns, frozenset(ns.pod_labels), frozenset(ns.kubernetes_namespaces) or None)
+            for ns in config.namespaces.values()
+            if ns.pod_labels
+        ]
+
+    def __bool__(self) -> bool:
+        return bool(self._rules)
+
+    def match(self, pod: PodIdentity) -> Namespace | None:
+        labels = frozenset(pod.labels)
+        for ns, wanted, kube_namespaces in self._rules:
+            if wanted <= labels and (kube_namespaces is None or pod.namespace in kube_namespaces):
+                return ns
+        return None
+
+
+class IdentityStage:
+    """Sets ``query.namespace`` (and ``query.pod``); unknown clients are REFUSED unless a default is set.
+
+    Precedence: the listener's namespace, then the pod that owns the client
+    address (when ``identity: {kubernetes: ...}`` is configured), then the
+    longest ``clients:`` prefix, then ``unknown_clients``.
+    """
+
+    def __init__(self, config: Config, pods: PodTable | None = None) -> None:
+        self._namespaces = config.namespaces
+        self._prefixes = PrefixTable(config.namespaces)
+        self._fallback = None if config.unknown_clients == "refuse" else config.namespaces[config.unknown_clients]
+        self._pods = pods if config.identity.kubernetes is not None else None
+        self._by_kube = kubernetes_namespaces(config)
+        self._selectors = PodSelectors(config)
+
+    def resolve(self, query: Query) -> Reply | None:
+        ns = None
+        if query.listener_namespace is not None:
+            ns = self._namespaces.get(query.listener_namespace)
+        if ns is None and self._pods is not None:
+            pod = self._pods.lookup(query.client)
+            if pod is not None:
+                # Label selectors first (the narrower rule), then the Kubernetes namespace's name.
+                ns = (self._selectors.match(pod) if self._selectors else None) or self._by_kube.get(pod.namespace)
+                if ns is not None:
+                    query.pod = pod
+        if ns is None:
+            ns = self._prefixes.lookup(query.client) or self._fallback
+        if ns is None:
+            return Reply(header_reply(query.wire, query.question, REFUSED), REFUSED, "refused")
+        query.namespace = ns
+        return None

@@ -1,0 +1,72 @@
+"""The contract between pipeline stages: a small Query in, a small Reply out.
+
+A stage is an object with one method, ``resolve(query) -> Reply | None``:
+it answers (a Reply) or hands the query on (None). Only the last stage, the
+upstream forwarder, is asynchronous, so a query answered from policy or cache
+never leaves the synchronous fast path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from resolver.wire.message import SERVFAIL, Question, header_reply
+
+if TYPE_CHECKING:
+    from resolver.config import Namespace
+    from resolver.pipeline.identity import PodIdentity
+    from resolver.pipeline.scrub import UpstreamAnswer
+    from resolver.wire.message import ReplyInfo
+
+
+@dataclass(slots=True)
+class Query:
+    """One client query moving through the pipeline."""
+
+    wire: bytes
+    question: Question
+    client: str
+    transport: str  # "udp" or "tcp"
+    now: float  # wall clock live, capture time in replay
+    listener_namespace: str | None = None
+    namespace: Namespace | None = None
+    domain: str = ""  # registrable domain, filled by the detection stage
+    cache_key: bytes = b""  # filled by the cache stage, used to store the upstream's reply
+    pod: PodIdentity | None = None  # filled by the identity stage when the client is a known pod
+
+
+@dataclass(slots=True)
+class Reply:
+    """What goes back to the client; ``wire`` None means drop silently."""
+
+    wire: bytes | None
+    rcode: int
+    action: str  # allowed, cached, denied, local, refused, dropped, quarantined, servfail, truncated
+    follow: bytes | None = None  # a local CNAME's target: the pipeline resolves it and appends the answer
+
+
+def servfail(wire: bytes, question: Question) -> Reply:
+    """SERVFAIL with the client's question: no upstream answered, or something broke inside."""
+    return Reply(header_reply(wire, question, SERVFAIL), SERVFAIL, "servfail")
+
+
+class ReplyHook(Protocol):
+    """The reply side of a stage: it sees each scrubbed upstream answer, in stage order.
+
+    A hook records what it needs (the detector its rcodes, the cache its entry)
+    and returns None, or returns the Reply that replaces the answer (a rewrite
+    or a denial); the hooks after it, the cache included, then never see it.
+    """
+
+    def on_reply(self, query: Query, answer: UpstreamAnswer, info: ReplyInfo, /) -> Reply | None:
+        """Act on an upstream answer to this query; None lets it through unchanged."""
+        ...
+
+
+class Stage(Protocol):
+    """One step of the pipeline."""
+
+    def resolve(self, query: Query) -> Reply | None:
+        """Answer the query, or return None to hand it to the next stage."""
+        ...

@@ -1,0 +1,133 @@
+"""The rate-limit stage: a token bucket per client address, RRL-style slip on UDP.
+
+A client over its namespace's ``rate_limit`` is answered as cheaply as
+possible, right after identity and before detection, policy or cache see the
+query: most limited queries are dropped, every ``slip``-th one gets an empty
+reply with TC=1 so a real resolver library retries over TCP (and is served
+there). A flooding client therefore costs a parse, a dict lookup and a few
+float operations per query, and cannot make the other clients wait.
+
+A token is one ordinary query. A query that costs more than ``COST_UNIT``
+seconds of the event loop (a never-seen name through the detector, say) is
+charged its cost in tokens afterwards (``RateLimitStage.charge``): a client
+asking cheap, cached names gets its ``qps``, one asking a new name each time
+gets fewer, so the limit bounds the work a client causes, not only its packets.
+Only the live server charges (``Pipeline.handle``); replay decides the same way
+it always did.
+
+TCP queries are not limited by the bucket: a TCP client has proved its
+address with the handshake, is where slipped queries are meant to land, and
+is bounded by the listener's per-client connection cap and write backpressure
+(resolver/operations/listeners.py).
+
+Buckets live in ``RateLimiter`` (owned by the Engine, so a reload keeps them)
+and the table of clients is bounded: when it is full the least recently
+limited-or-seen half is forgotten, which can only ever give a client a full
+bucket again, never take one away from a well-behaved client.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from resolver.pipeline.alerts import AlertHub
+from resolver.pipeline.query import Query, Reply
+from resolver.wire.message import NOERROR, truncated
+
+COST_UNIT = 50e-6  # seconds of synchronous work one token pays for; a cache hit or a denial costs less
+
+
+@dataclass(slots=True)
+class Bucket:
+    """One client's tokens; ``limited`` counts queries refused so far (it drives the slip)."""
+
+    tokens: float
+    stamp: float
+    limited: int = 0
+
+
+class RateLimiter:
+    """Token buckets per client address, and what was limited, for the metrics."""
+
+    def __init__(self, max_clients: int = 100_000) -> None:
+        self.max_clients = max_clients
+        self.buckets: dict[str, Bucket] = {}
+        self.dropped: defaultdict[str, int] = defaultdict(int)  # namespace -> queries dropped
+        self.slipped: defaultdict[str, int] = defaultdict(int)  # namespace -> TC=1 answers
+
+    def stats(self) -> dict[str, Any]:
+        """Limited queries per namespace (dropped, slipped) and the clients holding a bucket."""
+        return {"dropped": dict(self.dropped), "slipped": dict(self.slipped), "clients": len(self.buckets)}
+
+    def take(self, client: str, now: float, qps: float, burst: float) -> Bucket | None:
+        """Take one token for ``client``; None when it had one, else its (empty) bucket."""
+        bucket = self.buckets.get(client)
+        if bucket is None:
+            if len(self.buckets) >= self.max_clients:
+                self._forget_half()
+            self.buckets[client] = Bucket(burst - 1.0, now)
+            return None
+        elapsed = now - bucket.stamp
+        if elapsed > 0:
+            tokens = bucket.tokens + elapsed * qps
+            bucket.tokens = burst if tokens > burst else tokens
+            bucket.stamp = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return None
+        bucket.limited += 1
+        return bucket
+
+    def charge(self, client: str, tokens: float, burst: float) -> None:
+        """Take ``tokens`` more from a client's bucket (work done beyond one token); at most one burst of debt."""
+        bucket = self.buckets.get(client)
+        if bucket is not None:
+            bucket.tokens = max(-burst, bucket.tokens - tokens)
+
+    def _forget_half(self) -> None:
+        # Insertion order is first-seen order; the oldest half goes. A forgotten
+        # client simply starts again with a full bucket.
+        for key in list(self.buckets)[: max(1, len(self.buckets) // 2)]:
+            del self.buckets[key]
+
+
+class RateLimitStage:
+    """Drops or truncates (TC=1) a client's UDP queries beyond its namespace's rate."""
+
+    def __init__(self, limiter: RateLimiter, alerts: AlertHub) -> None:
+        self.limiter = limiter
+        self._alerts = alerts
+
+    def resolve(self, query: Query) -> Reply | None:
+        ns = query.namespace
+        assert ns is not None
+        limit = ns.rate_limit
+        if limit.qps <= 0 or query.transport != "udp":
+            return None
+        burst = float(limit.burst or max(1.0, 2 * limit.qps))
+        bucket = self.limiter.take(query.client, query.now, limit.qps, burst)
+        if bucket is None:
+            return None
+        q = query.question
+        self._alerts.rate_limit(
+            query.now, ns.name, query.client, q.qname, q.qtype,
+            {"qps": limit.qps, "burst": burst, "slip": limit.slip},
+        )
+        if limit.slip and bucket.limited % limit.slip == 0:
+            self.limiter.slipped[ns.name] += 1
+            return Reply(truncated(query.wire, q), NOERROR, "rate_limited_tc")
+        self.limiter.dropped[ns.name] += 1
+        return Reply(None, NOERROR, "rate_limited")
+
+    def charge(self, query: Query, seconds: float) -> None:
+        """Charge a query that took ``seconds`` of synchronous work beyond its one token."""
+        if seconds <= COST_UNIT or query.transport != "udp":
+            return
+        ns = query.namespace
+        if ns is None or ns.rate_limit.qps <= 0:
+            return
+        limit = ns.rate_limit
+        burst = float(limit.burst or max(1.0, 2 * limit.qps))
+        self.limiter.charge(query.client, seconds / COST_UNIT - 1.0, burst)

@@ -1,0 +1,398 @@
+"""DNS wire format on the hot path: read the question, patch IDs, build small replies.
+
+A full message decode costs tens of microseconds per query; reading the
+question section straight from the wire costs about one. Everything here works
+on bytes and never assumes labels are ASCII: tunnels put any octet in a label.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+HEADER = struct.Struct("!HHHHHH")
+U16 = struct.Struct("!H")
+U32 = struct.Struct("!I")
+
+# Header flag bits.
+QR = 0x8000
+AA = 0x0400
+TC = 0x0200
+RD = 0x0100
+RA = 0x0080
+CD = 0x0010
+OPCODE_MASK = 0x7800
+
+# Response codes.
+NOERROR = 0
+FORMERR = 1
+SERVFAIL = 2
+NXDOMAIN = 3
+NOTIMP = 4
+REFUSED = 5
+
+RCODE_NAMES = {
+    NOERROR: "NOERROR",
+    FORMERR: "FORMERR",
+    SERVFAIL: "SERVFAIL",
+    NXDOMAIN: "NXDOMAIN",
+    NOTIMP: "NOTIMP",
+    REFUSED: "REFUSED",
+}
+
+TYPE_A = 1
+TYPE_NS = 2
+TYPE_CNAME = 5
+TYPE_SOA = 6
+TYPE_TXT = 16
+TYPE_AAAA = 28
+TYPE_OPT = 41
+CLASS_IN = 1
+
+MAX_NAME = 255
+
+
+class MalformedMessage(ValueError):
+    """The bytes are not a DNS message we can answer (say why)."""
+
+
+@dataclass(slots=True)
+class Question:
+    """The one question of a query, read straight from the wire.
+
+    ``qname`` is the uncompressed wire-format name lowercased (ASCII A-Z only;
+    other octets are compared as they are), the key for policy, cache and
+    detection. ``end`` is the offset just after the question section.
+    """
+
+    qname: bytes
+    qtype: int
+    qclass: int
+    end: int
+    udp_size: int  # the client's EDNS0 buffer size, 512 without EDNS
+    do: bool  # DNSSEC OK bit from the client's OPT record
+    has_edns: bool
+
+
+def read_name(wire: bytes, offset: int) -> tuple[bytes, int]:
+    """Read an uncompressed-or-compressed name; return (uncompressed wire name, next offset).
+
+    Compression pointers may only point backwards, which also makes loops impossible.
+    """
+    labels = bytearray()
+    end = -1
+    pos = offset
+    limit = len(wire)
+    while True:
+        if pos >= limit:
+            raise MalformedMessage("name runs past the end of the message")
+        length = wire[pos]
+        if length == 0:
+            labels.append(0)
+            if end < 0:
+                end = pos + 1
+            break
+        if length & 0xC0 == 0xC0:
+            if pos + 1 >= limit:
+                raise MalformedMessage("truncated compression pointer")
+            target = ((length & 0x3F) << 8) | wire[pos + 1]
+            if target >= pos:
+                raise MalformedMessage("compression pointer does not point backwards")
+            if end < 0:
+                end = pos + 2
+            pos = target
+            continue
+        if length & 0xC0:
+            raise MalformedMessage(f"unknown label type 0x{length:02x}")
+        stop = pos + 1 + length
+        if stop > limit:
+            raise MalformedMessage("label runs past the end of the message")
+        labels += wire[pos:stop]
+        if len(labels) > MAX_NAME - 1:
+            raise MalformedMessage("name longer than 255 octets")
+        pos = stop
+    return bytes(labels), end
+
+
+def skip_name(wire: bytes, pos: int) -> int:
+    """Return the offset after the name at ``pos`` without building it."""
+    limit = len(wire)
+    while True:
+        if pos >= limit:
+            raise MalformedMessage("name runs past the end of the message")
+        length = wire[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:
+            return pos + 2
+        if length & 0xC0:
+            raise MalformedMessage(f"unknown label type 0x{length:02x}")
+        pos += 1 + length
+
+
+def _question_name(wire: bytes) -> tuple[bytes, int]:
+    """The question's name: a straight run of labels, sliced once (no pointers at offset 12)."""
+    pos = 12
+    try:
+        length = wire[pos]
+        while length:
+            if length > 63:
+                return read_name(wire, 12)  # a pointer or bad label type: the slow path says which
+            pos += length + 1
+            length = wire[pos]
+    except IndexError:
+        raise MalformedMessage("name runs past the end of the message") from None
+    pos += 1
+    if pos - 12 > MAX_NAME:
+        raise MalformedMessage("name longer than 255 octets")
+    return wire[12:pos], pos
+
+
+def parse_query(wire: bytes) -> Question:
+    """Read the question of a query; raise MalformedMessage when it cannot be answered.
+
+    Exactly one question is required (RFC 9619). The additional section is
+    scanned only for an OPT record, to carry the EDNS0 size and DO bit.
+    """
+    if len(wire) < 12:
+        raise MalformedMessage("shorter than a DNS header")
+    _, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire, 0)
+    if flags & QR:
+        raise MalformedMessage("a response, not a query")
+    if qdcount != 1:
+        raise MalformedMessage(f"QDCOUNT is {qdcount}, expected 1")
+    if (ancount or nscount) and not flags & OPCODE_MASK:
+        # A lookup carries nothing but its question and EDNS; other opcodes get NOTIMP later.
+        raise MalformedMessage(f"ANCOUNT {ancount}, NSCOUNT {nscount} in a query, expected 0")
+    qname, pos = _question_name(wire)
+    if pos + 4 > len(wire):
+        raise MalformedMessage("question truncated")
+    qtype, qclass = struct.unpack_from("!HH", wire, pos)
+    end = pos + 4
+    udp_size, do, has_edns = 512, False, False
+    if arcount and not (ancount or nscount):
+        p = end
+        for _ in range(arcount):
+            start = p
+            p = skip_name(wire, p)
+            if p + 10 > len(wire):
+                raise MalformedMessage("additional record truncated")
+            rtype, rclass, ttl, rdlen = struct.unpack_from("!HHIH", wire, p)
+            if rtype == TYPE_OPT:
+                if has_edns:
+                    raise MalformedMessage("more than one OPT record")  # RFC 6891 section 6.1.1
+                if wire[start] != 0:
+                    raise MalformedMessage("OPT record not owned by the root")
+                has_edns = True
+                udp_size = max(512, rclass)
+                do = bool(ttl & 0x8000)
+            p += 10 + rdlen
+            if p > len(wire):
+                raise MalformedMessage("additional record truncated")
+    return Question(qname.lower(), qtype, qclass, end, udp_size, do, has_edns)
+
+
+def header_reply(query: bytes, q: Question | None, rcode: int, *, aa: bool = False) -> bytes:
+    """A reply carrying only the header and the client's own question section."""
+    msg_id, flags = struct.unpack_from("!HH", query, 0)
+    out_flags = QR | (flags & (OPCODE_MASK | RD | CD)) | RA | rcode
+    if aa:
+        out_flags |= AA
+    if q is None:
+        return HEADER.pack(msg_id, out_flags, 0, 0, 0, 0)
+    return HEADER.pack(msg_id, out_flags, 1, 0, 0, 0) + query[12 : q.end]
+
+
+def formerr(query: bytes) -> bytes | None:
+    """FORMERR for a message whose header at least is readable, else None (drop)."""
+    if len(query) < 12:
+        return None
+    msg_id, flags = struct.unpack_from("!HH", query, 0)
+    if flags & QR:
+        return None  # never answer a response: that is how reflection loops start
+    return HEADER.pack(msg_id, QR | (flags & (OPCODE_MASK | RD)) | FORMERR, 0, 0, 0, 0)
+
+
+def truncated(query: bytes, q: Question) -> bytes:
+    """An empty reply with TC set, asking the client to retry over TCP."""
+    reply = bytearray(header_reply(query, q, NOERROR))
+    reply[2] |= TC >> 8
+    return bytes(reply)
+
+
+def rr(name_ptr: bytes, rtype: int, ttl: int, rdata: bytes) -> bytes:
+    """One resource record; ``name_ptr`` is a wire name or compression pointer."""
+    return name_ptr + struct.pack("!HHIH", rtype, CLASS_IN, ttl, len(rdata)) + rdata
+
+
+QNAME_POINTER = b"\xc0\x0c"
+
+
+def answer_reply(query: bytes, q: Question, records: list[bytes], *, aa: bool = True) -> bytes:
+    """A NOERROR reply with ``records`` (already encoded) in the answer section."""
+    base = bytearray(header_reply(query, q, NOERROR, aa=aa))
+    struct.pack_into("!H", base, 6, len(records))
+    return bytes(base) + b"".join(records)
+
+
+def fit_udp(reply: bytes, query: bytes, q: Question) -> bytes:
+    """Make a reply fit the client's UDP buffer: too large becomes TC=1."""
+    if len(reply) <= q.udp_size:
+        return reply
+    return truncated(query, q)
+
+
+@dataclass(slots=True)
+class ReplyInfo:
+    """What the cache needs to know of an upstream reply."""
+
+    rcode: int
+    ttl: int  # seconds this reply may be cached (RFC 2308 for negative answers)
+    ttl_offsets: tuple[int, ...]  # offsets of every TTL field but OPT's
+    cname_targets: tuple[bytes, ...]  # wire names of CNAME targets in the answer
+    truncated: bool
+
+
+def inspect_reply(wire: bytes, qd_end: int, *, max_ttl: int, neg_ttl: int) -> ReplyInfo:
+    """Walk a reply's records once: TTLs, their offsets, SOA minimum, CNAME targets."""
+    _, flags, _qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire, 0)
+    rcode = flags & 0xF
+    pos = qd_end
+    offsets: list[int] = []
+    ttls: list[int] = []
+    cnames: list[bytes] = []
+    negative_ttl: int | None = None
+    for section, count in ((1, ancount), (2, nscount), (3, arcount)):
+        for _ in range(count):
+            pos = skip_name(wire, pos)
+            if pos + 10 > len(wire):
+                raise MalformedMessage("record truncated")
+            rtype, _rclass, ttl, rdlen = struct.unpack_from("!HHIH", wire, pos)
+            if pos + 10 + rdlen > len(wire):
+                raise MalformedMessage("record data runs past the end of the message")
+            if rtype != TYPE_OPT:
+                offsets.append(pos + 4)
+                if section == 1:
+                    ttls.append(ttl)
+                if rtype == TYPE_SOA and section == 2:
+                    if rdlen < 22:  # two names of at least one octet and five 32-bit fields
+                        raise MalformedMessage("SOA record cut short")
+                    rdata_end = pos + 10 + rdlen
+                    minimum = U32.unpack_from(wire, rdata_end - 4)[0]
+                    negative_ttl = min(ttl, minimum)
+                if rtype == TYPE_CNAME and section == 1:
+                    cnames.append(read_name(wire, pos + 10)[0].lower())
+            pos += 10 + rdlen
+    if rcode == NOERROR and ttls:
+        ttl = min(ttls)
+    elif rcode in (NOERROR, NXDOMAIN):
+        ttl = negative_ttl if negative_ttl is not None else 0
+        ttl = min(ttl, neg_ttl)
+    else:
+        ttl = 0
+    return ReplyInfo(rcode, min(ttl, max_ttl), tuple(offsets), tuple(cnames), bool(flags & TC))
+
+
+def patch_ttls(wire: bytes, offsets: tuple[int, ...], elapsed: int) -> bytes:
+    """Lower every TTL by ``elapsed`` seconds (never below zero)."""
+    if not elapsed or not offsets:
+        return wire
+    out = bytearray(wire)
+    for off in offsets:
+        ttl = U32.unpack_from(out, off)[0]
+        U32.pack_into(out, off, ttl - elapsed if ttl > elapsed else 0)
+    return bytes(out)
+
+
+def name_from_text(text: str) -> bytes:
+    """Wire form of a presentation-format name (lowercased), via dnspython."""
+    import dns.name
+
+    return dns.name.from_text(text).to_wire().lower()  # type: ignore[union-attr]
+
+
+def parent(wire_name: bytes) -> bytes:
+    """The wire name one label up (the root stays the root)."""
+    if wire_name == b"\x00":
+        return wire_name
+    return wire_name[1 + wire_name[0] :]
+
+
+EDNS_PAYLOAD = 1232  # the size a forwarder offers when it adds EDNS itself (DNS flag day 2020)
+
+
+def _additional_records(wire: bytes, start: int) -> list[tuple[int, int, int]]:
+    """(record start, rdata start, record end) of each additional record of a query."""
+    arcount = U16.unpack_from(wire, 10)[0]
+    records = []
+    pos = start
+    for _ in range(arcount):
+        begin = pos
+        pos = skip_name(wire, pos)
+        if pos + 10 > len(wire):
+            raise MalformedMessage("additional record truncated")
+        rdlen = U16.unpack_from(wire, pos + 8)[0]
+        records.append((begin, pos + 10, pos + 10 + rdlen))
+        pos += 10 + rdlen
+    return records
+
+
+def edns_options(wire: bytes, q: Question, code: int) -> list[bytes]:
+    """The data of every EDNS option ``code`` in a query's OPT record."""
+    found: list[bytes] = []
+    if not q.has_edns:
+        return found
+    for begin, rdata, end in _additional_records(wire, q.end):
+        if U16.unpack_from(wire, skip_name(wire, begin))[0] != TYPE_OPT:
+            continue
+        pos = rdata
+        while pos + 4 <= end:
+            option, length = struct.unpack_from("!HH", wire, pos)
+            if option == code:
+                found.append(wire[pos + 4 : min(pos + 4 + length, end)])
+            pos += 4 + length
+    return found
+
+
+def add_edns_option(wire: bytes, q: Question, code: int, data: bytes) -> bytes | None:
+    """The query with an EDNS option added (an OPT record too, when it had none).
+
+    None when that cannot be done without breaking the message: a record after
+    the OPT (TSIG must stay last) or additional records without OPT.
+    """
+    option = struct.pack("!HH", code, len(data)) + data
+    records = _additional_records(wire, q.end)
+    if not records:
+        opt = b"\x00" + struct.pack("!HHIH", TYPE_OPT, EDNS_PAYLOAD, 0, len(option)) + option
+        head = bytearray(wire[: q.end])
+        U16.pack_into(head, 10, 1)
+        return bytes(head) + opt
+    begin, rdata, end = records[-1]
+    rtype_at = skip_name(wire, begin)
+    if U16.unpack_from(wire, rtype_at)[0] != TYPE_OPT or end != len(wire):
+        return None
+    out = bytearray(wire)
+    U16.pack_into(out, rdata - 2, end - rdata + len(option))
+    return bytes(out) + option
+
+
+def without_trailing_opt(wire: bytes) -> bytes | None:
+    """The message with its OPT record cut off, when OPT is its last record; else None."""
+    _, _, qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire, 0)
+    if not arcount:
+        return None
+    pos = 12
+    for _ in range(qdcount):
+        pos = skip_name(wire, pos) + 4
+    last = pos
+    for _ in range(ancount + nscount + arcount):
+        last = pos
+        pos = skip_name(wire, pos)
+        if pos + 10 > len(wire):
+            raise MalformedMessage("record truncated")
+        pos += 10 + U16.unpack_from(wire, pos + 8)[0]
+    if pos != len(wire) or U16.unpack_from(wire, skip_name(wire, last))[0] != TYPE_OPT:
+        return None
+    out = bytearray(wire[:last])
+    U16.pack_into(out, 10, arcount - 1)
+    return bytes(out)

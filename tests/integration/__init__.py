@@ -1,0 +1,1 @@
+"""Tests against real programs: Unbound, NSD, redis-server, dig, dnsperf, network namespaces."""

@@ -1,0 +1,278 @@
+"""`dnsgate replay` over real captures: the shared corpus, the generated tunnels and
+link-type captures, and damaged files. Run as the console command, so the stdout
+contract (alert objects only) is what is tested."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import dpkt
+import pytest
+
+from resolver import config as config_mod
+from resolver.offline.replay import PENDING_MAX, Replay, apply_overrides, replay, replay_config, score
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus"
+TUNNELS = ROOT / "tests" / "data" / "tunnels"
+CAPTURES = ROOT / "tests" / "data" / "captures"
+CORPUS_TUNNELS = {  # file -> registrable domain of its tunnel (corpus README)
+    "dns2tcp_txt_dev.pcap": "devlab-tunnel.net",
+    "iodine_dev.pcap": "devlab-iodine.net",
+    "dnscat2_dev.pcap": "devlab-dnscat.org",
+}
+ALERT_FIELDS = {"ts", "kind", "severity", "namespace", "client", "qname", "qtype", "domain",
+                "reasons", "action", "evidence"}
+
+
+def dnsgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "resolver.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+
+
+def jsonl(out: str) -> list[dict[str, object]]:
+    """Every stdout line must be one alert object with the DESIGN.md fields."""
+    alerts = []
+    for line in out.splitlines():
+        obj = json.loads(line)
+        assert isinstance(obj, dict), line
+        assert set(obj) >= ALERT_FIELDS, line
+        assert obj["kind"] in ("policy", "tunnel")
+        assert obj["severity"] in ("info", "warning", "high", "critical")
+        assert obj["action"] in ("alerted", "blocked", "quarantined")
+        assert isinstance(obj["reasons"], list)
+        assert isinstance(obj["evidence"], dict)
+        alerts.append(obj)
+    return alerts
+
+
+def all_captures() -> list[Path]:
+    found = sorted(CORPUS.glob("*.pcap")) + sorted(TUNNELS.glob("*.pcap"))
+    found += sorted(CAPTURES.glob("*.pcap")) + sorted(CAPTURES.glob("*.pcapng"))
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS_TUNNELS))
+def test_corpus_tunnels_raise_tunnel_alerts_on_clean_stdout(name: str) -> None:
+    out = dnsgate("replay", str(CORPUS / name), "--format", "jsonl")
+    assert out.returncode == 0, out.stderr
+    alerts = jsonl(out.stdout)
+    tunnel = [a for a in alerts if a["kind"] == "tunnel"]
+    assert tunnel
+    assert {a["domain"] for a in tunnel} == {CORPUS_TUNNELS[name]}
+    assert all(a["namespace"] == "default" and a["action"] == "alerted" for a in tunnel)
+    assert "dnsgate replay:" in out.stderr  # the summary goes to stderr
+
+
+def test_every_available_capture_replays_with_only_alerts_on_stdout() -> None:
+    paths = all_captures()
+    assert len(paths) >= 3
+    for path in paths:
+        out = dnsgate("replay", str(path), "--port", "53", "--port", "5353")
+        assert out.returncode == 0, (path, out.stderr)
+        jsonl(out.stdout)
+
+
+def test_dnscat_replies_feed_the_nxdomain_ratio() -> None:
+    """The dnscat2 capture is answered NXDOMAIN: only matched replies can say so."""
+    out = dnsgate("replay", str(CORPUS / "dnscat2_dev.pcap"))
+    reasons = {r for a in jsonl(out.stdout) for r in a["reasons"]}  # type: ignore[attr-defined]
+    assert "nxdomain_ratio" in reasons
+    report = replay([str(CORPUS / "dnscat2_dev.pcap")], replay_config(None))
+    assert report.matched == report.responses > 0
+
+
+def test_generated_tunnels_are_all_flagged_and_sweep_scores_them() -> None:
+    pcaps = sorted(str(p) for p in TUNNELS.glob("*.pcap"))
+    labels = TUNNELS / "LABELS.txt"
+    assert pcaps
+    assert labels.exists()
+    report = replay(pcaps, replay_config(None))
+    wanted = {line.strip() for line in labels.read_text().splitlines() if line.strip()}
+    tp, fp, fn = score(report.flagged_domains(), wanted)
+    assert not fn
+    assert not fp
+    assert tp
+    out = dnsgate("replay", *pcaps, "--sweep", "alert_points=3,1000", "--labels", str(labels))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:6] == ["alert_points", "flagged", "TP", "FP", "FN", "precision"]
+    row3 = lines[1].split()
+    row1000 = lines[2].split()
+    assert row3[0] == "3"
+    assert row3[2] == str(len(wanted))
+    assert row3[4] == "0"
+    assert row1000[0] == "1000"
+    assert row1000[1] == "0"
+    assert row1000[4] == str(len(wanted))
+
+
+def test_table_format_per_namespace_summary() -> None:
+    out = dnsgate("replay", *(str(CORPUS / n) for n in sorted(CORPUS_TUNNELS)), "--format", "table")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "namespace default  (mode learn, detection observe)" in text
+    for label in ("queries", "unique names", "names denied", "flagged domains"):
+        assert label in text
+    for domain in CORPUS_TUNNELS.values():
+        assert domain in text
+    assert "reasons:" in text
+    assert "evidence:" in text
+    assert "info_bytes=" in text
+
+
+def test_set_overrides_a_threshold_and_rejects_unknown_keys() -> None:
+    path = str(CORPUS / "dns2tcp_txt_dev.pcap")
+    quiet = dnsgate("replay", path, "--set", "alert_points=1000")
+    assert quiet.returncode == 0
+    assert quiet.stdout == ""
+    bad = dnsgate("replay", path, "--set", "no_such_threshold=3")
+    assert bad.returncode == 2
+    assert "no_such_threshold" in bad.stderr
+    assert bad.stdout == ""
+    cfg = apply_overrides(replay_config(None), {"unique_short": 7})
+    assert cfg.namespaces["default"].detection.thresholds.unique_short == 7
+
+
+def test_config_policy_denials_are_policy_alerts(tmp_path: Path) -> None:
+    cfg = tmp_path / "enforce.yaml"
+    cfg.write_text(
+        "upstreams: [{address: 127.0.0.1, port: 9}]\n"
+        "namespaces:\n"
+        "  lab:\n"
+        "    clients: [0.0.0.0/0, '::/0']\n"
+        "    mode: enforce\n"
+        "    allow: ['*.devlab-iodine.net']\n"
+        "    detection: {mode: enforce}\n"
+    )
+    out = dnsgate("replay", str(CORPUS / "dns2tcp_txt_dev.pcap"), str(CORPUS / "iodine_dev.pcap"),
+                  "--config", str(cfg))
+    assert out.returncode == 0, out.stderr
+    alerts = jsonl(out.stdout)
+    policy = [a for a in alerts if a["kind"] == "policy"]
+    assert policy
+    assert all(a["action"] == "blocked" and a["namespace"] == "lab" for a in policy)
+    assert not any(str(a["qname"]).endswith("devlab-iodine.net") for a in policy)
+    assert any(a["kind"] == "tunnel" and a["action"] == "quarantined" for a in alerts)
+    table = dnsgate("replay", str(CORPUS / "dns2tcp_txt_dev.pcap"), "--config", str(cfg), "--format", "table")
+    assert "namespace lab  (mode enforce, detection enforce)" in table.stdout
+    assert "devlab-tunnel.net" in table.stdout.split("by domain (names denied):")[1]
+
+
+def test_truncated_capture_reports_packet_number_and_finishes(tmp_path: Path) -> None:
+    src = (CORPUS / "dns2tcp_txt_dev.pcap").read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(src[: len(src) * 2 // 3])
+    out = dnsgate("replay", str(cut))
+    assert out.returncode == 0
+    assert f"{cut}: packet " in out.stderr
+    assert "truncated" in out.stderr
+    assert any(a["kind"] == "tunnel" for a in jsonl(out.stdout))
+
+
+def test_corrupt_records_and_malformed_queries_are_skipped(tmp_path: Path) -> None:
+    with open(CORPUS / "iodine_dev.pcap", "rb") as fh:
+        frames = [(ts, bytes(buf)) for ts, buf in dpkt.pcap.Reader(fh)]
+    ip = dpkt.ip.IP(src=b"\x0a\x00\x00\x07", dst=b"\x0a\x00\x00\x01", p=17)
+    garbage = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x3f" + b"a" * 5  # label past the end
+    ip.data = dpkt.udp.UDP(sport=4000, dport=53, ulen=8 + len(garbage), data=garbage)
+    ip.len = len(bytes(ip))
+    eth = dpkt.ethernet.Ethernet(src=b"\x00" * 6, dst=b"\x00" * 6, type=0x0800, data=ip)
+    path = tmp_path / "bad.pcap"
+    with open(path, "wb") as f:
+        w = dpkt.pcap.Writer(f, linktype=1)
+        w.writepkt(bytes(eth), frames[0][0])
+        for ts, buf in frames:
+            w.writepkt(buf, ts)
+    data = bytearray(path.read_bytes())
+    # Packet 3's record header claims 16 MB: nothing after it can be found.
+    off = 24
+    for _ in range(2):
+        off += 16 + struct.unpack_from("<I", data, off + 8)[0]
+    struct.pack_into("<I", data, off + 8, 16 * 1024 * 1024)
+    path.write_bytes(bytes(data))
+    out = dnsgate("replay", str(path), "--format", "table")
+    assert out.returncode == 0, out.stderr
+    assert f"{path}: packet 1: malformed DNS query" in out.stderr
+    assert f"{path}: packet 3: corrupt packet record" in out.stderr
+    assert "replayed 1 queries" in out.stdout
+    assert "1 malformed queries" in out.stdout
+
+
+def test_missing_or_non_capture_file_is_a_clear_error(tmp_path: Path) -> None:
+    not_pcap = tmp_path / "notes.txt"
+    not_pcap.write_text("hello")
+    for path in (tmp_path / "missing.pcap", not_pcap):
+        out = dnsgate("replay", str(path))
+        assert out.returncode == 2
+        assert str(path) in out.stderr
+        assert out.stdout == ""
+
+
+def test_no_upstream_traffic_and_bounded_pending_table() -> None:
+    """A replay never forwards, and unanswered queries cannot grow memory."""
+    cfg = replay_config(None)
+    assert cfg.upstreams == ()
+    assert cfg.state.backend == "memory"
+    assert cfg.alerts == ()
+    run = Replay(cfg)
+    from resolver.offline.capture import DnsPacket
+
+    wire = bytes.fromhex("0001010000010000000000000161047465737400" "00010001")
+    for i in range(PENDING_MAX + 50):
+        run.feed(DnsPacket(i + 1, 1_800_000_000.0 + i / 1000, "10.0.0.1", 1024 + i % 60000,
+                           "10.0.0.53", 53, "udp", wire[:0] + (i % 65536).to_bytes(2, "big") + wire[2:], False))
+    assert len(run._pending) == PENDING_MAX
+    assert run.engine.forwarder.clients == []
+    report = run.finish()
+    assert report.queries == PENDING_MAX + 50
+
+
+def test_listener_bound_namespace_is_used(tmp_path: Path) -> None:
+    cfg_path = tmp_path / "bound.yaml"
+    cfg_path.write_text(
+        "listen: [{address: 127.0.0.1, port: 53}, {address: 127.0.0.1, port: 5300, namespace: ci}]\n"
+        "upstreams: [{address: 127.0.0.1, port: 9}]\n"
+        "unknown_clients: other\n"
+        "namespaces:\n  ci: {mode: observe}\n  other: {mode: observe}\n"
+    )
+    cfg = replay_config(str(cfg_path))
+    assert config_mod.load(cfg_path).listen[1].namespace == "ci"
+    run = Replay(cfg)
+    from resolver.offline.capture import DnsPacket
+
+    wire = bytes.fromhex("abcd0100000100000000000003777777076578616d706c6503636f6d0000010001")
+    run.feed(DnsPacket(1, 1.0, "10.1.1.1", 3333, "127.0.0.1", 5300, "udp", wire, False))
+    run.feed(DnsPacket(2, 2.0, "10.1.1.1", 3334, "127.0.0.1", 53, "udp", wire, False))
+    report = run.finish()
+    assert report.namespaces["ci"].queries == 1
+    assert report.namespaces["other"].queries == 1
+
+
+def test_every_link_type_variant_replays_the_same_queries_and_matches_replies() -> None:
+    """tests/data/captures holds one real session rewritten to other link types,
+    VLAN tags, pcapng and reordered TCP: replay must see the same traffic in each."""
+    base = replay([str(CAPTURES / "eth.pcap")], replay_config(None))
+    assert base.queries > 0
+    assert base.matched == base.queries
+    variants = ["eth.pcapng", "raw.pcap", "null.pcap", "loop.pcap", "sll.pcap", "sll2_nano.pcap",
+                "vlan.pcap", "tcp_reorder.pcap"]
+    for name in variants:
+        report = replay([str(CAPTURES / name)], replay_config(None))
+        assert (report.queries, report.matched) == (base.queries, base.matched), name
+
+
+def test_progress_bar_only_on_request_or_terminal() -> None:
+    path = str(CORPUS / "dns2tcp_txt_dev.pcap")
+    quiet = dnsgate("replay", path)  # stderr is a pipe here: no bar
+    assert "] " not in quiet.stderr
+    assert "%" not in quiet.stderr
+    drawn = dnsgate("replay", path, "--progress", "always")
+    assert "[###" in drawn.stderr
+    assert "% " in drawn.stderr
+    assert "packets" in drawn.stderr
+    assert drawn.stdout == quiet.stdout  # the bar never touches stdout

@@ -1,0 +1,428 @@
+"""Alert sinks against real receivers: an aiohttp webhook, Alertmanager, redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+import redis.asyncio
+from aiohttp import web
+
+from resolver.config import ConfigError
+from resolver.config import Sink as SinkSpec
+from resolver.operations.sinks import (
+    AlertmanagerSink,
+    QueuedSink,
+    RedisStreamSink,
+    WebhookSink,
+    build,
+    connect_fallbacks,
+)
+from resolver.pipeline.alerts import Alert, JsonlSink
+from tests.support.observability import (
+    Alertmanager,
+    free_tcp_port,
+    http_get,
+    metric_value,
+    poll,
+    start_alertmanager,
+)
+from tests.support.redis_server import RedisServer
+from tests.support.upstream_servers import ROOT, Unbound, basic_config, free_port, start_dnsgate
+
+pytestmark = pytest.mark.integration
+
+
+def tunnel_alert(domain: str = "exfil.example", namespace: str = "agents", ts: float | None = None) -> Alert:
+    return Alert(
+        ts=time.time() if ts is None else ts,
+        kind="tunnel",
+        severity="high",
+        namespace=namespace,
+        client="10.1.2.3",
+        qname=f"mzxw6ytboi2dcmrt.{domain}",
+        qtype="TXT",
+        domain=domain,
+        reasons=["entropy", "label_length"],
+        action="quarantined",
+        evidence={"entropy": 4.1, "label_length": 52},
+    )
+
+
+def spec(kind: str, **options: Any) -> SinkSpec:
+    return SinkSpec(kind, options, "dnsgate.yaml", 12)
+
+
+async def until(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+class Receiver:
+    """An aiohttp HTTP server recording POSTs; ``statuses`` are answered in turn, then 200."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.statuses: list[int] = []
+        self.port = free_tcp_port()
+        self._runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append((dict(request.headers), await request.read()))
+        status = self.statuses.pop(0) if self.statuses else 200
+        return web.Response(status=status, text="ok")
+
+    async def __aenter__(self) -> Receiver:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+
+async def running(sink: QueuedSink, body: Callable[[QueuedSink], Awaitable[None]]) -> None:
+    await sink.start()
+    try:
+        await body(sink)
+    finally:
+        await sink.close()
+
+
+# -- webhook -----------------------------------------------------------------
+
+
+async def test_webhook_posts_the_alert_object_with_bearer_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DNSGATE_TEST_TOKEN", "s3cret")
+    async with Receiver() as receiver:
+        sink = build(spec("webhook", url=receiver.url, bearer_token_env="DNSGATE_TEST_TOKEN",
+                          headers={"X-Team": "soc"}))
+        assert isinstance(sink, WebhookSink)
+        alert = tunnel_alert()
+
+        async def body(s: QueuedSink) -> None:
+            s.submit(alert)
+            await until(lambda: s.delivered == 1, what="webhook delivery")
+
+        await running(sink, body)
+    headers, payload = receiver.requests[0]
+    assert headers["Authorization"] == "Bearer s3cret"
+    assert headers["X-Team"] == "soc"
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(payload) == alert.to_dict()
+    assert (sink.retried, sink.dropped) == (0, 0)
+
+
+async def test_webhook_retries_server_errors_with_backoff() -> None:
+    async with Receiver() as receiver:
+        receiver.statuses = [503, 500]
+        sink = build(spec("webhook", url=receiver.url, retries=3, backoff=0.05))
+        assert isinstance(sink, QueuedSink)
+
+        async def body(s: QueuedSink) -> None:
+            s.submit(tunnel_alert())
+            await until(lambda: s.delivered == 1, what="delivery after retries")
+
+        await running(sink, body)
+    assert len(receiver.requests) == 3
+    assert (sink.retried, sink.dropped) == (2, 0)
+
+
+async def test_webhook_client_error_is_dropped_without_retry(caplog: pytest.LogCaptureFixture) -> None:
+    async with Receiver() as receiver:
+        receiver.statuses = [400]
+        sink = build(spec("webhook", url=receiver.url, retries=3, backoff=0.05))
+        assert isinstance(sink, QueuedSink)
+
+        async def body(s: QueuedSink) -> None:
+            s.submit(tunnel_alert())
+            await until(lambda: s.dropped == 1, what="drop")
+
+        with caplog.at_level(logging.WARNING, "dnsgate.sinks"):
+            await running(sink, body)
+    assert len(receiver.requests) == 1
+    assert sink.retried == 0
+    assert "HTTP 400" in caplog.text
+
+
+async def test_close_finishes_the_batch_being_retried() -> None:
+    async with Receiver() as receiver:
+        receiver.statuses = [503]
+        sink = build(spec("webhook", url=receiver.url, retries=2, backoff=0.3))
+        assert isinstance(sink, QueuedSink)
+        await sink.start()
+        sink.submit(tunnel_alert())
+        await until(lambda: len(receiver.requests) == 1, what="first attempt")
+        await sink.close()  # during the backoff: the retry still happens within the grace period
+    assert (sink.delivered, sink.retried, sink.dropped) == (1, 1, 0)
+
+
+async def test_receiver_down_drops_are_counted_and_submit_never_blocks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dead = free_tcp_port()
+    sink = build(spec("webhook", url=f"http://127.0.0.1:{dead}/hook", queue_size=2, retries=1, backoff=0.05))
+    assert isinstance(sink, QueuedSink)
+    connect_fallbacks([sink])  # no jsonl sink: a dropped alert is logged whole
+    alerts = [tunnel_alert(f"d{i}.example") for i in range(10)]
+
+    async def body(s: QueuedSink) -> None:
+        started = time.perf_counter()
+        for alert in alerts:
+            s.submit(alert)
+        assert time.perf_counter() - started < 0.01
+        assert s.dropped >= 7  # the queue holds two (one may already be in flight)
+        await until(lambda: s.dropped == 10, what="every alert dropped")
+
+    with caplog.at_level(logging.WARNING, "dnsgate.sinks"):
+        await running(sink, body)
+    assert sink.delivered == 0
+    assert sink.retried >= 1
+    spilled = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
+    assert len(spilled) == 10
+    assert all(any(f'"domain":"d{i}.example"' in m for m in spilled) for i in range(10))
+
+
+def test_with_a_jsonl_sink_drops_are_not_duplicated_in_the_log(tmp_path: Path) -> None:
+    remote = build(spec("webhook", url="http://127.0.0.1:9/hook"))
+    jsonl = JsonlSink(str(tmp_path / "alerts.jsonl"))
+    other = build(spec("webhook", url="http://127.0.0.1:9/other"))
+    connect_fallbacks([jsonl, remote, other])
+    assert isinstance(remote, QueuedSink)
+    assert remote.spill is None
+    assert (remote.name, other.name) == ("webhook", "webhook2")
+
+
+# -- Alertmanager --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alertmanager]:
+    am = start_alertmanager(tmp_path_factory.mktemp("alertmanager"))
+    yield am
+    am.stop()
+
+
+async def test_alertmanager_receives_a_tunnel_alert(alertmanager: Alertmanager) -> None:
+    sink = build(spec("alertmanager", url=alertmanager.base, resolve_after=600, labels={"cluster": "lab"}))
+    assert isinstance(sink, AlertmanagerSink)
+    alert = tunnel_alert("am-tunnel.example", namespace="ci")
+
+    async def body(s: QueuedSink) -> None:
+        s.submit(alert)
+        await until(lambda: s.delivered == 1, what="alertmanager delivery")
+
+    await running(sink, body)
+
+    def found() -> list[dict[str, Any]]:
+        return [a for a in alertmanager.alerts() if a["labels"].get("domain") == "am-tunnel.example"]
+
+    held = poll(found, what="alert in Alertmanager")[0]
+    assert held["labels"] == {
+        "alertname": "DNSTunnel", "namespace": "ci", "domain": "am-tunnel.example",
+        "severity": "high", "cluster": "lab",
+    }
+    assert held["annotations"]["reasons"] == "entropy,label_length"
+    assert json.loads(held["annotations"]["evidence"]) == {"entropy": 4.1, "label_length": 52}
+    assert held["annotations"]["client"] == "10.1.2.3"
+    assert held["status"]["state"] == "active"
+    ends = datetime.fromisoformat(held["endsAt"].replace("Z", "+00:00")).timestamp()
+    assert alert.ts + 590 < ends < alert.ts + 610
+
+
+async def test_alertmanager_resolves_by_ends_at(alertmanager: Alertmanager) -> None:
+    sink = build(spec("alertmanager", url=alertmanager.base, resolve_after=1))
+    assert isinstance(sink, QueuedSink)
+    old = tunnel_alert("am-old.example", ts=time.time() - 30)
+
+    async def body(s: QueuedSink) -> None:
+        s.submit(old)
+        await until(lambda: s.delivered == 1, what="alertmanager delivery")
+
+    await running(sink, body)
+    status, raw = http_get(alertmanager.base + "/api/v2/alerts?active=true")
+    assert status == 200
+    assert not [a for a in json.loads(raw) if a["labels"].get("domain") == "am-old.example"]
+
+
+# -- Redis stream -----------------------------------------------------------
+
+
+async def test_redis_stream_xadd_with_approximate_maxlen(redis_server: RedisServer) -> None:
+    stream = f"dnsgate:test:{time.monotonic_ns()}"
+    sink = build(spec("redis_stream", url=redis_server.url, stream=stream, maxlen=10, batch_size=50))
+    assert isinstance(sink, RedisStreamSink)
+    alerts = [tunnel_alert(f"r{i}.example") for i in range(300)]
+
+    async def body(s: QueuedSink) -> None:
+        for alert in alerts:
+            s.submit(alert)
+        await until(lambda: s.delivered == 300, what="300 XADDs")
+
+    await running(sink, body)
+    client = redis.asyncio.from_url(redis_server.url, decode_responses=True)
+    try:
+        length = await client.xlen(stream)
+        assert 10 <= length < 300  # approximate trimming keeps at least MAXLEN
+        [(_, fields)] = await client.xrevrange(stream, count=1)
+    finally:
+        await client.aclose()
+    assert fields["domain"] == "r299.example"
+    assert fields["kind"] == "tunnel"
+    assert json.loads(fields["reasons"]) == ["entropy", "label_length"]
+    assert json.loads(fields["evidence"]) == {"entropy": 4.1, "label_length": 52}
+
+
+async def test_redis_down_drops_are_counted() -> None:
+    sink = build(spec("redis_stream", url=f"redis://127.0.0.1:{free_tcp_port()}/0", retries=1,
+                      backoff=0.05, timeout=0.5))
+    assert isinstance(sink, QueuedSink)
+    connect_fallbacks([sink, JsonlSink(stream=_Null())])
+
+    async def body(s: QueuedSink) -> None:
+        for i in range(5):
+            s.submit(tunnel_alert(f"x{i}.example"))
+        await until(lambda: s.dropped == 5, what="drops")
+
+    await running(sink, body)
+    assert sink.delivered == 0
+
+
+class _Null:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        return None
+
+
+# -- validation --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "key", "message"),
+    [
+        ("webhook", {}, "alerts[webhook].url", "is required"),
+        ("webhook", {"url": "ftp://x/"}, "alerts[webhook].url", "must be a http or https URL"),
+        ("webhook", {"url": "http://h/", "retry": 2}, "alerts[webhook].retry", "unknown key"),
+        ("webhook", {"url": "http://h/", "bearer_token_env": "DNSGATE_UNSET_VAR"},
+         "alerts[webhook].bearer_token_env", "DNSGATE_UNSET_VAR is unset"),
+        ("webhook", {"url": "http://h/", "headers": {"X": [1]}}, "alerts[webhook].headers.X", "string"),
+        ("alertmanager", {"url": "http://h", "resolve_after": 0}, "alerts[alertmanager].resolve_after",
+         "greater than 0"),
+        ("redis_stream", {"maxlen": "big"}, "alerts[redis_stream].maxlen", "must be an int"),
+        ("redis_stream", {"retries": -1}, "alerts[redis_stream].retries", "0 or more"),
+        ("redis_stream", {"queue_size": True}, "alerts[redis_stream].queue_size", "must be a number"),
+    ],
+)
+def test_bad_options_name_file_line_and_key(kind: str, options: dict[str, Any], key: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build(spec(kind, **options))
+    assert (err.value.path, err.value.line, err.value.key) == ("dnsgate.yaml", 12, key)
+    assert message in err.value.message
+
+
+def test_serve_refuses_a_bad_sink_with_file_line_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "dnsgate.yaml"
+    text = basic_config(free_port(), free_port()).replace(
+        "  - {type: jsonl, path: alerts.jsonl}\n",
+        "  - {type: jsonl, path: alerts.jsonl}\n  - {type: webhook, url: 'gopher://nowhere'}\n",
+    )
+    config.write_text(text)
+    line = text.splitlines().index("  - {type: webhook, url: 'gopher://nowhere'}") + 1
+    out = subprocess.run(
+        [sys.executable, "-m", "resolver.cli", "serve", "--config", str(config)],
+        capture_output=True, text=True, timeout=30, cwd=ROOT, check=False,
+    )
+    assert out.returncode == 2
+    assert f"{config}:{line}: alerts[webhook].url: must be a http or https URL" in out.stderr
+
+
+# -- through dnsgate ---------------------------------------------------------
+
+
+def test_dead_webhook_leaves_dns_answers_alone(unbound_upstream: Unbound, tmp_path: Path) -> None:
+    port, admin_port, dead = free_port(), free_tcp_port(), free_tcp_port()
+    text = basic_config(port, unbound_upstream.port).replace(
+        "  - {type: jsonl, path: alerts.jsonl}\n",
+        "  - {type: jsonl, path: alerts.jsonl}\n"
+        f"  - {{type: webhook, url: 'http://127.0.0.1:{dead}/hook', queue_size: 4, retries: 1,"
+        " backoff: 0.05}\n",
+    ) + f"admin: {{address: 127.0.0.1, port: {admin_port}}}\n"
+    server = start_dnsgate(text, tmp_path, port)
+    try:
+        slowest = 0.0
+        # 20 names: the per-client bound of alert lines in a window (more would be folded into one).
+        for i in range(20):
+            started = time.monotonic()
+            denied = dns.query.udp(dns.message.make_query(f"n{i}.denied.test", "A"), "127.0.0.1", port=port,
+                                   timeout=2)
+            allowed = dns.query.udp(dns.message.make_query("www.allowed.test", "A"), "127.0.0.1", port=port,
+                                    timeout=2)
+            slowest = max(slowest, time.monotonic() - started)
+            assert denied.rcode() == dns.rcode.NXDOMAIN
+            assert allowed.rcode() == dns.rcode.NOERROR
+        assert slowest < 0.5
+
+        def dropped() -> float | None:
+            _status, body = http_get(f"http://127.0.0.1:{admin_port}/metrics")
+            value = metric_value(body.decode(), "dnsgate_alerts_dropped_total", sink="webhook")
+            return value if value == 20 else None
+
+        assert poll(dropped, what="20 webhook drops counted") == 20
+        # Nothing lost: the jsonl sink holds every alert the webhook could not deliver.
+        names = {a["qname"] for a in server.alerts()}
+        assert {f"n{i}.denied.test" for i in range(20)} <= names
+    finally:
+        assert server.stop() == 0
+
+
+def test_dnsgate_policy_alert_reaches_alertmanager(
+    unbound_upstream: Unbound, alertmanager: Alertmanager, tmp_path: Path
+) -> None:
+    port = free_port()
+    text = basic_config(port, unbound_upstream.port).replace(
+        "  - {type: jsonl, path: alerts.jsonl}\n",
+        f"  - {{type: alertmanager, url: '{alertmanager.base}', batch_size: 8}}\n",
+    )
+    server = start_dnsgate(text, tmp_path, port)
+    try:
+        reply = dns.query.udp(dns.message.make_query("leak.denied.test", "A"), "127.0.0.1", port=port, timeout=2)
+        assert reply.rcode() == dns.rcode.NXDOMAIN
+
+        def found() -> list[dict[str, Any]]:
+            return [
+                a for a in alertmanager.alerts()
+                if a["labels"].get("alertname") == "DNSPolicyDenied" and a["annotations"].get("qname") == "leak.denied.test"
+            ]
+
+        held = poll(found, what="policy alert in Alertmanager")[0]
+        assert held["labels"]["namespace"] == "agents"
+        assert held["labels"]["domain"] == "denied.test"
+        assert held["labels"]["severity"] == "warning"
+        assert held["annotations"]["reasons"] == "not_allowed"
+    finally:
+        assert server.stop() == 0

@@ -1,0 +1,81 @@
+"""The adaptive channel generator (tests/tunnels/adaptive.py) and its scorer."""
+
+from __future__ import annotations
+
+import dns.name
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.benign_corpus import cloud_shapes
+from tests.tunnels.adaptive import ENCODINGS, FAMILIES, START, draw, percentile, score
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), family=st.sampled_from(FAMILIES))
+def test_every_draw_is_valid_dns_and_carries_what_it_says(seed: int, family: str) -> None:
+    channel = draw(seed, family)
+    assert channel == draw(seed, family)  # seeded: the same draw every time
+    assert channel.encoding in ENCODINGS
+    assert 1 <= len(channel.clients) <= 8
+    names = set()
+    total = 0
+    for i, lookup in zip(range(40), channel.lookups(), strict=False):
+        name = dns.name.from_wire(lookup.qname, 0)[0]  # raises on a malformed name
+        assert len(lookup.qname) <= 255
+        assert all(len(label) <= 63 for label in name.labels)
+        assert lookup.domain in channel.domains
+        assert lookup.client in channel.clients
+        assert lookup.qname.endswith(dns.name.from_text(lookup.domain).to_wire())
+        names.add(lookup.qname.lower())
+        total += lookup.payload
+        assert i == 0 or lookup.ts > START
+    # Every name is new (a repeated name would be answered from a cache), and the
+    # payload accounted is what the encoding can carry.
+    assert len(names) == 40
+    assert total >= 40 * min(1.0, channel.payload_per_query * 0.3)
+
+
+def test_words_look_like_words() -> None:
+    channel = next(draw(s, "words") for s in range(50) if draw(s, "words").encoding == "words256")
+    label = dns.name.from_wire(next(channel.lookups()).qname, 0)[0].labels[0].decode()
+    assert all(part.isalpha() for part in label.split("-"))
+
+
+def test_scorer_stops_at_the_first_alert_on_the_channel() -> None:
+    bulk = next(c for c in (draw(s, "bulk") for s in range(50))
+                if c.encoding == "base32" and len(c.domains) == 1 and c.labels >= 2)
+    outcome = score(bulk)
+    assert outcome.detected
+    assert outcome.reasons
+    assert 0 < outcome.bytes_sent <= 4096
+    assert outcome.queries < 500
+    assert outcome.other_flagged == []
+
+
+def test_percentile_is_nearest_rank() -> None:
+    assert percentile([5, 1, 3, 2, 4], 0.5) == 3
+    assert percentile([5, 1, 3, 2, 4], 0.9) == 5
+    assert percentile(list(range(1, 101)), 0.9) == 90
+
+
+def test_cloud_shapes_are_many_clients_few_names_each() -> None:
+    shapes = cloud_shapes()
+    telemetry = shapes["sdk telemetry 0"]
+    clients = {row[1] for row in telemetry}
+    assert len(clients) == 40
+    assert max(row[0] for row in telemetry) - min(row[0] for row in telemetry) <= 2 * 3600
+    per_client = max(sum(1 for r in telemetry if r[1] == c) for c in clients)
+    assert per_client <= 2 * 90  # A and AAAA of at most 90 names
+    assert all(row[4] == 0 for rows in shapes.values() for row in rows)
+
+
+def test_a_handful_of_draws_per_family_is_caught_within_4kb_and_a_day() -> None:
+    """The benchmark's targets on a few draws (the full distribution: benchmarks/adaptive_table.py)."""
+    for family in FAMILIES:
+        for seed in range(4):
+            channel = draw(seed, family)
+            outcome = score(channel)
+            assert outcome.detected, f"{family}#{seed} missed: {channel.describe()}"
+            assert outcome.bytes_sent <= 4096, f"{family}#{seed}: {outcome.bytes_sent} B: {channel.describe()}"
+            assert outcome.seconds <= 86400, f"{family}#{seed}: {outcome.seconds / 3600:.1f} h"
+            assert outcome.other_flagged == []

@@ -1,0 +1,89 @@
+"""The detection stage in-process: a quarantine of D denies every name below D, whatever its labels hold.
+
+The pipeline is the real one (config loaded from text, Engine and Pipeline as
+the server builds them); queries are wire messages whose labels carry '.',
+'\\', NUL, spaces and octets >= 0x80.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+from pathlib import Path
+
+import dns.message
+import dns.name
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from resolver import config as config_mod
+from resolver.pipeline.chain import Engine, Pipeline
+from resolver.pipeline.query import Query, Reply
+from resolver.wire.message import parse_query
+
+CONFIG = """
+upstreams: [{address: 127.0.0.1, port: 53}]
+alerts: []
+namespaces:
+  agents:
+    clients: [10.0.0.0/24]
+    mode: enforce
+    allow: ["*.evil.test", "*.fine.test"]
+    detection: {mode: enforce}
+"""
+
+label = st.one_of(
+    st.lists(st.sampled_from([0x2E, 0x5C, 0x00, 0x20, 0x80, 0xFF, 0x61, 0x7C]), min_size=1, max_size=12).map(bytes),
+    st.binary(min_size=1, max_size=40),
+)
+
+
+def build(tmp_path: Path) -> Pipeline:
+    path = tmp_path / "dnsgate.yaml"
+    path.write_text(CONFIG)
+    config = config_mod.load(path)
+    return Pipeline(config, Engine.from_config(config, []))
+
+
+def ask(pipeline: Pipeline, labels: tuple[bytes, ...], rdtype: str = "A", now: float = 1000.0) -> Reply | None:
+    name = dns.name.Name((*labels, b""))
+    wire = dns.message.make_query(name, rdtype).to_wire()
+    return pipeline.decide(Query(wire, parse_query(wire), "10.0.0.5", "udp", now))
+
+
+def under(labels: list[bytes], domain: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    while labels and sum(len(x) + 1 for x in labels) + sum(len(x) + 1 for x in domain) + 1 > 255:
+        labels = labels[1:]
+    return (*labels, *domain)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(label, min_size=1, max_size=5))
+def test_quarantine_denies_every_name_below(tmp_path: Path, labels: list[bytes]) -> None:
+    pipeline = build(tmp_path)
+    detector = pipeline.engine.detector
+    detector.quarantine("agents", "evil.test", 2000.0)
+    observed = detector.observed
+    reply = ask(pipeline, under(labels, (b"evil", b"test")))
+    assert reply is not None
+    assert reply.action == "quarantined"
+    assert detector.observed == observed  # decided before any scoring
+    # A look-alike outside evil.test is not touched: the labels end in "fine.test".
+    assert ask(pipeline, under([*labels, b"evil"], (b"fine", b"test"))) is None
+
+
+def test_tunnel_is_quarantined_once_then_costs_a_lookup(tmp_path: Path) -> None:
+    pipeline = build(tmp_path)
+    detector = pipeline.engine.detector
+    rng = random.Random(5)
+    replies = []
+    for i in range(60):
+        chunk = base64.b32encode(rng.randbytes(25)).decode().rstrip("=").lower().encode()
+        replies.append(ask(pipeline, (chunk[:20] + b".", chunk[20:], b"evil", b"test"), "TXT", 1000.0 + i))
+    first = next(i for i, r in enumerate(replies) if r is not None)
+    assert all(r is not None and r.action == "quarantined" for r in replies[first:])
+    assert first < 30
+    assert pipeline.detection.quarantine_blocks == len(replies) - first
+    # Every query after the first block was decided by the quarantine, never scored.
+    assert detector.observed == first + 1
+    assert detector.quarantined_name("agents", b"\x01x\x04evil\x04test\x00", 1100.0)

@@ -1,0 +1,161 @@
+"""Name features: wire parsing, presentation text, PSL, alphabets, entropy."""
+
+from __future__ import annotations
+
+import base64
+import random
+import string
+
+import dns.name
+import pytest
+
+from heuristics import DetectorSettings, SettingsError, name_to_text, registrable_domain
+from heuristics.features import (
+    Alphabet,
+    FeatureCache,
+    alphabet_of,
+    expected_entropy,
+    features_of,
+    shannon_entropy,
+)
+from heuristics.names import DEFAULT_EXEMPTIONS, labels_of
+
+
+def wire(text: str) -> bytes:
+    return dns.name.from_text(text).to_wire().lower()
+
+
+def test_labels_carry_any_octet() -> None:
+    name = b"\x05ab\xbc\xfd\x00\x01x\x00"
+    assert labels_of(name) == [b"ab\xbc\xfd\x00", b"x"]
+    with pytest.raises(ValueError, match="label"):
+        labels_of(b"\x09short\x00")
+
+
+def test_name_to_text_escapes_and_omits_trailing_dot() -> None:
+    assert name_to_text(wire("www.example.com.")) == "www.example.com"
+    assert name_to_text(b"\x00") == "."
+    raw = b"\x04a\xbc.\x20\x03net\x00"
+    text = name_to_text(raw)
+    assert text == "a\\188\\.\\032.net"
+    # Round-trips through dnspython's parser.
+    assert dns.name.from_text(text + ".").to_wire() == raw
+
+
+@pytest.mark.parametrize(
+    ("name", "domain"),
+    [
+        ("a.b.example.co.uk", "example.co.uk"),
+        ("bucket.s3.amazonaws.com", "bucket.s3.amazonaws.com"),
+        ("user.github.io", "user.github.io"),
+        ("d1234abcd.cloudfront.net", "d1234abcd.cloudfront.net"),
+        ("x.lambda-url.us-east-1.on.aws", "x.lambda-url.us-east-1.on.aws"),
+        ("api.github.com.ns.svc.cluster.local", "cluster.local"),
+        ("4.3.2.1.in-addr.arpa", "1.in-addr.arpa"),
+        ("com", "com"),
+    ],
+)
+def test_registrable_domain_uses_private_psl(name: str, domain: str) -> None:
+    assert registrable_domain(wire(name)) == domain
+
+
+def test_registrable_domain_of_binary_labels() -> None:
+    name = b"\x03\xbc\xbd\xfe\x01i\x0ddevlab-iodine\x03net\x00"
+    assert registrable_domain(name) == "devlab-iodine.net"
+
+
+def test_default_exemptions_are_shipped() -> None:
+    for domain in ("sophosxl.net", "avqs.mcafee.com", "zen.spamhaus.org", "arpa"):
+        assert domain in DEFAULT_EXEMPTIONS
+
+
+@pytest.mark.parametrize(
+    ("label", "alphabet"),
+    [
+        (b"0123abcdef", Alphabet.HEX),
+        (b"mzxw6ytboi2a", Alphabet.BASE32),
+        (b"hello9world", Alphabet.ALNUM),
+        (b"my-load_balancer", Alphabet.LDH),
+        (b"agvsbg8+d29y/bgq=", Alphabet.BASE64),
+        (b"ab\xbc\xfd", Alphabet.BINARY),
+    ],
+)
+def test_alphabet_classes(label: bytes, alphabet: str) -> None:
+    assert alphabet_of(label) == alphabet
+
+
+def test_expected_entropy_matches_simulation_for_short_strings() -> None:
+    rng = random.Random(0)
+    for k, n in ((16, 16), (32, 16), (16, 44), (32, 63), (38, 8)):
+        alphabet = bytes(range(k))
+        sims = [shannon_entropy(bytes(rng.choice(alphabet) for _ in range(n))) for _ in range(3000)]
+        assert abs(sum(sims) / len(sims) - expected_entropy(k, n)) < 0.02, (k, n)
+    # Facts from DETECTION.md: hex can't reach 4.0; 16 base32 chars ~ 3.6.
+    assert expected_entropy(16, 44) < 4.0
+    assert 3.5 < expected_entropy(32, 16) < 3.7
+
+
+def test_hex_and_short_base32_look_encoded_but_words_do_not() -> None:
+    rng = random.Random(4)
+    hex16 = features_of(wire(f"{rng.randbytes(8).hex()}.t.example.com"))
+    assert hex16.encoded_shape(10, 0.8) is not None
+    b32 = base64.b32encode(rng.randbytes(10)).decode().lower().rstrip("=")
+    assert features_of(wire(f"{b32}.example.com")).encoded_shape(10, 0.8) is not None
+    for benign in (
+        "thequickbrownfoxjumpsoverthelazydog.example.com",  # 4.5 bits, still words
+        "my-loadbalancer-1234567890.us-east-1.elb.amazonaws.com",
+        "r1---sn-4g5e6nze.googlevideo.com",
+        "selector1._domainkey.example.com",
+        "e12345.dscb.akamaiedge.net",
+    ):
+        assert features_of(wire(benign)).encoded_shape(10, 0.8) is None, benign
+
+
+def test_joined_labels_form_one_run() -> None:
+    rng = random.Random(5)
+    chunk = "".join(rng.choice(string.ascii_lowercase + "234567") for _ in range(150))
+    name = ".".join([chunk[:63], chunk[63:126], chunk[126:]]) + ".t.example.com"
+    feats = features_of(wire(name))
+    shape = feats.encoded_shape(10, 0.8)
+    assert shape is not None
+    assert shape.length == 150 + 1
+    assert feats.max_label == 63
+
+
+def test_non_ldh_octets_are_encoded() -> None:
+    feats = features_of(b"\x08\xbc\xbd\xbe\xbf\xc0\xc1\xc2\xc3\x01i\x07example\x03net\x00")
+    assert feats.non_ldh
+    assert feats.encoded_shape(10, 0.8) is not None
+
+
+def test_feature_cache_is_bounded_lru() -> None:
+    cache = FeatureCache(max_names=3)
+    names = [wire(f"n{i}.example.com") for i in range(5)]
+    for name in names:
+        cache.get(name)
+    assert len(cache) == 3
+    cache.get(names[-1])
+    assert cache.hits == 1
+    assert cache.misses == 5
+
+
+def test_settings_from_mapping_validates() -> None:
+    s = DetectorSettings.from_mapping(
+        {"exempt": ["Corp.Example.", "x.org"], "client_budget_long_bytes": 8192,
+         "rare_qtypes": ["NULL", 65399], "entropy_ratio": 0.75}
+    )
+    assert s.exempt == ("corp.example", "x.org")
+    assert s.rare_qtypes == (10, 65399)
+    assert DetectorSettings.from_mapping({}) == DetectorSettings()
+    for bad, key in (
+        ({"no_such": 1}, "no_such"),
+        ({"client_budget_long_bytes": "4k"}, "client_budget_long_bytes"),
+        ({"entropy_ratio": 1.5}, "entropy_ratio"),
+        ({"rare_qtypes": ["BOGUS"]}, "rare_qtypes"),
+        ({"exempt": "corp.example"}, "exempt"),
+        ({"default_exemptions": "yes"}, "default_exemptions"),
+        ({"short_window_seconds": 90000}, "short_window_seconds"),
+    ):
+        with pytest.raises(SettingsError) as info:
+            DetectorSettings.from_mapping(bad)
+        assert info.value.key == key

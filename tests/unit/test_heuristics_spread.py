@@ -1,0 +1,155 @@
+"""How information is spread over time, clients and domains (heuristics/spread.py)."""
+
+from __future__ import annotations
+
+import base64
+import random
+import uuid
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from heuristics import Detector, DetectorSettings, Verdict
+from heuristics.spread import concentration, content_bytes, slow_drip
+from heuristics.state import MemoryState
+from heuristics.windows import Field, PairWindows, Window
+from tests.benign_corpus import sdk_telemetry, wire
+
+T0 = 1_797_000_000.0
+
+
+def _detector() -> tuple[Detector, DetectorSettings]:
+    return Detector(MemoryState()), DetectorSettings()
+
+
+def _b32(rng: random.Random, n: int) -> str:
+    return base64.b32encode(rng.randbytes(n)).decode().rstrip("=").lower()
+
+
+# --- content_bytes ------------------------------------------------------------------
+
+
+def test_content_bytes_charges_what_the_alphabet_carries() -> None:
+    guid = str(uuid.UUID(int=random.Random(1).getrandbits(128))).encode()
+    assert content_bytes(guid) == 16  # 32 hex digits; the dashes are free
+    assert content_bytes(b"0123456789") == 5  # ten digits, log2(10) bits each
+    assert content_bytes(b"abcdefghij234567") == 10  # base32
+
+
+def test_labels_the_domain_predicts_are_free() -> None:
+    assert content_bytes(b"1f2e3d4c.events.data", b"99aa88bb.events.data") == 4
+    assert content_bytes(b"img", b"img") == 0
+    # a changed label right of an unchanged one is still charged
+    assert content_bytes(b"x.api", b"x.cdn") == content_bytes(b"x.api")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200), st.binary(max_size=60))
+def test_content_bytes_never_exceeds_the_text(sub: bytes, previous: bytes) -> None:
+    cost = content_bytes(sub, previous)
+    assert 0 <= cost <= len(sub)
+    assert content_bytes(sub, sub) == 0 or b"" in sub.split(b".")
+
+
+# --- concentration and slow drip ------------------------------------------------------
+
+
+def test_concentration_is_the_share_of_the_largest_clients() -> None:
+    pair = PairWindows(60, 6, 86400, 24, 1024)
+    pair.long.advance(T0)
+    pair.long.add(Field.INFO, 4000)
+    pair.clients = tuple(f"10.0.0.{i}" for i in range(40))
+    even = {c: 100 for c in pair.clients}
+    assert abs(concentration(pair, even, 8) - 0.2) < 1e-9
+    few = dict(even, **{c: 1000 for c in pair.clients[:3]})
+    assert concentration(pair, few, 8) > 0.5
+    pair.clients = pair.clients[:5]
+    assert concentration(pair, {}, 8) == 1.0  # fewer clients than looked at: all of it
+
+
+def test_slow_drip_needs_budget_hours_and_fresh_names() -> None:
+    w = Window(86400, 24)
+    for hour in range(7):
+        w.advance(T0 + hour * 3600)
+        w.add(Field.QUERIES, 10)
+        w.add(Field.NEW_NAMES, 10)
+        w.add(Field.INFO, 200)
+    assert slow_drip(w, 768, 6, 0.4)
+    assert not slow_drip(w, 1024 * 2, 6, 0.4)  # not enough bytes
+    assert not slow_drip(w, 768, 8, 0.4)  # not spread over enough hours
+    w.add(Field.QUERIES, 200)  # the same names asked again and again: a pool
+    assert not slow_drip(w, 768, 6, 0.4)
+
+
+# --- the detector ------------------------------------------------------------------------
+
+
+def _feed(det: Detector, s: DetectorSettings, rows: list[tuple[float, str, bytes, int, int]]
+          ) -> dict[str, tuple[int, float, Verdict]]:
+    """Domain -> (index of the query, its time, the verdict) of the first verdict."""
+    flagged: dict[str, tuple[int, float, Verdict]] = {}
+    for i, (ts, client, qname, qtype, rcode) in enumerate(rows):
+        verdict = det.observe("ns", client, qname, qtype, ts, s)
+        det.observe_response("ns", client, qname, rcode, ts + 0.02, s)
+        if verdict is not None:
+            flagged.setdefault(verdict.domain, (i, ts, verdict))
+    return flagged
+
+
+def test_telemetry_from_forty_clients_is_not_a_channel() -> None:
+    det, s = _detector()
+    rows = sdk_telemetry(seed=13, start=T0)  # tens of KB over the namespace, ~2 KB a client
+    assert len({row[1] for row in rows}) == 40
+    assert _feed(det, s, rows) == {}
+
+
+def test_the_same_information_from_four_clients_is() -> None:
+    det, s = _detector()
+    rng = random.Random(4)
+    clients = [f"10.9.0.{i}" for i in range(1, 5)]
+    rows = []
+    for i in range(400):  # 20 bytes a name, one name every 20 s, round robin over 4 clients
+        rows.append((T0 + 20 * i, clients[i % 4], wire(f"{_b32(rng, 20)}.sync.blue-harbor.net"), 1, 0))
+    index, _, verdict = _feed(det, s, rows)["blue-harbor.net"]
+    assert "info_budget" in verdict.reasons
+    assert verdict.evidence["scope"] == "namespace"
+    assert verdict.evidence["top_clients_share"] == 1.0
+    assert 20 * (index + 1) <= 4096  # payload sent before the verdict
+
+
+def test_a_kilobyte_a_day_is_caught_within_the_day() -> None:
+    det, s = _detector()
+    rng = random.Random(1)
+    rows = []
+    for i in range(240):  # 10 bytes every 12 minutes: 1.2 KB/day, under every daily budget
+        rows.append((T0 + 720 * i + rng.uniform(-60, 60), "10.8.0.3",
+                     wire(f"{_b32(rng, 10)}.img.quiet-river.org"), 1, 0))
+    index, ts, verdict = _feed(det, s, rows)["quiet-river.org"]
+    assert ts - T0 < 86400
+    assert 10 * (index + 1) < 1200
+    assert verdict.evidence["budget_rule"] == "slow"
+    assert verdict.evidence["active_buckets"] >= s.slow_min_buckets  # type: ignore[operator]
+
+
+def test_a_pool_reasked_as_ttls_expire_is_not_a_slow_drip() -> None:
+    det, s = _detector()
+    rng = random.Random(2)
+    pool = [wire(f"{_b32(rng, 10)}.edge.pool-cdn.net") for _ in range(100)]
+    rows = []
+    for i in range(1440):  # 100 names (1 KB of random labels), one look-up a minute, all day
+        rows.append((T0 + 60 * i, "10.8.0.4", pool[rng.randrange(len(pool))], 1, 0))
+    assert _feed(det, s, rows) == {}
+
+
+def test_rotating_domains_does_not_reset_the_client_meter() -> None:
+    det, s = _detector()
+    rng = random.Random(3)
+    domains = [f"{name}.com" for name in ("amber-field", "cold-lake", "far-hill", "iron-gate", "tall-reed")]
+    rows = []
+    for i in range(400):  # 20 bytes a name, every 30 s, the next domain each query
+        rows.append((T0 + 30 * i, "10.8.0.5", wire(f"{_b32(rng, 20)}.api.{domains[i % 5]}"), 1, 0))
+    flagged = _feed(det, s, rows)
+    index, _, verdict = min(flagged.values(), key=lambda hit: hit[0])
+    assert verdict.evidence["scope"] == "client_domains"
+    # each domain alone would need the whole per-domain budget: five times as much
+    assert 20 * (index + 1) <= 4096

@@ -1,0 +1,204 @@
+"""Names are label sequences of arbitrary octets: no decision may be taken on joined text.
+
+Property tests (hypothesis) over names whose labels hold '.', '\\', NUL, '|',
+spaces and octets >= 0x80, under real public suffixes: the registrable domain
+(the domain a query is charged to) is always an ancestor of the name, cut at a
+label boundary; its text is unambiguous; a quarantine of D covers every name
+below D; exemptions match whole labels only.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+
+import dns.name
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from heuristics import Detector, DetectorSettings, name_to_text, registrable_domain
+from heuristics.names import (
+    ancestors,
+    domain_text,
+    is_subdomain,
+    labels_of,
+    registrable_wire,
+    wire_of,
+)
+from heuristics.state import MemoryState
+
+# Octets an attacker reaches for: the separator, the escape, NUL, the pair-key
+# separator, space, quote, bytes >= 0x80, and ordinary letters to build near-misses.
+_TRICKY = [0x2E, 0x5C, 0x00, 0x7C, 0x20, 0x22, 0x80, 0xFF, 0xBC, 0x61, 0x62, 0x2D, 0x30]
+
+label = st.one_of(
+    st.lists(st.sampled_from(_TRICKY), min_size=1, max_size=12).map(bytes),
+    st.binary(min_size=1, max_size=63),
+    st.sampled_from([b"evil", b"test", b"co", b"uk", b"github", b"io", b"s3", b"com", b"evil.test"]),
+)
+
+# Tails that exercise the public suffix list: plain TLDs, multi-label suffixes,
+# the private section, wildcard and exception rules, the root.
+TAILS = [
+    b"\x00",
+    b"\x04test\x00",
+    b"\x04evil\x04test\x00",
+    b"\x03com\x00",
+    b"\x02co\x02uk\x00",
+    b"\x06github\x02io\x00",
+    b"\x02s3\x09amazonaws\x03com\x00",
+    b"\x04kobe\x02jp\x00",
+    b"\x04city\x04kobe\x02jp\x00",
+    b"\x02ck\x00",
+    b"\x03www\x02ck\x00",
+    b"\x04arpa\x00",
+]
+
+
+def build(labels: list[bytes], tail: bytes) -> bytes:
+    """Wire name of ``labels`` above ``tail``, lowercased as the resolver does; cut to 255 octets."""
+    out = b"".join(bytes([len(lb)]) + lb for lb in labels) + tail
+    while len(out) > 255:
+        labels = labels[1:]
+        out = b"".join(bytes([len(lb)]) + lb for lb in labels) + tail
+    return out.lower()
+
+
+names = st.builds(build, st.lists(label, max_size=6), st.sampled_from(TAILS))
+
+
+def is_ancestor(domain: bytes, name: bytes) -> bool:
+    """Reference: ``domain``'s labels are the last labels of ``name`` (the root is everyone's)."""
+    want = labels_of(domain)
+    have = labels_of(name)
+    return len(want) <= len(have) and have[len(have) - len(want) :] == want
+
+
+@settings(max_examples=400, deadline=None)
+@given(names)
+def test_registrable_domain_is_a_label_wise_ancestor(qname: bytes) -> None:
+    domain = registrable_wire(qname)
+    assert is_ancestor(domain, qname)
+    assert domain in ancestors(qname) or domain == qname[-1:] == b"\x00"
+    assert is_subdomain(qname, domain)
+    # The text names exactly that domain: it parses back to the same labels.
+    assert wire_of(registrable_domain(qname)) == domain
+
+
+@settings(max_examples=300, deadline=None)
+@given(names, names)
+def test_presentation_text_is_unambiguous(a: bytes, b: bytes) -> None:
+    assert wire_of(name_to_text(a)) == a
+    if a != b:
+        assert name_to_text(a) != name_to_text(b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(names, names)
+def test_is_subdomain_compares_labels_not_octets(name: bytes, domain: bytes) -> None:
+    assert is_subdomain(name, domain) == is_ancestor(domain, name)
+
+
+def test_dots_inside_labels_stay_under_their_domain() -> None:
+    # \.abc.evil.test, abc\..evil.test, a\.b.evil.test: all under evil.test.
+    for labels in ([b".abc"], [b"abc."], [b"a.b"], [b"..", b"x."], [b"\\", b"\x00."]):
+        qname = build([*labels, b"evil", b"test"], b"\x00")
+        assert registrable_domain(qname) == "evil.test"
+    # A one-label name whose octets spell "evil.test" is not under test.
+    assert registrable_domain(b"\x09evil.test\x00") == "evil\\.test"
+    assert not is_subdomain(b"\x09evil.test\x00", b"\x04test\x00")
+    assert not is_subdomain(b"\x06x\x04test\x00", b"\x04test\x00")
+
+
+def flag_everything() -> DetectorSettings:
+    # Any new name with subdomain text overruns a one-byte budget: every such query is a verdict.
+    return DetectorSettings(client_budget_short_bytes=1, suppress_seconds=0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(names)
+def test_detector_charges_an_ancestor(qname: bytes) -> None:
+    detector = Detector(MemoryState())
+    verdict = detector.observe("ns", "10.0.0.1", qname, 1, 1000.0, flag_everything())
+    feats = detector.features.get(qname)
+    assert is_ancestor(feats.domain_wire, qname)
+    if verdict is not None:
+        assert is_ancestor(wire_of(verdict.domain), qname)
+        assert verdict.domain == feats.domain
+
+
+@settings(max_examples=300, deadline=None)
+@given(names, st.lists(label, min_size=1, max_size=4))
+def test_quarantine_covers_every_name_below(first: bytes, below: list[bytes]) -> None:
+    detector = Detector(MemoryState())
+    domain = registrable_wire(first)
+    detector.quarantine("ns", domain_text(domain), 2000.0)
+    under = build(below, domain)
+    if not is_ancestor(domain, under):
+        return  # the labels above had to be cut to fit 255 octets and nothing was left
+    assert detector.quarantined_name("ns", under, 1000.0)
+    assert not detector.quarantined_name("other", under, 1000.0)
+    assert not detector.quarantined_name("ns", under, 2000.0)  # expired
+
+
+def test_quarantine_does_not_leak_to_a_look_alike_label() -> None:
+    detector = Detector(MemoryState())
+    detector.quarantine("ns", "evil.test", 2000.0)
+    assert detector.quarantined_name("ns", build([b".abc"], b"\x04evil\x04test\x00"), 1000.0)
+    assert detector.quarantined_name("ns", build([b"abc."], b"\x04evil\x04test\x00"), 1000.0)
+    assert not detector.quarantined_name("ns", b"\x09evil.test\x00", 1000.0)
+    assert not detector.quarantined_name("ns", build([b"evil.test"], b"\x03com\x00"), 1000.0)
+
+
+def test_exemption_matches_whole_labels() -> None:
+    detector = Detector(MemoryState())
+    s = DetectorSettings(client_budget_short_bytes=1, exempt=("safe.example",))
+    assert detector.observe("ns", "c", wire_of("abc.safe.example"), 1, 1.0, s) is None
+    assert detector.exempted == 1
+    # "x.safe" is one label of a name under "example": not exempt, and charged to x\.safe.example.
+    tricky = build([b"data", b"x.safe"], b"\x07example\x00")
+    verdict = detector.observe("ns", "c", tricky, 1, 1.0, s)
+    assert detector.exempted == 1
+    assert verdict is not None
+    assert verdict.domain == "x\\.safe.example"
+
+
+def test_tunnel_with_dots_in_labels_is_flagged_on_its_domain() -> None:
+    rng = random.Random(9)
+    detector = Detector(MemoryState())
+    s = DetectorSettings()
+    flagged = None
+    for i in range(400):
+        chunk = base64.b32encode(rng.randbytes(25)).decode().rstrip("=").lower().encode()
+        # Dots at label edges used to make every name its own "domain".
+        labels = [b"." + chunk[:20], chunk[20:] + b".", str(i).encode()]
+        qname = build([*labels, b"evil", b"test"], b"\x00")
+        verdict = detector.observe("ns", "10.0.0.9", qname, 16, 1000.0 + i, s)
+        if verdict is not None and verdict.alert:
+            flagged = (i, verdict)
+            break
+    assert flagged is not None, "a tunnel whose labels carry dots went undetected"
+    queries, verdict = flagged
+    assert verdict.domain == "evil.test"
+    assert queries < 50
+    assert "\\." in str(verdict.evidence["qname"])
+
+
+def test_pair_keys_cannot_be_forged_with_a_bar() -> None:
+    # Without escaping, the namespace pair of domain "evil.test|::1" and the client
+    # pair of (evil.test, ::1) would share one key.
+    detector = Detector(MemoryState())
+    s = DetectorSettings()
+    forged = build([b"x", b"evil"], b"\x08test|::1\x00")
+    assert registrable_domain(forged) == "evil.test|::1"
+    detector.observe("ns", "10.0.0.1", forged, 1, 1.0, s)
+    detector.observe("ns", "::1", wire_of("y.evil.test"), 1, 1.0, s)
+    keys = list(detector.state._pairs)
+    assert len(keys) == len(set(keys))
+    assert "ns|evil.test|::1" in keys
+    assert "ns|evil.test\\124::1" in keys
+
+
+def test_wire_of_understands_escapes() -> None:
+    assert wire_of("abc\\..evil.test") == b"\x04abc.\x04evil\x04test\x00"
+    assert wire_of("\\000\\255.x") == dns.name.from_text("\\000\\255.x").to_wire().lower()

@@ -1,0 +1,92 @@
+"""UDP listener: datagrams are answered one client after another, and a flooding client's excess is shed.
+
+Real UDP sockets on loopback; the server behind the listener is a small
+in-process stand-in that answers every query at once and records the order
+(the full server is exercised in tests/integration/test_fairness.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import socket
+from typing import Any
+
+from resolver.config import Listen
+from resolver.operations import listeners
+from resolver.operations.listeners import UdpListener
+from resolver.pipeline.query import Reply
+
+
+class RecordingServer:
+    def __init__(self) -> None:
+        self.order: list[str] = []
+
+    def query(self, data: bytes, client: str, _transport: str, _listener_ns: str | None) -> Reply:
+        self.order.append(client)
+        return Reply(data, 0, "allowed")  # echo: a reply the sender can count
+
+    def track(self, _coro: Any) -> None:  # never called: every reply here is immediate
+        raise AssertionError("no upstream in this test")
+
+
+def sender(source: str) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    s.bind((source, 0))
+    return s
+
+
+def wait_readable(sock: socket.socket) -> None:
+    ready, _, _ = select.select([sock], [], [], 5.0)
+    assert ready, "nothing arrived"
+
+
+async def test_other_clients_are_answered_within_one_round() -> None:
+    server = RecordingServer()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    listener = UdpListener(server, Listen("127.0.0.1", 0), sock)  # type: ignore[arg-type]
+    try:
+        flood, steady = sender("127.0.0.2"), sender("127.0.0.3")
+        for i in range(600):
+            flood.sendto(b"F%05d" % i, listener.sockname)
+        steady.sendto(b"S", listener.sockname)
+        wait_readable(sock)
+        listener._readable()  # one turn: every queued datagram read, answered round-robin
+        assert "127.0.0.3" in server.order[:2]  # not behind the 600 that arrived first
+        while listener.queues:
+            listener._serve()
+        assert server.order.count("127.0.0.2") == 600
+        wait_readable(steady)
+        assert steady.recv(100) == b"S"
+        flood.close()
+        steady.close()
+    finally:
+        listener.close()
+
+
+async def test_a_flooding_client_beyond_its_queue_is_shed(monkeypatch: Any) -> None:
+    monkeypatch.setattr(listeners, "UDP_QUEUE_PER_CLIENT", 10)
+    monkeypatch.setattr(listeners, "UDP_ANSWER_PER_TURN", 1)
+    server = RecordingServer()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    listener = UdpListener(server, Listen("127.0.0.1", 0), sock)  # type: ignore[arg-type]
+    try:
+        flood, steady = sender("127.0.0.2"), sender("127.0.0.3")
+        for i in range(50):
+            flood.sendto(b"F%05d" % i, listener.sockname)
+        steady.sendto(b"S", listener.sockname)
+        wait_readable(sock)
+        listener._readable()
+        assert listener.shed == 50 - 10  # ten kept, the rest read and dropped; the steady client's one kept
+        while listener.queues:
+            listener._serve()
+        assert server.order.count("127.0.0.2") == 10
+        assert server.order.count("127.0.0.3") == 1
+        flood.close()
+        steady.close()
+    finally:
+        listener.close()
+        await asyncio.sleep(0)
