@@ -112,6 +112,9 @@ class Detector:
         self.deferred = 0  # queries whose estimate waited (and maybe never came)
         self.promotions = 0
         self.estimated = 0  # queries that paid for the estimate
+        # When a list, the client of every never-seen name estimated is appended to it:
+        # the live server charges that work to the client's rate-limit bucket.
+        self.estimated_for: list[str] | None = None
 
 
     # --- public API -------------------------------------------------------------
@@ -538,6 +541,8 @@ class Detector:
         deltas: list[tuple[int, int]] = []
         member: bytes | None = None
         if entry.new:
+            if self.estimated_for is not None:
+                self.estimated_for.append(entry.client)
             member = feats.digest
             # Deflate against the domain's recent text, never more than the alphabet allows.
             sub = feats.subdomain

@@ -16,7 +16,6 @@ import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from time import perf_counter
 
 from heuristics import Detector, name_to_text
 from heuristics.state import MemoryState, RedisState, State
@@ -125,6 +124,7 @@ class Pipeline:
         self.detection = DetectionStage(engine.detector, engine.alerts, deny)
         self.quarantine = QuarantineStage(engine.state.clients, self.policy, engine.alerts, deny)
         self.rate_limit = RateLimitStage(engine.limiter, engine.alerts)
+        self._charged: list[str] = []  # clients whose new names the detector estimated for this query
         cache = CacheStage(engine.cache, {name: answer_policy_scope(config, name) for name in config.namespaces})
         self.stages: tuple[Stage, ...] = (
             engine.loop,
@@ -152,12 +152,19 @@ class Pipeline:
     def handle(self, query: Query) -> Reply | Awaitable[Reply]:
         """A reply now, or an awaitable one when the query must go upstream.
 
-        The synchronous work is timed and charged to the client's rate-limit
-        bucket (see resolver/pipeline/ratelimit.py): the limit bounds work, not packets.
+        Every never-seen name the detector had to estimate on the way is charged
+        to its client's rate-limit bucket (see resolver/pipeline/ratelimit.py):
+        the limit bounds work, not packets.
         """
-        started = perf_counter()
-        reply = self.decide(query)
-        self.rate_limit.charge(query, perf_counter() - started)
+        detector = self.detection.detector
+        detector.estimated_for = charged = self._charged
+        try:
+            reply = self.decide(query)
+        finally:
+            detector.estimated_for = None
+        if charged:
+            self.rate_limit.charge(query, charged)
+            charged.clear()
         if reply is not None:
             if reply.follow is not None:
                 return self.follow(query, reply)

@@ -7,13 +7,15 @@ reply with TC=1 so a real resolver library retries over TCP (and is served
 there). A flooding client therefore costs a parse, a dict lookup and a few
 float operations per query, and cannot make the other clients wait.
 
-A token is one ordinary query. A query that costs more than ``COST_UNIT``
-seconds of the event loop (a never-seen name through the detector, say) is
-charged its cost in tokens afterwards (``RateLimitStage.charge``): a client
-asking cheap, cached names gets its ``qps``, one asking a new name each time
-gets fewer, so the limit bounds the work a client causes, not only its packets.
-Only the live server charges (``Pipeline.handle``); replay decides the same way
-it always did.
+A token is one ordinary query. The expensive path is the detector's estimate
+of a never-seen name (deflate charge, encoding test, HyperLogLog: several
+times an ordinary query); every name estimated costs its client
+``ESTIMATE_TOKENS`` more, charged after the query (``RateLimitStage.charge``).
+A client asking cheap, cached names gets its ``qps``, one asking a new name
+each time gets fewer, so the limit bounds the work a client causes, not only
+its packets. The charge counts work, not time: a server preempted by the
+machine never charges an innocent client for the stall. Only the live server
+charges (``Pipeline.handle``); replay decides the same way it always did.
 
 TCP queries are not limited by the bucket: a TCP client has proved its
 address with the handshake, is where slipped queries are meant to land, and
@@ -36,7 +38,7 @@ from resolver.pipeline.alerts import AlertHub
 from resolver.pipeline.query import Query, Reply
 from resolver.wire.message import NOERROR, truncated
 
-COST_UNIT = 50e-6  # seconds of synchronous work one token pays for; a cache hit or a denial costs less
+ESTIMATE_TOKENS = 1.0  # extra tokens a never-seen name's estimate costs its client
 
 
 @dataclass(slots=True)
@@ -121,13 +123,17 @@ class RateLimitStage:
         self.limiter.dropped[ns.name] += 1
         return Reply(None, NOERROR, "rate_limited")
 
-    def charge(self, query: Query, seconds: float) -> None:
-        """Charge a query that took ``seconds`` of synchronous work beyond its one token."""
-        if seconds <= COST_UNIT or query.transport != "udp":
-            return
+    def charge(self, query: Query, clients: list[str]) -> None:
+        """Charge ``ESTIMATE_TOKENS`` to each client in ``clients`` (one entry per name estimated).
+
+        The names were estimated while ``query`` was decided; a deferred pair's
+        names may belong to other clients of the same namespace, and each pays
+        for its own. Debt is bounded by one burst.
+        """
         ns = query.namespace
         if ns is None or ns.rate_limit.qps <= 0:
             return
         limit = ns.rate_limit
         burst = float(limit.burst or max(1.0, 2 * limit.qps))
-        self.limiter.charge(query.client, seconds / COST_UNIT - 1.0, burst)
+        for client in clients:
+            self.limiter.charge(client, ESTIMATE_TOKENS, burst)

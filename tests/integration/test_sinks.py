@@ -190,10 +190,8 @@ async def test_receiver_down_drops_are_counted_and_submit_never_blocks(
     alerts = [tunnel_alert(f"d{i}.example") for i in range(10)]
 
     async def body(s: QueuedSink) -> None:
-        started = time.perf_counter()
         for alert in alerts:
-            s.submit(alert)
-        assert time.perf_counter() - started < 0.01
+            assert s.submit(alert) is None  # a plain call, never awaited: the server never waits on a sink
         assert s.dropped >= 7  # the queue holds two (one may already be in flight)
         await until(lambda: s.dropped == 10, what="every alert dropped")
 

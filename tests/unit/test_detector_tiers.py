@@ -124,3 +124,27 @@ def test_a_flag_covers_its_domain_only_a_quarantine_covers_descendants() -> None
     assert other.domain == "other.github.io"
     detector.quarantine("ns", "github.io", 100.0)
     assert detector.quarantined_name("ns", wire("www.third.github.io"), 12.0)
+
+
+def test_estimated_names_are_reported_per_client_for_the_rate_limit() -> None:
+    """With ``estimated_for`` set, every never-seen name estimated names its own client,
+    including deferred names of other clients estimated when their pair is promoted;
+    a repeated name costs nothing; with it unset (replay), nothing is kept."""
+    settings = DetectorSettings()
+    rng = random.Random(5)
+    detector = Detector(MemoryState())
+    charged: list[str] = []
+    detector.estimated_for = charged
+    start = 1_795_300_000.0
+    names = [wire(f"{rng.randbytes(12).hex()}.x.tunnel.example") for _ in range(200)]
+    for i, qname in enumerate(names):
+        detector.observe("default", f"10.0.0.{i % 2}", qname, 16, start + i * 0.1, settings)
+    assert detector.estimated > 0
+    assert len(charged) == detector.estimated  # each estimated (new) name once
+    assert set(charged) == {"10.0.0.0", "10.0.0.1"}
+    before = len(charged)
+    detector.observe("default", "10.0.0.0", names[-1], 16, start + 30, settings)
+    assert len(charged) == before
+    detector.estimated_for = None
+    detector.observe("default", "10.0.0.0", wire("fresh123456.x.tunnel.example"), 16, start + 31, settings)
+    assert len(charged) == before

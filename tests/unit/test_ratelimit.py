@@ -150,22 +150,27 @@ def test_config_errors_name_line_and_key(tmp_path: Path, snippet: str, message: 
     assert str(err.value).startswith(str(tmp_path / message.split(":")[0]) + message[len(message.split(":")[0]):])
 
 
-def test_expensive_queries_are_charged_their_cost() -> None:
-    """A query that took 10 cost units of work takes 10 tokens: 9 charged after the one it paid."""
+def test_estimated_names_are_charged_to_their_clients() -> None:
+    """Each never-seen name the detector estimated costs its own client one token more."""
     st, ns, _out, limiter = stage(RateLimit(qps=10, burst=100, slip=2))
     q = query("10.0.0.1", 0.0, ns)
+    other = query("10.0.0.2", 0.0, ns)
     assert st.resolve(q) is None
-    st.charge(q, 10 * 50e-6)
+    assert st.resolve(other) is None
+    st.charge(q, ["10.0.0.1"] * 9)
     assert limiter.buckets["10.0.0.1"].tokens == pytest.approx(100 - 1 - 9)
-    st.charge(q, 20e-6)  # cheaper than a unit: nothing more
-    assert limiter.buckets["10.0.0.1"].tokens == pytest.approx(90)
-    st.charge(q, 1.0)  # debt is bounded by one burst
+    # a deferred pair's names estimated now: each client pays for its own
+    st.charge(q, ["10.0.0.2", "10.0.0.1"])
+    assert limiter.buckets["10.0.0.1"].tokens == pytest.approx(89)
+    assert limiter.buckets["10.0.0.2"].tokens == pytest.approx(98)
+    st.charge(q, ["10.0.0.1"] * 1000)  # debt is bounded by one burst
     assert limiter.buckets["10.0.0.1"].tokens == -100
-    st.charge(query("10.0.0.1", 0.0, ns, "tcp"), 1.0)  # TCP is never charged
+    st.charge(q, ["10.9.9.9"])  # a client with no bucket (TCP only, say) has nothing to charge
+    assert "10.9.9.9" not in limiter.buckets
     st2, ns2, _o, limiter2 = stage(RateLimit())  # no limit: nothing kept
     q2 = query("10.0.0.1", 0.0, ns2)
     st2.resolve(q2)
-    st2.charge(q2, 1.0)
+    st2.charge(q2, ["10.0.0.1"])
     assert limiter2.buckets == {}
 
 
