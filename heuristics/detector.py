@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .features import FeatureCache, NameFeatures
+from .features import FeatureCache, NameFeatures, case_bits
 from .names import DEFAULT_EXEMPTIONS, domain_text, name_to_text, wire_of
 from .settings import DetectorSettings
 from .spread import concentration, content_bytes, note_client, slow_drip
@@ -126,8 +126,13 @@ class Detector:
         qtype: int,
         now: float,
         settings: DetectorSettings,
+        raw: bytes | None = None,
     ) -> Verdict | None:
         """Account one query; return a Verdict when window evidence reaches ``alert_points``.
+
+        ``raw`` is the name as the client sent it when its letter case differs
+        from ``qname`` (lowercased): mixed-case labels carry a bit per letter,
+        which a never-seen name is charged on top of its text (features.case_bits).
 
         Three tiers, cheapest first: a (namespace, domain) already decided
         (flagged within the last short window, or quarantined) costs a counter and
@@ -201,7 +206,8 @@ class Detector:
         # Tier 2: the information estimate, encoding test and HyperLogLog, now for a
         # promoted pair, deferred (in order, exactly) for the others.
         entry = Pending(
-            qname, client, (ns_pair.short.head, ns_pair.long.head, client_pair.short.head, client_pair.long.head), new
+            qname, client, (ns_pair.short.head, ns_pair.long.head, client_pair.short.head, client_pair.long.head), new,
+            case_bits(raw, feats) if new and raw is not None else 0,
         )
         if ns_pair.promoted:
             self._estimate(tag, ns_pair, client_pair, entry, feats, derived)
@@ -220,7 +226,9 @@ class Detector:
                 self.deferred += 1
                 return None
             self._promote(tag, ns_pair, client_pair, client, derived)
-        spread_pairs = self._spread(namespace, client, feats.subdomain, now, derived.geometry) if spread else []
+        spread_pairs = (
+            self._spread(namespace, client, feats.subdomain, entry.case_bits, now, derived.geometry) if spread else []
+        )
 
         best = self._score(ns_pair, client_pair, client_rare, settings, now, spread_pairs, tag)
         if best is None:
@@ -548,7 +556,7 @@ class Detector:
             sub = feats.subdomain
             bound = content_bytes(sub, ns_pair.last_new)
             ns_pair.last_new = sub
-            deltas.append((Field.INFO, min(ns_pair.estimator.charge(sub), bound)))
+            deltas.append((Field.INFO, min(ns_pair.estimator.charge(sub), bound) + (entry.case_bits + 7) // 8))
             if feats.encoded_shape(s.encoded_label_min, s.entropy_ratio):
                 deltas.append((Field.ENCODED, 1))
         frozen = tuple(deltas)
@@ -567,7 +575,7 @@ class Detector:
                 state.record(tag, pair_key, pair, frozen, member)
 
     def _spread(
-        self, namespace: str, client: str, sub: bytes, now: float, geometry: Geometry
+        self, namespace: str, client: str, sub: bytes, case: int, now: float, geometry: Geometry
     ) -> list[PairWindows]:
         """Charge a rare domain's new name to the all-domain meters of the client and the
         namespace, each against its own recent text (rotating domains share no context),
@@ -575,7 +583,7 @@ class Detector:
         spread_pairs = []
         for key in (f"{namespace}||{client}|domains", f"{namespace}||*|domains"):
             pair = self.state.pair(key, geometry, unique=False)
-            cost = min(pair.estimator.charge(sub), content_bytes(sub, pair.last_new))
+            cost = min(pair.estimator.charge(sub), content_bytes(sub, pair.last_new)) + (case + 7) // 8
             pair.last_new = sub
             _apply(pair, now, ((Field.QUERIES, 1), (Field.NEW_NAMES, 1), (Field.INFO, cost)))
             spread_pairs.append(pair)

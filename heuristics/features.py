@@ -21,6 +21,7 @@ __all__ = [
     "LabelShape",
     "NameFeatures",
     "alphabet_of",
+    "case_bits",
     "expected_entropy",
     "features_of",
     "shannon_entropy",
@@ -72,6 +73,40 @@ def alphabet_of(label: bytes) -> str:
     if chars <= _LDH | _B64_EXTRA:
         return Alphabet.BASE64
     return Alphabet.BINARY
+
+
+_UPPER_BYTES = bytes(range(0x41, 0x5B))
+_LOWER_BYTES = bytes(range(0x61, 0x7B))
+
+
+def case_bits(raw: bytes, features: NameFeatures) -> int:
+    """Bits a client put in the letter case of a name's subdomain labels.
+
+    ``raw`` is the name as the client sent it (the same octets as the
+    lowercased ``features.qname`` but for case). A label whose letters are all
+    lower or all upper case says nothing; a label that mixes them (base64,
+    base58) can carry one bit per letter, which lowercasing threw away.
+
+    A forwarder that randomises case (DNS 0x20) mixes the case of the whole
+    name, the registrable domain included; a channel has no reason to touch its
+    own domain. So a name whose registrable domain is itself in mixed case is
+    charged nothing for case (a channel that dresses up as 0x20 is priced as it
+    was before: its case is lost, the rest of its text is not).
+    """
+    end = len(raw) - len(features.domain_wire)
+    domain = raw[end:]
+    if not (domain.islower() or domain.isupper()):
+        return 0
+    bits = 0
+    for i in features.offsets:
+        if i >= end:
+            break
+        label = raw[i + 1 : i + 1 + raw[i]]
+        if label.islower() or label.isupper():
+            continue
+        # letters = octets dropped by deleting both cases
+        bits += len(label) - len(label.translate(None, _UPPER_BYTES + _LOWER_BYTES))
+    return bits
 
 
 def shannon_entropy(data: bytes) -> float:

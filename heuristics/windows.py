@@ -215,6 +215,7 @@ class Pending:
     client: str
     heads: tuple[int, int, int, int]
     new: bool  # a never-seen name (else only a never-seen (name, rare/data qtype))
+    case_bits: int = 0  # letter case the client chose in mixed-case subdomain labels (see features.case_bits)
 
 
 @dataclass(slots=True)

@@ -296,9 +296,30 @@ def cdn_content_hashes(seed: int = 19, start: float = 1_795_300_000.0, clients: 
     return out
 
 
+def case_randomised(rows: list[tuple[float, str, bytes, int, int]], seed: int = 23,
+                    ) -> list[tuple[float, str, bytes, int, int]]:
+    """The same lookups sent through a forwarder that randomises letter case (DNS 0x20):
+    every letter of every query name is upper or lower case at random."""
+    rng = random.Random(seed)
+    out = []
+    for ts, client, qname, qtype, rcode in rows:
+        flips = rng.getrandbits(len(qname))
+        name = bytes(
+            b - 32 if 0x61 <= b <= 0x7A and flips >> i & 1 else b for i, b in enumerate(qname)
+        )
+        out.append((ts, client, name, qtype, rcode))
+    return out
+
+
 def cloud_shapes(start: float = 1_795_300_000.0) -> dict[str, list[tuple[float, str, bytes, int, int]]]:
-    """The benign cloud workloads a namespace budget mistakes for a spread channel, by name."""
+    """The benign cloud workloads a namespace budget mistakes for a spread channel, by name.
+
+    Three of them also come through a case-randomising (DNS 0x20) forwarder: mixed case
+    in a never-seen name is priced a bit per letter, and must not make telemetry a channel."""
     shapes = {f"sdk telemetry {i}": sdk_telemetry(seed=13 + i, start=start) for i in range(6)}
     shapes["unique-id beacons"] = unique_id_beacons(start=start)
     shapes["cdn content hashes"] = cdn_content_hashes(start=start)
+    shapes["sdk telemetry 0, 0x20 case"] = case_randomised(shapes["sdk telemetry 0"])
+    shapes["sdk telemetry 1, 0x20 case"] = case_randomised(shapes["sdk telemetry 1"])
+    shapes["unique-id beacons, 0x20 case"] = case_randomised(shapes["unique-id beacons"])
     return shapes

@@ -39,7 +39,12 @@ class DetectionStage:
         if enforce and self.detector.quarantined_name(ns.name, q.qname, query.now):
             self.quarantine_blocks += 1
             return self._blocked(query, ns)
-        verdict = self.detector.observe(ns.name, query.client, q.qname, q.qtype, query.now, detection.thresholds)
+        qname = q.qname
+        # The question name as sent starts at offset 12; when it differs from the
+        # lowercased name only in case, the detector prices the case too.
+        sent = query.wire[12 : 12 + len(qname)]
+        raw = sent if sent != qname and sent.lower() == qname else None
+        verdict = self.detector.observe(ns.name, query.client, qname, q.qtype, query.now, detection.thresholds, raw)
         if verdict is None:
             return None
         query.domain = verdict.domain

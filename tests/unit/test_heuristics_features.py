@@ -8,12 +8,15 @@ import string
 
 import dns.name
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from heuristics import DetectorSettings, SettingsError, name_to_text, registrable_domain
 from heuristics.features import (
     Alphabet,
     FeatureCache,
     alphabet_of,
+    case_bits,
     expected_entropy,
     features_of,
     shannon_entropy,
@@ -159,3 +162,37 @@ def test_settings_from_mapping_validates() -> None:
         with pytest.raises(SettingsError) as info:
             DetectorSettings.from_mapping(bad)
         assert info.value.key == key
+
+
+def _raw(text: str) -> bytes:
+    return dns.name.from_text(text).to_wire()  # case as written
+
+
+def test_case_bits_count_letters_of_mixed_case_labels_only() -> None:
+    raw = _raw("aBcD12eF.www.Upload.evil.test")
+    feats = features_of(raw.lower())
+    # "aBcD12eF" mixes case: 6 letters; "www" is all lower, "Upload" mixes case: 6 letters
+    assert case_bits(raw, feats) == 12
+    assert case_bits(_raw("ABCDEF.www.evil.test"), features_of(wire("abcdef.www.evil.test"))) == 0
+    assert case_bits(_raw("abc.EVIL.TEST"), features_of(wire("abc.evil.test"))) == 0  # no mixed label
+
+
+def test_case_bits_ignore_case_randomising_forwarders() -> None:
+    """DNS 0x20 mixes the registrable domain's case too: nothing is charged for case then."""
+    raw = _raw("aBcD12eF.eViL.TeSt")
+    assert case_bits(raw, features_of(raw.lower())) == 0
+
+
+@given(st.binary(min_size=1, max_size=40), st.lists(st.booleans(), min_size=40, max_size=40))
+def test_case_bits_are_bounded_by_the_letters_of_the_subdomain(label: bytes, upper: list[bool]) -> None:
+    """Whatever octets and case a client picks, the charge is at most a bit per subdomain letter."""
+    lowered = label.lower()
+    qname = bytes([len(lowered)]) + lowered + b"\x04evil\x04test\x00"
+    raw = bytes([len(label)]) + bytes(
+        b - 32 if 0x61 <= b <= 0x7A and up else b for b, up in zip(lowered, upper, strict=False)
+    ) + b"\x04evil\x04test\x00"
+    feats = features_of(qname)
+    bits = case_bits(raw, feats)
+    letters = sum(1 for b in lowered if 0x61 <= b <= 0x7A)
+    assert 0 <= bits <= letters
+    assert case_bits(qname, feats) == 0  # the lowercased name itself carries no case

@@ -153,3 +153,44 @@ def test_rotating_domains_does_not_reset_the_client_meter() -> None:
     assert verdict.evidence["scope"] == "client_domains"
     # each domain alone would need the whole per-domain budget: five times as much
     assert 20 * (index + 1) <= 4096
+
+
+def test_base64_case_is_charged_when_the_client_keeps_it() -> None:
+    """A base64 channel whose case reaches the detector is charged more information than
+    the same channel lowercased: the case is a bit per letter the deflate of lowercased
+    text cannot see. A 0x20 forwarder's mixed-case domain gets no such charge."""
+    rng = random.Random(3)
+    names = [
+        base64.urlsafe_b64encode(rng.randbytes(27)).decode().rstrip("=") + ".up.b64chan.example"
+        for _ in range(400)
+    ]
+
+    def first_alert(raw_of: object) -> tuple[int, int]:
+        det, s = _detector()
+        for i, text in enumerate(names):
+            raw = raw_of(text)  # type: ignore[operator]
+            qname = wire(text)
+            verdict = det.observe("ns", "10.0.0.7", qname, 1, T0 + i * 5.0, s, raw)
+            det.observe_response("ns", "10.0.0.7", qname, 3, T0 + i * 5.0 + 0.02, s)
+            if verdict is not None and verdict.alert:
+                return i, int(verdict.evidence["info_bytes"])  # type: ignore[call-overload]
+        raise AssertionError("never alerted")
+
+    def sent(text: str) -> bytes:
+        return _dns_name(text)
+
+    def disguised(text: str) -> bytes:
+        return _dns_name(text.replace("b64chan.example", "B64cHaN.eXaMpLe"))
+
+    lowered = first_alert(lambda _text: None)
+    kept = first_alert(sent)
+    assert kept[0] <= lowered[0]
+    # 36 base64 characters carry ~29 letters: ~3.6 more bytes a name
+    assert kept[1] >= lowered[1] + 3 * (kept[0] + 1)
+    assert first_alert(disguised) == lowered  # dressed up as 0x20: priced as before, never less
+
+
+def _dns_name(text: str) -> bytes:
+    import dns.name
+
+    return dns.name.from_text(text).to_wire()
