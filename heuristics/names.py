@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import lru_cache
 from importlib import resources
+from typing import Any
 
 from publicsuffixlist import PSLFILE, encode_idn
 
@@ -155,9 +156,27 @@ def _load_rules() -> tuple[_Rules, _Rules, _Rules, int]:
 
 
 _EXACT, _WILD, _EXCEPTION, _MAX_RULE = _load_rules()
-# The registrable domain is at most the longest rule plus one label: looking at
-# more labels than that cannot change the answer.
-_TAIL = _MAX_RULE + 2
+
+# The rules as a trie of labels read from the TLD down: a name is matched by
+# walking its labels from the right until no rule goes deeper, a few dict
+# look-ups, whatever the name's length and however many never-seen labels it
+# carries in front. Each node is [children, flags].
+_RULE_EXACT, _RULE_WILD, _RULE_EXCEPTION = 1, 2, 4
+_Node = list[Any]  # [dict[bytes, _Node], int]
+
+
+def _build_trie() -> _Node:
+    root: _Node = [{}, 0]
+    for rules, flag in ((_EXACT, _RULE_EXACT), (_WILD, _RULE_WILD), (_EXCEPTION, _RULE_EXCEPTION)):
+        for rule in rules:
+            node = root
+            for label in reversed(rule):
+                node = node[0].setdefault(label, [{}, 0])
+            node[1] |= flag
+    return root
+
+
+_TRIE = _build_trie()
 
 
 def _public_labels(labels: tuple[bytes, ...]) -> int:
@@ -166,22 +185,29 @@ def _public_labels(labels: tuple[bytes, ...]) -> int:
     Longest suffix first; at each depth an exception beats a wildcard beats an
     exact rule, as in the list's own test data (``city.kobe.jp``).
     """
-    n = len(labels)
-    for depth in range(min(n, _MAX_RULE), 0, -1):
-        suffix = labels[n - depth :]
-        if suffix in _EXCEPTION:
+    flags: list[int] = []
+    node = _TRIE
+    for label in reversed(labels):
+        child = node[0].get(label)
+        if child is None:
+            break
+        node = child
+        flags.append(child[1])
+    return _public_depth(flags, len(labels))
+
+
+def _public_depth(flags: list[int], n: int) -> int:
+    """The public suffix's depth from the rule flags met at depths 1, 2, ... of a name of n labels."""
+    for depth in range(len(flags), 0, -1):
+        flag = flags[depth - 1]
+        if not flag:
+            continue
+        if flag & _RULE_EXCEPTION:
             return depth - 1
-        if suffix in _WILD:
+        if flag & _RULE_WILD:
             return depth + 1 if depth < n else depth
-        if suffix in _EXACT:
-            return depth
+        return depth
     return 1 if n else 0
-
-
-@lru_cache(maxsize=65536)
-def _registrable_labels(tail: bytes) -> int:
-    labels = tuple(labels_of(tail))
-    return min(len(labels), _public_labels(labels) + 1)
 
 
 def registrable_offset(qname: bytes, offsets: list[int] | None = None) -> int:
@@ -198,10 +224,16 @@ def registrable_offset(qname: bytes, offsets: list[int] | None = None) -> int:
     n = len(offsets)
     if n == 0:
         return max(0, len(qname) - 1)
-    # Only the last few labels matter; keying the cache by them shares it between
-    # every name under one domain, so long tunnel names cost nothing extra.
-    start = offsets[max(0, n - _TAIL)]
-    keep = _registrable_labels(qname[start:])
+    flags: list[int] = []
+    node = _TRIE
+    for k in range(n - 1, -1, -1):
+        i = offsets[k]
+        child = node[0].get(qname[i + 1 : i + 1 + qname[i]])
+        if child is None:
+            break
+        node = child
+        flags.append(child[1])
+    keep = min(n, _public_depth(flags, n) + 1)
     return offsets[n - keep]
 
 

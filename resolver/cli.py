@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import sys
@@ -190,6 +191,21 @@ def _declared_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip documents of other kinds (Deployments ...) instead of failing")
 
 
+# The cyclic garbage collector's default (a collection every 700 net allocations,
+# the older generations every 10) keeps re-scanning the detector's long-lived
+# state: windows, feature cache, pair tables, hundreds of thousands of container
+# objects. dnsgate makes few reference cycles, so it collects the youngest
+# generation every 100,000 allocations (a fraction of a second at full load) and
+# the older ones less often; cycles are still freed, only later. Measured on
+# `dnsgate replay` of 103k mostly-unique names: 15.5 s -> 10.0 s, same peak RSS.
+GC_THRESHOLDS = (100_000, 50, 50)
+
+
+def tune_gc() -> None:
+    """Collect reference cycles less often (see GC_THRESHOLDS)."""
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="dnsgate",
@@ -285,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     diff.set_defaults(func=_diff)
 
     args = parser.parse_args(argv)
+    tune_gc()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

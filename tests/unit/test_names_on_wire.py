@@ -15,8 +15,10 @@ import random
 import dns.name
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from publicsuffixlist import PublicSuffixList
 
 from heuristics import Detector, DetectorSettings, name_to_text, registrable_domain
+from heuristics import names as _names
 from heuristics.names import (
     ancestors,
     domain_text,
@@ -26,6 +28,8 @@ from heuristics.names import (
     wire_of,
 )
 from heuristics.state import MemoryState
+
+_PSL = PublicSuffixList()
 
 # Octets an attacker reaches for: the separator, the escape, NUL, the pair-key
 # separator, space, quote, bytes >= 0x80, and ordinary letters to build near-misses.
@@ -202,3 +206,27 @@ def test_pair_keys_cannot_be_forged_with_a_bar() -> None:
 def test_wire_of_understands_escapes() -> None:
     assert wire_of("abc\\..evil.test") == b"\x04abc.\x04evil\x04test\x00"
     assert wire_of("\\000\\255.x") == dns.name.from_text("\\000\\255.x").to_wire().lower()
+
+
+# Every ASCII rule of the bundled list, in label form: names built from them hit
+# exact, wildcard and exception rules at every depth.
+_PSL_RULES = sorted(
+    rule
+    for rule in (*_names._EXACT, *_names._WILD, *_names._EXCEPTION)
+    if all(part.isascii() and part.replace(b"-", b"").isalnum() for part in rule)
+)
+
+
+@settings(max_examples=2000)
+@given(
+    st.sampled_from(_PSL_RULES),
+    st.integers(min_value=0, max_value=4),
+    st.lists(st.sampled_from([b"www", b"a1", b"x", b"s3", b"city", b"kobe", b"jp", b"uk"]), max_size=3),
+)
+def test_registrable_domain_agrees_with_the_psl_library(rule: tuple[bytes, ...], cut: int, front: list[bytes]) -> None:
+    """The label-trie walk gives the publicsuffixlist package's private suffix for names
+    made of real rules' labels (a rule, a suffix of it, labels in front)."""
+    labels = [*front, *rule[min(cut, len(rule) - 1) :]]
+    text = ".".join(part.decode() for part in labels)
+    expected = _PSL.privatesuffix(text) or text  # a public suffix is its own domain
+    assert registrable_domain(wire_of(text)) == expected
