@@ -231,6 +231,12 @@ class Collector(_CollectorBase):
                    + [((ns, "slipped"), n) for ns, n in limits["slipped"].items()]),
         )
         yield gauge("dnsgate_rate_limit_clients", "Client addresses holding a token bucket.", limits["clients"])
+        yield labelled(
+            GaugeMetricFamily, "dnsgate_rate_limited_clients",
+            "Client addresses refused a query by their rate limit in the last 60 s, by namespace.",
+            ["namespace"],
+            sorted(((ns,), limits["limited_clients"].get(ns, 0)) for ns in self.server.config.namespaces),
+        )
         listeners = self.server.stats()
         yield counter("dnsgate_udp_shed",
                       "UDP queries read and dropped: their client already had UDP_QUEUE_PER_CLIENT waiting.",

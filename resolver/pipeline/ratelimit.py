@@ -30,6 +30,7 @@ bucket again, never take one away from a well-behaved client.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ from resolver.pipeline.alerts import AlertHub
 from resolver.pipeline.query import Query, Reply
 from resolver.wire.message import NOERROR, truncated
 
+LIMITED_RECENTLY = 60.0  # seconds: a client refused a query this recently counts as limited (metrics)
 ESTIMATE_TOKENS = 1.0  # extra tokens a never-seen name's estimate costs its client
 
 
@@ -48,6 +50,8 @@ class Bucket:
     tokens: float
     stamp: float
     limited: int = 0
+    limited_at: float = 0.0  # when it was last refused a query (0: never)
+    namespace: str = ""  # the namespace whose limit refused it last
 
 
 class RateLimiter:
@@ -59,9 +63,24 @@ class RateLimiter:
         self.dropped: defaultdict[str, int] = defaultdict(int)  # namespace -> queries dropped
         self.slipped: defaultdict[str, int] = defaultdict(int)  # namespace -> TC=1 answers
 
-    def stats(self) -> dict[str, Any]:
-        """Limited queries per namespace (dropped, slipped) and the clients holding a bucket."""
-        return {"dropped": dict(self.dropped), "slipped": dict(self.slipped), "clients": len(self.buckets)}
+    def stats(self, now: float | None = None) -> dict[str, Any]:
+        """Limited queries per namespace (dropped, slipped), the clients holding a bucket, and
+        per namespace the clients refused a query within the last ``LIMITED_RECENTLY`` seconds."""
+        return {
+            "dropped": dict(self.dropped),
+            "slipped": dict(self.slipped),
+            "clients": len(self.buckets),
+            "limited_clients": self.limited_clients(time.time() if now is None else now),
+        }
+
+    def limited_clients(self, now: float, within: float = LIMITED_RECENTLY) -> dict[str, int]:
+        """Namespace -> client addresses refused a query in the ``within`` seconds before ``now``."""
+        since = now - within
+        found: defaultdict[str, int] = defaultdict(int)
+        for bucket in self.buckets.values():
+            if bucket.limited_at and bucket.limited_at >= since:
+                found[bucket.namespace] += 1
+        return dict(found)
 
     def take(self, client: str, now: float, qps: float, burst: float) -> Bucket | None:
         """Take one token for ``client``; None when it had one, else its (empty) bucket."""
@@ -80,6 +99,7 @@ class RateLimiter:
             bucket.tokens -= 1.0
             return None
         bucket.limited += 1
+        bucket.limited_at = now
         return bucket
 
     def charge(self, client: str, tokens: float, burst: float) -> None:
@@ -112,6 +132,7 @@ class RateLimitStage:
         bucket = self.limiter.take(query.client, query.now, limit.qps, burst)
         if bucket is None:
             return None
+        bucket.namespace = ns.name
         q = query.question
         self._alerts.rate_limit(
             query.now, ns.name, query.client, q.qname, q.qtype,

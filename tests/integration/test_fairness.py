@@ -109,6 +109,7 @@ def test_flooding_client_is_limited_and_others_are_not(gate: tuple[Dnsgate, int]
     assert completed == sent > 300
     text = metrics(admin)
     assert (metric_value(text, "dnsgate_rate_limited_total", namespace="agents", result="slipped") or 0) >= sent - 200
+    assert metric_value(text, "dnsgate_rate_limited_clients", namespace="agents") == 1  # the flooder, not 127.0.0.3
     alerts = [a for a in server.alerts() if a["kind"] == "rate_limit"]
     assert [a["client"] for a in alerts] == ["127.0.0.2"]  # one per limited client and window
 

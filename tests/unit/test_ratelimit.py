@@ -208,3 +208,16 @@ def test_client_table_never_exceeds_its_cap(clients: list[int], cap: int) -> Non
     for c in clients:
         limiter.take(str(c), 0.0, 1.0, 1.0)
         assert len(limiter.buckets) <= cap
+
+
+def test_limited_clients_are_counted_per_namespace_for_a_minute() -> None:
+    """The dnsgate_rate_limited_clients gauge: clients refused a query in the last 60 s."""
+    st_, ns, _out, limiter = stage(RateLimit(qps=1, burst=1, slip=0))
+    other = Namespace("builds", rate_limit=RateLimit(qps=1, burst=1, slip=0))
+    for client, space in (("10.0.0.1", ns), ("10.0.0.2", ns), ("10.0.0.3", other)):
+        st_.resolve(query(client, 100.0, space))  # the one token
+        assert st_.resolve(query(client, 100.0, space)) is not None  # refused
+    st_.resolve(query("10.0.0.4", 100.0, ns))  # within its limit: not counted
+    assert limiter.limited_clients(130.0) == {"agents": 2, "builds": 1}
+    assert limiter.stats(130.0)["limited_clients"] == {"agents": 2, "builds": 1}
+    assert limiter.limited_clients(161.0) == {}  # a minute later nobody is limited any more
