@@ -227,7 +227,7 @@ class Detector:
                 return None
             self._promote(tag, ns_pair, client_pair, client, derived)
         spread_pairs = (
-            self._spread(namespace, client, feats.subdomain, entry.case_bits, now, derived.geometry) if spread else []
+            self._spread(namespace, client, feats, entry.case_bits, now, derived.geometry) if spread else []
         )
 
         best = self._score(ns_pair, client_pair, client_rare, settings, now, spread_pairs, tag)
@@ -554,8 +554,9 @@ class Detector:
             member = feats.digest
             # Deflate against the domain's recent text, never more than the alphabet allows.
             sub = feats.subdomain
-            bound = content_bytes(sub, ns_pair.last_new)
-            ns_pair.last_new = sub
+            labels = tuple(feats.subdomain_labels())
+            bound = content_bytes(labels, ns_pair.last_new)
+            ns_pair.last_new = labels
             deltas.append((Field.INFO, min(ns_pair.estimator.charge(sub), bound) + (entry.case_bits + 7) // 8))
             if feats.encoded_shape(s.encoded_label_min, s.entropy_ratio):
                 deltas.append((Field.ENCODED, 1))
@@ -575,16 +576,18 @@ class Detector:
                 state.record(tag, pair_key, pair, frozen, member)
 
     def _spread(
-        self, namespace: str, client: str, sub: bytes, case: int, now: float, geometry: Geometry
+        self, namespace: str, client: str, feats: NameFeatures, case: int, now: float, geometry: Geometry
     ) -> list[PairWindows]:
         """Charge a rare domain's new name to the all-domain meters of the client and the
         namespace, each against its own recent text (rotating domains share no context),
         so that rotating over domains does not reset the meter."""
+        sub = feats.subdomain
+        labels = tuple(feats.subdomain_labels())
         spread_pairs = []
         for key in (f"{namespace}||{client}|domains", f"{namespace}||*|domains"):
             pair = self.state.pair(key, geometry, unique=False)
-            cost = min(pair.estimator.charge(sub), content_bytes(sub, pair.last_new)) + (case + 7) // 8
-            pair.last_new = sub
+            cost = min(pair.estimator.charge(sub), content_bytes(labels, pair.last_new)) + (case + 7) // 8
+            pair.last_new = labels
             _apply(pair, now, ((Field.QUERIES, 1), (Field.NEW_NAMES, 1), (Field.INFO, cost)))
             spread_pairs.append(pair)
         return spread_pairs

@@ -30,6 +30,7 @@ characters deflate to, so unique-ID telemetry is charged what it carries.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 
 from .features import Alphabet, alphabet_of
@@ -45,8 +46,8 @@ def _bits(size: int) -> float:
     return math.log2(size)
 
 
-def content_bytes(subdomain: bytes, previous: bytes = b"") -> int:
-    """Upper bound of the information in ``subdomain`` (labels joined by '.').
+def content_bytes(labels: Sequence[bytes], previous: Sequence[bytes] = ()) -> int:
+    """Upper bound of the information in a name's subdomain ``labels`` (wire labels, in order).
 
     Labels equal to ``previous``'s label at the same place from the right (the
     domain's last new name: ``events.data`` in ``<id>.events.data``, a parent
@@ -54,14 +55,13 @@ def content_bytes(subdomain: bytes, previous: bytes = b"") -> int:
     at '-' (GUIDs, word lists, hostnames use it between parts) and each part
     costs length x log2(its alphabet) bits; digits-only parts cost log2(10) a
     digit. Separators cost nothing: their places are what the length of the
-    parts already tells.
+    parts already tells. Labels are taken as the wire has them: a '.' inside a
+    label is one of its octets (and makes its alphabet binary), not a separator.
     """
-    labels = subdomain.split(b".")
     if previous:
-        before = previous.split(b".")
         keep = len(labels)
-        for i in range(1, min(len(labels), len(before)) + 1):
-            if labels[-i] != before[-i]:
+        for i in range(1, min(len(labels), len(previous)) + 1):
+            if labels[-i] != previous[-i]:
                 break
             keep -= 1
         labels = labels[:keep]

@@ -286,7 +286,7 @@ class PairWindows:
         self.shared = False  # set by a shared backend once it pushes this pair
         # Clients that sent never-seen names (namespace pairs only; see heuristics.spread).
         self.clients: tuple[str, ...] = ()
-        self.last_new = b""  # subdomain text of the pair's last never-seen name
+        self.last_new: tuple[bytes, ...] = ()  # subdomain labels of the pair's last never-seen name
         self.promoted = False
         self.pending: list[Pending] = []
         self.pending_bytes = 0  # subdomain octets of the pending new names
