@@ -25,13 +25,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
 
+import dns.exception
 import yaml
 
 from heuristics import DetectorSettings, SettingsError
 from heuristics.hll import HyperLogLog
+from heuristics.names import is_subdomain, wire_of
 from resolver import config as config_mod
 from resolver.config import Config, ConfigError
 from resolver.offline.capture import ANY_PORT, CaptureError, CaptureProblem, DnsPacket, read_many
@@ -577,17 +580,31 @@ def render_summary(report: ReplayReport) -> str:
 
 
 def load_labels(path: str) -> set[str]:
-    """Tunnel domains, one per line; ``#`` starts a comment."""
+    """Tunnel domains, one per line in presentation form (``\\.`` and ``\\DDD`` understood);
+    ``#`` starts a comment. Raises ValueError naming ``file:line`` for a line that is no name."""
     labels = set()
-    for raw in Path(path).read_text(encoding="utf-8").splitlines():
+    for number, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         line = raw.split("#", 1)[0].strip().lower().rstrip(".")
-        if line:
-            labels.add(line)
+        if not line:
+            continue
+        try:
+            _wire(line)
+        except dns.exception.DNSException as exc:
+            raise ValueError(f"{path}:{number}: not a domain name: {line!r} ({exc})") from None
+        labels.add(line)
     return labels
 
 
+@lru_cache(maxsize=65536)
+def _wire(text: str) -> bytes:
+    return wire_of(text)
+
+
 def _matches(domain: str, label: str) -> bool:
-    return domain == label or label.endswith("." + domain) or domain.endswith("." + label)
+    """A flagged domain and a labelled one match when either is the other or below it,
+    compared label by label on wire names (``x\\.evil.test`` is not under ``evil.test``)."""
+    flagged, labelled = _wire(domain), _wire(label)
+    return is_subdomain(flagged, labelled) or is_subdomain(labelled, flagged)
 
 
 @dataclass(slots=True)
@@ -761,7 +778,11 @@ def _run_sweep(prog: str, args: argparse.Namespace, config: Config, ports: froze
         print(f"{prog}: --sweep: expected KEY=V1,V2,..., got {args.sweep!r}", file=sys.stderr)
         return 2
     values = [yaml.safe_load(v) for v in values_text.split(",") if v.strip()]
-    labels = load_labels(args.labels) if args.labels else None
+    try:
+        labels = load_labels(args.labels) if args.labels else None
+    except (OSError, ValueError) as exc:
+        print(f"{prog}: --labels: {exc}", file=sys.stderr)
+        return 2
     rows: list[SweepRow] = []
     reports: list[ReplayReport] = []
     for value in values:
