@@ -179,25 +179,13 @@ def _build_trie() -> _Node:
 _TRIE = _build_trie()
 
 
-def _public_labels(labels: tuple[bytes, ...]) -> int:
-    """How many trailing labels form the public suffix (PSL algorithm, unknown TLD = 1).
+def _public_depth(flags: list[int], n: int) -> int:
+    """How many trailing labels form the public suffix (PSL algorithm, unknown TLD = 1),
+    from the rule flags met at depths 1, 2, ... of a name of ``n`` labels.
 
     Longest suffix first; at each depth an exception beats a wildcard beats an
     exact rule, as in the list's own test data (``city.kobe.jp``).
     """
-    flags: list[int] = []
-    node = _TRIE
-    for label in reversed(labels):
-        child = node[0].get(label)
-        if child is None:
-            break
-        node = child
-        flags.append(child[1])
-    return _public_depth(flags, len(labels))
-
-
-def _public_depth(flags: list[int], n: int) -> int:
-    """The public suffix's depth from the rule flags met at depths 1, 2, ... of a name of n labels."""
     for depth in range(len(flags), 0, -1):
         flag = flags[depth - 1]
         if not flag:
