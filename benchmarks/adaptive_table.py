@@ -16,7 +16,6 @@ Writes benchmarks/results/adaptive.json and prints markdown tables.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -29,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import save_results  # noqa: E402
 from tests.benign_corpus import benign_day, cloud_shapes, rcode_for  # noqa: E402
 from tests.tunnels.adaptive import FAMILIES, Outcome, draw, flagged_domains, percentile, score  # noqa: E402
 
@@ -150,9 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS), help=f"results JSON (default {RESULTS.relative_to(ROOT)})")
     args = p.parse_args(argv)
     result = run(args.draws, args.seed, args.benign_queries, log=lambda s: print(s, file=sys.stderr))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    out = save_results(Path(args.out), result)
     sys.stdout.write(render(result))
     print(f"\n{result['seconds']} s; results in {out}", file=sys.stderr)
     return 0

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import json
 import math
 import os
 import platform
@@ -69,6 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import save_results  # noqa: E402
 from heuristics import registrable_domain  # noqa: E402
 from resolver.offline.replay import replay, replay_config  # noqa: E402
 from resolver.pipeline.alerts import Alert  # noqa: E402
@@ -696,9 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="dnsgate-detection-") as tmp:
             result = run(Path(tmp), args.benign_queries, not args.no_variants,
                          log=lambda s: print(s, file=sys.stderr))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    out = save_results(Path(args.out), result)
     sys.stdout.write(render(result))
     print(f"\n{result['seconds']} s; results in {out}", file=sys.stderr)
     return 0

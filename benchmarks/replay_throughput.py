@@ -43,6 +43,7 @@ import dpkt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import save_results  # noqa: E402
 from tests.benign_corpus import benign_day, rcode_for  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "replay.json"
@@ -316,8 +317,7 @@ def main() -> int:
         # With most names random and new, most domains cross a budget; keep the file readable.
         "flagged_domains": tunnel_domains[:20],
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")  # again below with the big file
+    save_results(RESULTS, result)  # again below with the big file
     if args.big_gb > 0:
         big = WORK / "replay-big.pcap"
         try:
@@ -331,8 +331,7 @@ def main() -> int:
                   f"{run['seconds']:.0f}s", file=sys.stderr)
         finally:
             big.unlink(missing_ok=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    save_results(RESULTS, result)
     print(json.dumps({k: result[k] for k in ("ratio_tshark_over_replay", "flagged_domain_count")}))
     print(f"wrote {RESULTS}", file=sys.stderr)
     return 0

@@ -654,13 +654,21 @@ def _quoted(entry: str) -> str:
 # --- command line --------------------------------------------------------------------------
 
 
-def run_import(args: argparse.Namespace) -> int:
-    prog = "dnsgate import"
+def declarations_or_error(prog: str, files: list[str], args: argparse.Namespace) -> Declaration | None:
+    """Read ``files`` with the command's --namespace, --registry-map and --ignore-unknown;
+    print the error and return None when they cannot be read."""
     try:
         registry = load_registry_map(args.registry_map) if args.registry_map else None
-        declaration = load_declarations(args.files, args.namespace, registry, args.ignore_unknown)
+        return load_declarations(files, args.namespace, registry, args.ignore_unknown)
     except DeclarationError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
+        return None
+
+
+def run_import(args: argparse.Namespace) -> int:
+    prog = "dnsgate import"
+    declaration = declarations_or_error(prog, args.files, args)
+    if declaration is None:
         return 2
     sys.stdout.write(render(declaration))
     total = sum(len(v) for v in declaration.allow.values())

@@ -34,15 +34,9 @@ from heuristics import DetectorSettings, name_to_text
 from heuristics.names import wire_of
 from resolver.config import Config
 from resolver.offline.capture import is_capture
-from resolver.offline.declared import (
-    Declaration,
-    DeclarationError,
-    Source,
-    load_declarations,
-    load_registry_map,
-)
+from resolver.offline.declared import Declaration, Source, declarations_or_error
 from resolver.offline.propose import search_expansion
-from resolver.offline.replay import ProblemPrinter, build_config, capture_ports, replay, source_error
+from resolver.offline.replay import ProblemPrinter, capture_setup, replay, source_error
 from resolver.pipeline.learn import LearnBook, RedisLearnStore
 from resolver.pipeline.query import Query, Reply
 from resolver.pipeline.rpz import PolicyZone
@@ -244,15 +238,13 @@ def run_diff(args: argparse.Namespace) -> int:
     if bool(args.pcaps) == bool(args.from_redis):
         print(f"{prog}: give capture files or --from-redis URL (one of them)", file=sys.stderr)
         return 2
-    try:
-        registry = load_registry_map(args.registry_map) if args.registry_map else None
-        declaration = load_declarations(args.declared, args.namespace, registry, args.ignore_unknown)
-    except DeclarationError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+    declaration = declarations_or_error(prog, args.declared, args)
+    if declaration is None:
         return 2
-    config = build_config(prog, args)
-    if config is None:
+    setup = capture_setup(prog, args)
+    if setup is None:
         return 2
+    config, ports = setup
     if not args.config:
         # Without a config every client of the capture is in --namespace.
         default = config.namespaces["default"]
@@ -260,9 +252,6 @@ def run_diff(args: argparse.Namespace) -> int:
             config, namespaces={args.namespace: dataclasses.replace(default, name=args.namespace)},
             unknown_clients=args.namespace,
         )
-    ports = capture_ports(prog, args.port)
-    if ports is None:
-        return 2
     try:
         if args.from_redis:
             observed = observe_redis(args.from_redis, args.redis_prefix)

@@ -50,8 +50,7 @@ from resolver.config import Config
 from resolver.offline.replay import (
     ProblemPrinter,
     Progress,
-    build_config,
-    capture_ports,
+    capture_setup,
     port_hint,
     replay,
     source_error,
@@ -530,12 +529,10 @@ def run_propose(args: argparse.Namespace) -> int:
     if bool(args.pcaps) == bool(args.from_redis):
         print(f"{prog}: give capture files or --from-redis URL (one of them)", file=sys.stderr)
         return 2
-    config = build_config(prog, args)
-    if config is None:
+    setup = capture_setup(prog, args)
+    if setup is None:
         return 2
-    ports = capture_ports(prog, args.port)
-    if ports is None:
-        return 2
+    config, ports = setup
     if args.config:
         loaded = config_mod.read_document(Path(args.config).read_text(encoding="utf-8")) or {}
         raw = _absolute(loaded, Path(args.config).resolve().parent)

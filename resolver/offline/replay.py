@@ -678,6 +678,17 @@ def build_config(prog: str, args: argparse.Namespace, extra: dict[str, Any] | No
     return None
 
 
+def capture_setup(prog: str, args: argparse.Namespace) -> tuple[Config, frozenset[int]] | None:
+    """The config (``build_config``) and the ``--port`` set of a capture command; None, said on stderr, when bad."""
+    config = build_config(prog, args)
+    if config is None:
+        return None
+    ports = capture_ports(prog, args.port)
+    if ports is None:
+        return None
+    return config, ports
+
+
 def capture_ports(prog: str, given: Sequence[str] | None) -> frozenset[int] | None:
     """``--port`` values as the capture reader wants them (ANY_PORT for ``any``); None, said on stderr, when bad."""
     if not given:
@@ -720,12 +731,10 @@ def run_replay(args: argparse.Namespace) -> int:
     if args.labels and not args.sweep:
         print(f"{prog}: --labels needs --sweep", file=sys.stderr)
         return 2
-    config = build_config(prog, args)
-    if config is None:
+    setup = capture_setup(prog, args)
+    if setup is None:
         return 2
-    ports = capture_ports(prog, args.port)
-    if ports is None:
-        return 2
+    config, ports = setup
     problems = ProblemPrinter(prog, sys.stderr)
     enabled = None if args.progress == "auto" else args.progress == "always"
     try:

@@ -132,6 +132,9 @@ class Server:
     def __init__(self, config: Config, engine: Engine | None = None) -> None:
         self.config = config
         self.engine = engine or Engine.from_config(config, build_sinks(config))
+        # The live server charges the detector's work to the rate limit: the detector lists
+        # the client of every name it estimates (replay leaves this off).
+        self.engine.detector.estimated_for = []
         self.pipeline = Pipeline(config, self.engine)
         self.counters = QueryCounters()
         self.inflight: set[asyncio.Task[None]] = set()

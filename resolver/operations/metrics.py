@@ -134,6 +134,24 @@ def labelled(kind: type[Any], name: str, doc: str, labels: list[str], rows: Rows
     return family
 
 
+# Listener counters exported as they are: (metric, help, key in Server.stats() / its "tcp").
+_UDP_COUNTERS = (
+    ("dnsgate_udp_shed", "UDP queries read and dropped: their client already had UDP_QUEUE_PER_CLIENT waiting.",
+     "udp_shed"),
+    ("dnsgate_udp_send_errors", "UDP replies the socket refused (send buffer full).", "udp_send_errors"),
+)
+_TCP_COUNTERS = (
+    ("dnsgate_tcp_refused_per_client",
+     "TCP connections closed at once: the client already held its per-client cap.", "refused_per_client"),
+    ("dnsgate_tcp_evicted_idle",
+     "Idle TCP connections closed to make room for a new one at the global cap.", "evicted_idle"),
+    ("dnsgate_tcp_refused_full",
+     "TCP connections closed at once: global cap reached and no connection was idle.", "refused_full"),
+    ("dnsgate_tcp_paused",
+     "Times a TCP connection stopped being read because its unsent replies passed tcp_max_unsent.", "paused"),
+)
+
+
 class Collector(_CollectorBase):
     """Reads dnsgate's counters at scrape time; the query path never sees prometheus-client."""
 
@@ -238,24 +256,10 @@ class Collector(_CollectorBase):
             sorted(((ns,), limits["limited_clients"].get(ns, 0)) for ns in self.server.config.namespaces),
         )
         listeners = self.server.stats()
-        yield counter("dnsgate_udp_shed",
-                      "UDP queries read and dropped: their client already had UDP_QUEUE_PER_CLIENT waiting.",
-                      listeners["udp_shed"])
-        yield counter("dnsgate_udp_send_errors", "UDP replies the socket refused (send buffer full).",
-                      listeners["udp_send_errors"])
-        tcp = listeners["tcp"]
-        yield counter("dnsgate_tcp_refused_per_client",
-                      "TCP connections closed at once: the client already held its per-client cap.",
-                      tcp["refused_per_client"])
-        yield counter("dnsgate_tcp_evicted_idle",
-                      "Idle TCP connections closed to make room for a new one at the global cap.",
-                      tcp["evicted_idle"])
-        yield counter("dnsgate_tcp_refused_full",
-                      "TCP connections closed at once: global cap reached and no connection was idle.",
-                      tcp["refused_full"])
-        yield counter("dnsgate_tcp_paused",
-                      "Times a TCP connection stopped being read because its unsent replies passed tcp_max_unsent.",
-                      tcp["paused"])
+        for name, doc, key in _UDP_COUNTERS:
+            yield counter(name, doc, listeners[key])
+        for name, doc, key in _TCP_COUNTERS:
+            yield counter(name, doc, listeners["tcp"][key])
 
     def _client_quarantines(self) -> Iterator[Metric]:
         book = self.server.engine.state.clients

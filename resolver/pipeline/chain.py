@@ -124,7 +124,6 @@ class Pipeline:
         self.detection = DetectionStage(engine.detector, engine.alerts, deny)
         self.quarantine = QuarantineStage(engine.state.clients, self.policy, engine.alerts, deny)
         self.rate_limit = RateLimitStage(engine.limiter, engine.alerts)
-        self._charged: list[str] = []  # clients whose new names the detector estimated for this query
         cache = CacheStage(engine.cache, {name: answer_policy_scope(config, name) for name in config.namespaces})
         self.stages: tuple[Stage, ...] = (
             engine.loop,
@@ -152,16 +151,13 @@ class Pipeline:
     def handle(self, query: Query) -> Reply | Awaitable[Reply]:
         """A reply now, or an awaitable one when the query must go upstream.
 
-        Every never-seen name the detector had to estimate on the way is charged
+        When the detector records estimates (the live server turns that on, see
+        ``Server``), every never-seen name it had to estimate on the way is charged
         to its client's rate-limit bucket (see resolver/pipeline/ratelimit.py):
         the limit bounds work, not packets.
         """
-        detector = self.detection.detector
-        detector.estimated_for = charged = self._charged
-        try:
-            reply = self.decide(query)
-        finally:
-            detector.estimated_for = None
+        reply = self.decide(query)
+        charged = self.detection.detector.estimated_for
         if charged:
             self.rate_limit.charge(query, charged)
             charged.clear()

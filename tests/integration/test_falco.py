@@ -7,9 +7,7 @@ against the fields of Falco's JSON output that falcosidekick reads.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from datetime import datetime
 from typing import Any
 
@@ -20,21 +18,21 @@ from resolver.config import ConfigError
 from resolver.config import Sink as SinkSpec
 from resolver.operations.sinks import FalcoSink, build
 from resolver.pipeline.alerts import Alert
-from tests.support.harness import free_port
+from tests.support.http_receiver import PostReceiver
+from tests.support.sinks import deliver_all
 
 pytestmark = pytest.mark.integration
 
 FALCO_PRIORITIES = {"Emergency", "Alert", "Critical", "Error", "Warning", "Notice", "Informational", "Debug"}
 
 
-class Sidekick:
+class Sidekick(PostReceiver):
     """``POST /`` with a Falco event, as falcosidekick listens on port 2801."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.events: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
-        self.port = free_port()
-        self._runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         if request.content_type != "application/json":
@@ -42,18 +40,6 @@ class Sidekick:
         self.headers.append(dict(request.headers))
         self.events.append(json.loads(await request.read()))
         return web.Response(status=200)
-
-    async def __aenter__(self) -> Sidekick:
-        app = web.Application()
-        app.router.add_post("/", self.handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
 
 
 def alert(**over: Any) -> Alert:
@@ -71,15 +57,7 @@ def spec(**options: Any) -> SinkSpec:
 
 
 async def send(sink: FalcoSink, alerts: list[Alert]) -> None:
-    await sink.start()
-    try:
-        for a in alerts:
-            sink.submit(a)
-        deadline = time.monotonic() + 10
-        while sink.delivered + sink.dropped < len(alerts) and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-    finally:
-        await sink.close()
+    await deliver_all(sink, alerts)
     assert (sink.delivered, sink.dropped) == (len(alerts), 0)
 
 

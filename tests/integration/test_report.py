@@ -24,7 +24,7 @@ import pytest
 
 from resolver.offline.report import Timeline, time_ticks
 from resolver.pipeline.alerts import Alert
-from tests.support.harness import ensure_packages
+from tests.support.harness import ensure_packages, stop_process
 from tests.support.observability import poll
 from tests.support.upstream_servers import ROOT
 
@@ -165,13 +165,7 @@ class Chromium:
         return Page(ws, attached["sessionId"])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from resolver.operations.sinks import (
     connect_fallbacks,
 )
 from resolver.pipeline.alerts import Alert, JsonlSink
+from tests.support.http_receiver import PostReceiver
 from tests.support.observability import (
     Alertmanager,
     free_tcp_port,
@@ -73,35 +74,20 @@ async def until(check: Callable[[], bool], timeout: float = 10.0, what: str = "c
         await asyncio.sleep(0.02)
 
 
-class Receiver:
+class Receiver(PostReceiver):
     """An aiohttp HTTP server recording POSTs; ``statuses`` are answered in turn, then 200."""
 
+    path = "/hook"
+
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.statuses: list[int] = []
-        self.port = free_tcp_port()
-        self._runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         self.requests.append((dict(request.headers), await request.read()))
         status = self.statuses.pop(0) if self.statuses else 200
         return web.Response(status=status, text="ok")
-
-    async def __aenter__(self) -> Receiver:
-        app = web.Application()
-        app.router.add_post("/hook", self.handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
 
 
 async def running(sink: QueuedSink, body: Callable[[QueuedSink], Awaitable[None]]) -> None:

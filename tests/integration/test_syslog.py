@@ -14,7 +14,6 @@ import json
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,9 @@ from resolver.config import ConfigError
 from resolver.config import Sink as SinkSpec
 from resolver.operations.sinks import SyslogSink, build, sd_value
 from resolver.pipeline.alerts import Alert
-from tests.support.harness import ask, free_port
+from tests.support.harness import ask, free_port, stop_process
 from tests.support.observability import poll
+from tests.support.sinks import deliver_all
 from tests.support.upstream_servers import Unbound, basic_config, start_dnsgate
 
 pytestmark = pytest.mark.integration
@@ -130,9 +130,7 @@ action(type="omfile" file="{self.out}" template="fields")
         return [r for r in self.records() if r["app"] == "dnsgate"]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")
@@ -159,18 +157,7 @@ def spec(**options: Any) -> SinkSpec:
 
 
 def deliver(sink: SyslogSink, alerts: list[Alert]) -> None:
-    async def run() -> None:
-        await sink.start()
-        try:
-            for a in alerts:
-                sink.submit(a)
-            deadline = time.monotonic() + 10
-            while sink.delivered + sink.dropped < len(alerts) and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-        finally:
-            await sink.close()
-
-    asyncio.run(run())
+    asyncio.run(deliver_all(sink, alerts))
     assert (sink.delivered, sink.dropped) == (len(alerts), 0)
 
 

@@ -25,6 +25,18 @@ PACKAGES = {
 }
 
 
+def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None) -> None:
+    """Terminate a server the tests started and reap it; killed when it ignores SIGTERM for 10 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def which(command: str) -> str | None:
     """The command's path, looking in the sbin folders too (they are not on every PATH)."""
     found = shutil.which(command)

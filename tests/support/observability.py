@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.harness import ensure_packages, free_port
+from tests.support.harness import ensure_packages, free_port, stop_process
 
 free_tcp_port = free_port
 
@@ -86,13 +86,7 @@ class Daemon:
         return (self.workdir / f"{self.name}.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def _spawn(name: str, argv: list[str], workdir: Path, port: int) -> Daemon:

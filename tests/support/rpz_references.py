@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.harness import ensure_packages, which
+from tests.support.harness import ensure_packages, stop_process, which
 from tests.support.upstream_servers import wait_for_dns
 
 
@@ -35,13 +35,7 @@ class ReferenceServer:
             raise RuntimeError((self.workdir / "stderr.log").read_text(errors="replace")[-3000:]) from None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
 

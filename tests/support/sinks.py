@@ -1,8 +1,26 @@
-"""A sink that keeps every alert in a list: the test double of the jsonl sink for in-process tests."""
+"""Sinks in tests: one that keeps every alert in a list (the test double of the jsonl sink for
+in-process tests), and a helper that pushes alerts through a real queued sink."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from typing import Any
+
 from resolver.pipeline.alerts import Alert
+
+
+async def deliver_all(sink: Any, alerts: list[Alert], timeout: float = 10.0) -> None:
+    """Start ``sink``, submit ``alerts``, wait until each is delivered or dropped (or ``timeout``), close it."""
+    await sink.start()
+    try:
+        for alert in alerts:
+            sink.submit(alert)
+        deadline = time.monotonic() + timeout
+        while sink.delivered + sink.dropped < len(alerts) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    finally:
+        await sink.close()
 
 
 class Collected:

@@ -20,7 +20,7 @@ import dns.query
 import dns.rcode
 import pytest
 
-from tests.support.harness import ensure_packages, free_port, wait_for_dns
+from tests.support.harness import ensure_packages, free_port, stop_process, wait_for_dns
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,9 +79,7 @@ class Unbound:
         wait_for_dns(self.port, proc=self.proc)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        stop_process(self.proc)
         self.proc = None
 
     def queries(self) -> list[str]:

@@ -221,3 +221,16 @@ def test_limited_clients_are_counted_per_namespace_for_a_minute() -> None:
     assert limiter.limited_clients(130.0) == {"agents": 2, "builds": 1}
     assert limiter.stats(130.0)["limited_clients"] == {"agents": 2, "builds": 1}
     assert limiter.limited_clients(161.0) == {}  # a minute later nobody is limited any more
+
+
+def test_only_the_live_server_charges_the_detectors_work() -> None:
+    """The live server turns on the detector's record of estimated names (Pipeline.handle
+    charges them to the clients' buckets); replay's engine records nothing."""
+    from resolver.offline.replay import Replay, replay_config
+    from resolver.operations.listeners import Server
+
+    config = replay_config(None)
+    server = Server(config)
+    assert server.engine.detector.estimated_for == []
+    replay = Replay(config, [])
+    assert replay.engine.detector.estimated_for is None

@@ -8,8 +8,10 @@ in-process stand-in that answers every query at once and records the order
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 from resolver.config import Listen
@@ -42,51 +44,45 @@ def wait_readable(sock: socket.socket) -> None:
     assert ready, "nothing arrived"
 
 
-async def test_other_clients_are_answered_within_one_round() -> None:
+@contextlib.contextmanager
+def flooded(flood: int) -> Iterator[tuple[RecordingServer, UdpListener, socket.socket]]:
+    """A listener that has read ``flood`` datagrams from 127.0.0.2, then one ("S") from 127.0.0.3,
+    in one turn; yields the recording server, the listener and the steady client's socket."""
     server = RecordingServer()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     listener = UdpListener(server, Listen("127.0.0.1", 0), sock)  # type: ignore[arg-type]
+    flooder, steady = sender("127.0.0.2"), sender("127.0.0.3")
     try:
-        flood, steady = sender("127.0.0.2"), sender("127.0.0.3")
-        for i in range(600):
-            flood.sendto(b"F%05d" % i, listener.sockname)
+        for i in range(flood):
+            flooder.sendto(b"F%05d" % i, listener.sockname)
         steady.sendto(b"S", listener.sockname)
         wait_readable(sock)
         listener._readable()  # one turn: every queued datagram read, answered round-robin
+        yield server, listener, steady
+    finally:
+        flooder.close()
+        steady.close()
+        listener.close()
+
+
+async def test_other_clients_are_answered_within_one_round() -> None:
+    with flooded(600) as (server, listener, steady):
         assert "127.0.0.3" in server.order[:2]  # not behind the 600 that arrived first
         while listener.queues:
             listener._serve()
         assert server.order.count("127.0.0.2") == 600
         wait_readable(steady)
         assert steady.recv(100) == b"S"
-        flood.close()
-        steady.close()
-    finally:
-        listener.close()
 
 
 async def test_a_flooding_client_beyond_its_queue_is_shed(monkeypatch: Any) -> None:
     monkeypatch.setattr(listeners, "UDP_QUEUE_PER_CLIENT", 10)
     monkeypatch.setattr(listeners, "UDP_ANSWER_PER_TURN", 1)
-    server = RecordingServer()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    listener = UdpListener(server, Listen("127.0.0.1", 0), sock)  # type: ignore[arg-type]
-    try:
-        flood, steady = sender("127.0.0.2"), sender("127.0.0.3")
-        for i in range(50):
-            flood.sendto(b"F%05d" % i, listener.sockname)
-        steady.sendto(b"S", listener.sockname)
-        wait_readable(sock)
-        listener._readable()
+    with flooded(50) as (server, listener, _steady):
         assert listener.shed == 50 - 10  # ten kept, the rest read and dropped; the steady client's one kept
         while listener.queues:
             listener._serve()
         assert server.order.count("127.0.0.2") == 10
         assert server.order.count("127.0.0.3") == 1
-        flood.close()
-        steady.close()
-    finally:
-        listener.close()
-        await asyncio.sleep(0)
+    await asyncio.sleep(0)
