@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from hashlib import blake2b
 from pathlib import Path
 from typing import IO, Any
 
@@ -321,7 +322,8 @@ class Replay:
         if s is None:
             s = self._summaries[name] = self.summary(name if name is not None else "(refused)")
         s.queries += 1
-        s.unique.add(hash(q.qname))
+        # A keyed-per-process hash() would make the count differ from run to run.
+        s.unique.add(int.from_bytes(blake2b(q.qname, digest_size=8).digest(), "little"))
         if reply is not None:
             s.actions[reply.action] += 1
             return

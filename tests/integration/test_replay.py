@@ -5,6 +5,8 @@ contract (alert objects only) is what is tested."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import struct
 import subprocess
 import sys
@@ -276,3 +278,24 @@ def test_progress_bar_only_on_request_or_terminal() -> None:
     assert "% " in drawn.stderr
     assert "packets" in drawn.stderr
     assert drawn.stdout == quiet.stdout  # the bar never touches stdout
+
+
+def test_the_summary_and_the_alerts_are_the_same_on_every_run() -> None:
+    """Python keys hash() per process; the unique-name count must not depend on it.
+
+    Also the console entry's quick exit: every alert line reaches a pipe before it exits.
+    """
+    capture = str(CORPUS / "dns2tcp_txt_dev.pcap")  # past the sketch's exact (sparse) size
+    runs = []
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-m", "resolver.cli", "replay", capture, "--format", "jsonl"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=300,
+                             env={**os.environ, "PYTHONHASHSEED": seed})
+        assert out.returncode == 0, out.stderr
+        summary = [line for line in out.stderr.splitlines() if "unique names" in line]
+        assert summary, out.stderr
+        alerts = jsonl(out.stdout)
+        counted = int(re.search(r"and ([\d,]+) tunnel alerts", out.stderr).group(1).replace(",", ""))
+        assert len([a for a in alerts if a["kind"] == "tunnel"]) == counted
+        runs.append((summary, out.stdout))
+    assert runs[0] == runs[1]
