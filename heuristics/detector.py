@@ -21,6 +21,7 @@ __all__ = ["SEVERITIES", "Detector", "Verdict"]
 
 SEVERITIES = ("info", "warning", "high", "critical")
 _NX = 3  # RCODE NXDOMAIN
+_RARE_DOMAIN = ((Field.NEW_NAMES, 1),)  # a client's first name under a domain new to the namespace
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,12 +170,13 @@ class Detector:
         spread = False
         if new:
             deltas.append((Field.NEW_NAMES, 1))
-            ns_long = ns_pair.long.totals  # as they were before this query
+            # As they were before this query, every replica's names included.
+            ns_new = ns_pair.long.total(Field.NEW_NAMES)
             spread = (
                 note_client(ns_pair, client) <= settings.spread_clients
-                and ns_long[Field.NEW_NAMES] >= settings.spread_skip_names
+                and ns_new >= settings.spread_skip_names
                 # names of a real service are re-asked; a channel's never are
-                and ns_long[Field.NEW_NAMES] >= settings.fresh_ratio * ns_long[Field.QUERIES]
+                and ns_new >= settings.fresh_ratio * ns_pair.long.total(Field.QUERIES)
             )
             if feats.non_ldh:
                 deltas.append((Field.NON_LDH, 1))
@@ -195,10 +197,13 @@ class Detector:
             # count it and stop. Scores change only with new names, rare types and
             # responses, and the next such query re-scores the pair.
             return None
-        client_rare.long.advance(now)
-        client_rare.short.advance(now)
         if rare:
-            client_rare.long.add(Field.NEW_NAMES)
+            _apply(client_rare, now, _RARE_DOMAIN)
+            # Shared like the pairs, so that a client spread over replicas is counted once.
+            state.record(f"{namespace}||rare", "c|" + client, client_rare, _RARE_DOMAIN, None)
+        else:
+            client_rare.long.advance(now)
+            client_rare.short.advance(now)
         note = getattr(state, "note_time", None)
         if note is not None:
             note(now)
@@ -584,11 +589,18 @@ class Detector:
         sub = feats.subdomain
         labels = tuple(feats.subdomain_labels())
         spread_pairs = []
-        for key in (f"{namespace}||{client}|domains", f"{namespace}||*|domains"):
-            pair = self.state.pair(key, geometry, unique=False)
+        state = self.state
+        # The meters are shared through the state backend like the pairs (only their
+        # counters: each replica prices names against its own recent text), so a
+        # client whose queries the Service spreads over replicas fills one meter.
+        tag = f"{namespace}||domains"
+        for pair_key, key in (("c|" + client, f"{namespace}||{client}|domains"), ("n", f"{namespace}||*|domains")):
+            pair = state.pair(key, geometry, unique=False)
             cost = min(pair.estimator.charge(sub), content_bytes(labels, pair.last_new)) + (case + 7) // 8
             pair.last_new = labels
-            _apply(pair, now, ((Field.QUERIES, 1), (Field.NEW_NAMES, 1), (Field.INFO, cost)))
+            deltas = ((Field.QUERIES, 1), (Field.NEW_NAMES, 1), (Field.INFO, cost))
+            _apply(pair, now, deltas)
+            state.record(tag, pair_key, pair, deltas, None)
             spread_pairs.append(pair)
         return spread_pairs
 
