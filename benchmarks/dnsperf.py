@@ -14,6 +14,7 @@ import re
 import resource
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,50 +89,89 @@ def run(
     verbose_to: Path | None = None,
     once: bool = False,
     source: str | None = None,
+    sources: Sequence[str] = (),
 ) -> dict[str, float]:
     """One dnsperf run against 127.0.0.1:port; with verbose_to, also latency percentiles.
 
     ``source`` sends from that local address (127.0.0.x), so two runs are two clients.
+    ``sources``: one dnsperf process per address, at once, ``opts.clients`` and
+    ``max_qps`` shared out; the counts are summed and the latencies pooled. dnsgate
+    with ``workers: N`` serves each client address from one worker, so loading
+    every worker takes clients whose addresses it steers to different workers.
     """
-    argv = [
-        which("dnsperf") or "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(query_file),
-        "-T", str(opts.threads), "-c", str(opts.clients), "-q", str(opts.outstanding), "-t", str(opts.timeout),
-    ]
-    argv += ["-n", "1"] if once else ["-l", f"{duration:g}"]
-    if source is not None:
-        argv += ["-a", source]  # a loopback source address of its own: dnsgate sees another client
-    if max_qps:
-        argv += ["-Q", str(int(max_qps))]
-    if verbose_to is not None:
-        argv.append("-v")
+    groups: list[str | None] = list(sources) or [source]
+    n = len(groups)
     started = time.monotonic()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if verbose_to is not None:
-        with open(verbose_to, "w") as fh:
-            proc = subprocess.run(argv, stdout=fh, stderr=subprocess.PIPE, text=True)
-        text = verbose_to.read_text(errors="replace")
-    else:
-        proc = subprocess.run(argv, capture_output=True, text=True)
-        text = proc.stdout
-    if proc.returncode != 0:
-        raise RuntimeError(f"dnsperf failed ({proc.returncode}): {proc.stderr[-500:]}")
-    result: dict[str, float] = parse_summary(text)
+    running = []
+    for i, src in enumerate(groups):
+        clients = max(1, opts.clients // n + (1 if i < opts.clients % n else 0))
+        argv = [
+            which("dnsperf") or "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(query_file),
+            "-T", str(opts.threads), "-c", str(clients), "-q", str(opts.outstanding), "-t", str(opts.timeout),
+        ]
+        argv += ["-n", "1"] if once else ["-l", f"{duration:g}"]
+        if src is not None:
+            argv += ["-a", src]  # a loopback source address of its own: dnsgate sees another client
+        if max_qps:
+            argv += ["-Q", str(max(1, int(max_qps) // n))]
+        out_path = None
+        if verbose_to is not None:
+            argv.append("-v")
+            out_path = verbose_to if n == 1 else verbose_to.with_name(f"{verbose_to.name}.{i}")
+        fh = open(out_path, "w") if out_path is not None else None  # noqa: SIM115 (closed below)
+        proc = subprocess.Popen(argv, stdout=fh if fh is not None else subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        running.append((proc, out_path, fh))
+    texts = []
+    for proc, out_path, fh in running:
+        out, err = proc.communicate()
+        if fh is not None:
+            fh.close()
+        if proc.returncode != 0:
+            raise RuntimeError(f"dnsperf failed ({proc.returncode}): {err[-500:]}")
+        texts.append(out_path.read_text(errors="replace") if out_path is not None else out)
+    result = _pooled([parse_summary(text) for text in texts])
     result["wall_s"] = time.monotonic() - started
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     result["dnsperf_cpu_s"] = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    if n > 1:
+        result["dnsperf_processes"] = float(n)
     if max_qps:
         result["offered_qps"] = float(max_qps)
     if verbose_to is not None:
         lat = []
-        for line in text.splitlines():
-            if line.startswith("> "):
-                try:
-                    lat.append(float(line.rsplit(" ", 1)[1]))
-                except ValueError:
-                    continue
+        for text in texts:
+            for line in text.splitlines():
+                if line.startswith("> "):
+                    try:
+                        lat.append(float(line.rsplit(" ", 1)[1]))
+                    except ValueError:
+                        continue
         result.update(percentiles(lat))
         result["latency_samples"] = float(len(lat))
-        verbose_to.unlink(missing_ok=True)
+        for _, out_path, _ in running:
+            if out_path is not None:
+                out_path.unlink(missing_ok=True)
     if "mean_latency_s" in result:
         result["mean_ms"] = result["mean_latency_s"] * 1000
     return result
+
+
+def _pooled(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Several dnsperf summaries as one: counts and rates add up, the mean latency is weighted."""
+    if len(parts) == 1:
+        return parts[0]
+    out: dict[str, float] = {}
+    for key in {k for part in parts for k in part}:
+        values = [part.get(key, 0.0) for part in parts]
+        if key in ("run_time_s", "max_latency_s", "stddev_latency_s"):
+            out[key] = max(values)
+        elif key == "mean_latency_s":
+            done = [part.get("completed", 0.0) for part in parts]
+            out[key] = sum(v * d for v, d in zip(values, done, strict=True)) / (sum(done) or 1.0)
+        elif key != "lost_pct":
+            out[key] = sum(values)
+    if out.get("sent"):
+        out["lost_pct"] = 100.0 * out.get("lost", 0.0) / out["sent"]
+    return out

@@ -44,6 +44,7 @@ from benchmarks.servers import (
     export_source,
     machine_busy_seconds,
 )
+from resolver.operations import steering
 from tests.support.harness import ensure_packages, which
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -137,6 +138,25 @@ def verify_policy(port: int, allowed: list[str], denied: list[str], label: str) 
     return {"ok": not bad, "mismatches": [f"{n}: {r}" for n, r in bad[:10]]}
 
 
+def worker_sources(server: Any) -> list[str]:
+    """For dnsgate with ``workers: N``: one loopback address steered to each worker (none otherwise).
+
+    Each client address is served by one worker (resolver/operations/steering.py),
+    so a single dnsperf process would load only one of them.
+    """
+    spec = getattr(server, "spec", None)
+    workers = getattr(spec, "workers", 1)
+    if workers <= 1:
+        return []
+    chosen: dict[int, str] = {}
+    for last in range(2, 255):
+        address = f"127.0.0.{last}"
+        chosen.setdefault(steering.worker_of(address, workers), address)
+        if len(chosen) == workers:
+            break
+    return [chosen[i] for i in sorted(chosen)]
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args = args
@@ -207,7 +227,7 @@ class Bench:
         try:
             settle = self.settle()
             before, busy0 = self.cpu(), machine_busy_seconds()
-            res = dnsperf.run(server.port, self.qfile, duration, self.opts, **kw)
+            res = dnsperf.run(server.port, self.qfile, duration, self.opts, sources=worker_sources(server), **kw)
             after, busy1 = self.cpu(), machine_busy_seconds()
         finally:
             self.freeze_others(label, stop=False)
@@ -244,7 +264,7 @@ class Bench:
         workers: dict[str, object] = {"requested": a.workers}
         if a.workers > 1:
             log(f"starting dnsgate (workers: {a.workers})")
-            gate = self.start(Dnsgate(self.work / "dnsgate-workers", self.names, self.nsd.port, DnsgateSpec(f"workers{a.workers}", workers=a.workers), source=self.source))
+            gate = self.start(Dnsgate(self.work / "dnsgate-workers", self.names, self.nsd.port, DnsgateSpec(f"workers{a.workers}", workers=a.workers, clients=("127.0.0.0/8",)), source=self.source))
             time.sleep(1.0)  # give a launcher time to fork its workers before counting them
             procs = len(gate.process_tree())
             workers["processes"] = procs

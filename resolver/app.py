@@ -49,7 +49,7 @@ def prepare(config: Config) -> Prepared:
     try:
         account = privileges.account(config.user) if config.user else None
         token = admin_token(config.admin, config.path) if config.admin is not None else None
-        listeners = bind_listeners(config.listen, reuse_port=config.workers > 1)
+        listeners = bind_listeners(config.listen, config.workers)
     except (ConfigError, privileges.PrivilegeError) as exc:
         raise StartupError(str(exc)) from exc
     except ListenError as exc:
@@ -58,7 +58,7 @@ def prepare(config: Config) -> Prepared:
     try:
         if config.admin is not None:
             try:
-                admin_sock = bind_socket(Listen(config.admin.address, config.admin.port), socket.SOCK_STREAM, False)
+                admin_sock = bind_socket(Listen(config.admin.address, config.admin.port), socket.SOCK_STREAM)
             except ListenError as exc:
                 raise StartupError(f"admin: {exc.strerror}") from exc
         if account is not None or os.geteuid() != 0:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from resolver import config as config_mod
 from resolver.config import Config, ConfigError, Listen
+from resolver.operations import steering
 from resolver.operations.metrics import QueryCounters
 from resolver.operations.sinks import build_sinks, check_sinks
 from resolver.pipeline.chain import Engine, Pipeline
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dnsgate.server")
 
+TCP_BACKLOG = 100  # asyncio.start_server's own default
+
 
 class ListenError(OSError):
     """A listener could not be bound; the message names the address, port and protocol."""
@@ -70,14 +73,18 @@ class BoundListener:
     tcp: socket.socket
 
 
-def bind_listeners(listens: tuple[Listen, ...], reuse_port: bool = False) -> list[BoundListener]:
-    """Bind every listener synchronously: no event loop, no resolver threads, so privileges can go next."""
+def bind_listeners(listens: tuple[Listen, ...], workers: int = 1) -> list[BoundListener]:
+    """Bind every listener synchronously: no event loop, no resolver threads, so privileges can go next.
+
+    With ``workers`` > 1 the sockets join a SO_REUSEPORT group that sends each
+    client address to one worker (resolver/operations/steering.py).
+    """
     bound: list[BoundListener] = []
     try:
         for lst in listens:
-            udp = bind_socket(lst, socket.SOCK_DGRAM, reuse_port)
+            udp = bind_socket(lst, socket.SOCK_DGRAM, workers)
             try:
-                tcp = bind_socket(lst, socket.SOCK_STREAM, reuse_port)
+                tcp = bind_socket(lst, socket.SOCK_STREAM, workers)
             except OSError:
                 udp.close()
                 raise
@@ -90,8 +97,11 @@ def bind_listeners(listens: tuple[Listen, ...], reuse_port: bool = False) -> lis
     return bound
 
 
-def bind_socket(listen: Listen, kind: socket.SocketKind, reuse_port: bool) -> socket.socket:
-    """One bound, non-blocking socket; ListenError naming the address, port and protocol."""
+def bind_socket(listen: Listen, kind: socket.SocketKind, workers: int = 1) -> socket.socket:
+    """One bound, non-blocking socket; ListenError naming the address, port and protocol.
+
+    ``workers`` > 1: SO_REUSEPORT, steered by client address.
+    """
     family = socket.AF_INET6 if ":" in listen.address else socket.AF_INET
     sock = socket.socket(family, kind)
     try:
@@ -100,13 +110,26 @@ def bind_socket(listen: Listen, kind: socket.SocketKind, reuse_port: bool) -> so
         if family == socket.AF_INET6:
             # [::] and 0.0.0.0 can then both be listed, as with asyncio's own servers.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if reuse_port:
+        if workers > 1:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((listen.address, listen.port))
+        if workers > 1 and kind == socket.SOCK_STREAM:
+            # A TCP group takes the steering program only once listening (attached
+            # before, the kernel refuses the next worker's listen); the server's own
+            # listen() later only sets the backlog again.
+            sock.listen(TCP_BACKLOG)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
         raise ListenError(listen, "udp" if kind == socket.SOCK_DGRAM else "tcp", exc) from exc
+    if workers > 1:
+        try:
+            steering.attach(sock, workers)
+        except OSError as exc:
+            # Still serves; the kernel then spreads by 4-tuple and per-client limits are per worker.
+            log.warning("workers: cannot steer clients to one worker on %s port %d (%s): a client "
+                        "changing source ports reaches every worker's limits", listen.address, listen.port,
+                        exc.strerror or exc)
     return sock
 
 
@@ -239,12 +262,13 @@ class Server:
     async def start(self, bound: list[BoundListener] | None = None) -> None:
         """Serve on ``bound`` sockets (bound earlier, before privileges were dropped) or bind now."""
         if bound is None:
-            bound = bind_listeners(self.config.listen, reuse_port=self.config.workers > 1)
+            bound = bind_listeners(self.config.listen, self.config.workers)
         await self.engine.start()
         for b in bound:
             lst = b.listen
             self._udp.append(UdpListener(self, lst, b.udp))
-            tcp = await asyncio.start_server(functools.partial(self._tcp_client, listen=lst), sock=b.tcp)
+            tcp = await asyncio.start_server(functools.partial(self._tcp_client, listen=lst), sock=b.tcp,
+                                             backlog=TCP_BACKLOG)
             self._tcp.append(tcp)
             log.info("listening on %s port %d (udp, tcp)", lst.address, lst.port)
         self.ready = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import dns.rdatatype
 import pytest
 
 from tests.support.harness import ask
+from tests.support.observability import poll
 from tests.support.upstream_servers import (
     Dnsgate,
     Unbound,
@@ -205,6 +207,50 @@ def test_workers_share_the_port_and_stop_together(unbound_upstream: Unbound, tmp
     finally:
         assert server.stop() == 0
     assert all(not Path(f"/proc/{pid}").exists() for pid in children)
+
+
+def _udp_sockets_on(port: int) -> int:
+    """UDP sockets bound to ``port`` on this host (/proc/net/udp), to know every worker is in the group."""
+    lines = Path("/proc/net/udp").read_text().splitlines()[1:]
+    return sum(1 for line in lines if int(line.split()[1].rsplit(":", 1)[1], 16) == port)
+
+
+def test_workers_give_a_client_one_rate_limit_whatever_its_source_ports(
+    unbound_upstream: Unbound, tmp_path: Path
+) -> None:
+    """With `workers: 2` each client address is steered to one worker, so a flooder that
+    changes its source port on every query still meets one token bucket, not one per worker."""
+    port = free_port()
+    flooder = "127.0.0.9"
+    extra = ("  flood:\n    clients: [127.0.0.9/32]\n    allow: [www.allowed.test]\n"
+             "    rate_limit: {qps: 1, burst: 30, slip: 1}\n")
+    server = start_dnsgate(basic_config(port, unbound_upstream.port, extra) + "workers: 2\n", tmp_path, port)
+    try:
+        poll(lambda: _udp_sockets_on(port) == 2, what="both workers bound")
+        answered = limited = 0
+        started = time.monotonic()
+        for i in range(150):
+            query = dns.message.make_query("www.allowed.test", "A")
+            query.id = i
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.bind((flooder, 0))  # a fresh source port each time
+                sock.settimeout(3)
+                sock.sendto(query.to_wire(), ("127.0.0.1", port))
+                reply = dns.message.from_wire(sock.recv(4096))
+            if reply.flags & dns.flags.TC:
+                limited += 1
+            else:
+                assert reply.rcode() == dns.rcode.NOERROR
+                answered += 1
+        elapsed = time.monotonic() - started
+        # One bucket: its burst plus what one query a second refills. Two buckets
+        # (the kernel's 4-tuple hash) would answer about twice the burst.
+        assert answered <= 30 + elapsed + 1, (answered, elapsed)
+        assert answered >= 30
+        assert limited == 150 - answered
+        assert ask(port, "www.allowed.test").rcode() == dns.rcode.NOERROR  # another client is served
+    finally:
+        assert server.stop() == 0
 
 
 def test_ipv6_listener_and_listener_bound_namespace(unbound_upstream: Unbound, tmp_path: Path) -> None:
