@@ -18,6 +18,13 @@ Families (``draw(seed, family)``):
   below 1 KB/day are kept but reported apart (:attr:`Channel.bytes_per_day`);
 * ``words``: word-list and syllable encodings at any pace (the low-entropy evasion).
 
+A fourth family, ``rotation`` (:data:`ROTATION`), is drawn apart so that the
+three above keep their draws: one client (or 2-3), 10-60 registrable domains,
+each used for 1 or 2 names only (:attr:`Channel.names_per_domain`), then never
+again; any encoding, chunking and pace of ``bulk`` and ``slow``. The channel
+ends when its domains are used up, so it carries at most domains x names x
+what a name holds (:meth:`Channel.capacity`).
+
 Encodings: hex, base32, base64 (case kept), base58, decimal numbers, word lists
 of 16, 64, 256 and 4,096 words (pairs of words), proquint-like syllables.
 Chunking: 1-4 labels, fixed or varying length, optionally under an
@@ -43,6 +50,7 @@ from tests.tunnels.channels import WORDS
 __all__ = [
     "ENCODINGS",
     "FAMILIES",
+    "ROTATION",
     "START",
     "Channel",
     "Lookup",
@@ -80,6 +88,7 @@ ENCODINGS: dict[str, float] = {
 }
 _WORDY = ("words16", "words64", "words256", "words4096", "proquint")
 FAMILIES = ("bulk", "slow", "words")
+ROTATION = "rotation"  # drawn and reported apart: FAMILIES' draws stay as they were
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +125,7 @@ class Channel:
     domains: tuple[str, ...]
     limit_bytes: int  # payload sent at most
     limit_seconds: float  # capture time at most
+    names_per_domain: int = 0  # rotation: each domain gets this many names, then never again (0: round robin)
 
     @property
     def payload_per_query(self) -> float:
@@ -139,8 +149,14 @@ class Channel:
             f"{self.encoding} {shape}{' +parent ' + self.parent if self.parent else ''}"
             f"{' +seq' if self.counter else ''}, 1 q/{self.interval:.3g} s +-{self.jitter:.0%}, "
             f"{'NXDOMAIN' if self.rcode == NXDOMAIN else 'NOERROR'}, qtype {self.qtype}, "
-            f"{len(self.clients)} client(s), {len(self.domains)} domain(s), {self.bytes_per_day:,.0f} B/day"
+            f"{len(self.clients)} client(s), {len(self.domains)} domain(s)"
+            f"{f' x {self.names_per_domain} name(s) each' if self.names_per_domain else ''}, "
+            f"{self.bytes_per_day:,.0f} B/day"
         )
+
+    def capacity(self) -> int:
+        """Payload bytes the channel sends in all, when nothing stops it."""
+        return sum(lookup.payload for lookup in self.lookups())
 
     def lookups(self) -> Iterator[Lookup]:
         """The channel's queries in time order, until ``limit_bytes`` or ``limit_seconds``."""
@@ -152,12 +168,19 @@ class Channel:
         t = START
         end = START + self.limit_seconds
         room = 250 - len(self.parent) - 1 - max(len(d) + 2 for d in self.domains) - 8
-        while sent < self.limit_bytes and t < end:
+        per_domain = self.names_per_domain
+        last = len(self.domains) * per_domain if per_domain else math.inf
+        while sent < self.limit_bytes and t < end and seq < last:
             labels, bits = self._name_labels(rng, secret, bitpos, room)
             used = (bitpos + bits) // 8 - bitpos // 8
             bitpos += bits
-            domain = self.domains[seq % len(self.domains)]
-            client = self.clients[(seq // len(self.domains)) % len(self.clients)]
+            if per_domain:
+                # Rotation: the next domain once this one had its names; a client a domain.
+                domain = self.domains[seq // per_domain]
+                client = self.clients[(seq // per_domain) % len(self.clients)]
+            else:
+                domain = self.domains[seq % len(self.domains)]
+                client = self.clients[(seq // len(self.domains)) % len(self.clients)]
             tail = ([self.parent] if self.parent else []) + ([str(seq)] if self.counter else [])
             qname = _wire([*labels, *tail, *domain.split(".")])
             yield Lookup(t, client, qname, self.qtype, self.rcode, used, domain)
@@ -271,10 +294,18 @@ def _domain(rng: random.Random) -> str:
     return f"{rng.choice(WORDS)}{rng.choice(WORDS)}{rng.choice(('', '-', ''))}{rng.choice(WORDS)}.{rng.choice(_TLDS)}"
 
 
+def _distinct_domains(rng: random.Random, count: int) -> tuple[str, ...]:
+    """``count`` distinct registrable domains (a rotation must not come back to one by chance)."""
+    found: dict[str, None] = {}
+    while len(found) < count:
+        found[_domain(rng)] = None
+    return tuple(found)
+
+
 def draw(seed: int, family: str) -> Channel:
     """One channel with randomised parameters; the same (seed, family) gives the same channel."""
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, not {family!r}")
+    if family not in (*FAMILIES, ROTATION):
+        raise ValueError(f"family must be one of {(*FAMILIES, ROTATION)}, not {family!r}")
     rng = random.Random(f"{family}:{seed}")
     if family == "words":
         encoding = rng.choice(_WORDY)
@@ -284,11 +315,21 @@ def draw(seed: int, family: str) -> Channel:
         interval = rng.uniform(0.02, 1.0)
     elif family == "slow":
         interval = math.exp(rng.uniform(math.log(10), math.log(900)))
+    elif family == "rotation":
+        interval = rng.choice((rng.uniform(0.02, 1.0), math.exp(rng.uniform(math.log(10), math.log(900)))))
     else:
         interval = rng.choice((rng.uniform(0.05, 2.0), math.exp(rng.uniform(math.log(10), math.log(900)))))
-    clients = tuple(f"10.{40 + seed % 50}.{i}.{(seed * 13 + i) % 250 + 2}"
-                    for i in range(rng.choice((1, 1, 1, rng.randint(2, 8)))))
-    domains = tuple(_domain(rng) for _ in range(rng.choice((1, 1, 1, rng.randint(2, 5)))))
+    names_per_domain = 0
+    if family == ROTATION:
+        count = rng.choice((1, 1, 1, rng.randint(2, 3)))
+        domain_count = rng.randint(10, 60)
+        names_per_domain = rng.choice((1, 2))
+    else:
+        count = rng.choice((1, 1, 1, rng.randint(2, 8)))
+        domain_count = rng.choice((1, 1, 1, rng.randint(2, 5)))
+    clients = tuple(f"10.{40 + seed % 50}.{i}.{(seed * 13 + i) % 250 + 2}" for i in range(count))
+    domains = _distinct_domains(rng, domain_count) if family == ROTATION else tuple(
+        _domain(rng) for _ in range(domain_count))
     labels = rng.randint(1, 4)
     symbols = rng.randint(1, 4) if encoding != "proquint" else rng.randint(1, 3)
     label_len = rng.choice((rng.randint(8, 24), rng.randint(24, 63)))
@@ -316,6 +357,7 @@ def draw(seed: int, family: str) -> Channel:
         domains=domains,
         limit_bytes=32_768,
         limit_seconds=3 * 86400.0,
+        names_per_domain=names_per_domain,
     )
 
 

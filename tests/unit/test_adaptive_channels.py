@@ -7,11 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.benign_corpus import cloud_shapes
-from tests.tunnels.adaptive import ENCODINGS, FAMILIES, START, draw, percentile, score
+from tests.tunnels.adaptive import ENCODINGS, FAMILIES, ROTATION, START, draw, percentile, score
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 10_000), family=st.sampled_from(FAMILIES))
+@given(seed=st.integers(0, 10_000), family=st.sampled_from((*FAMILIES, ROTATION)))
 def test_every_draw_is_valid_dns_and_carries_what_it_says(seed: int, family: str) -> None:
     channel = draw(seed, family)
     assert channel == draw(seed, family)  # seeded: the same draw every time
@@ -31,8 +31,26 @@ def test_every_draw_is_valid_dns_and_carries_what_it_says(seed: int, family: str
         assert i == 0 or lookup.ts > START
     # Every name is new (a repeated name would be answered from a cache), and the
     # payload accounted is what the encoding can carry.
-    assert len(names) == 40
-    assert total >= 40 * min(1.0, channel.payload_per_query * 0.3)
+    count = min(40, len(channel.domains) * channel.names_per_domain) if channel.names_per_domain else 40
+    assert len(names) == count
+    assert total >= count * min(1.0, channel.payload_per_query * 0.3)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_a_rotation_gives_each_domain_its_names_then_moves_on(seed: int) -> None:
+    channel = draw(seed, ROTATION)
+    assert 10 <= len(channel.domains) == len(set(channel.domains)) <= 60
+    assert 1 <= len(channel.clients) <= 3
+    per_domain: dict[str, int] = {}
+    order: list[str] = []
+    for lookup in channel.lookups():
+        per_domain[lookup.domain] = per_domain.get(lookup.domain, 0) + 1
+        if not order or order[-1] != lookup.domain:
+            assert lookup.domain not in order  # never comes back to a domain
+            order.append(lookup.domain)
+    assert max(per_domain.values()) <= channel.names_per_domain <= 2
+    assert channel.capacity() == sum(lookup.payload for lookup in channel.lookups())
 
 
 def test_words_look_like_words() -> None:
