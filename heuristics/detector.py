@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from .features import FeatureCache, NameFeatures, case_bits
 from .names import DEFAULT_EXEMPTIONS, domain_text, name_to_text, wire_of
 from .settings import DetectorSettings
-from .spread import concentration, content_bytes, note_client, slow_drip
+from .spread import concentration, content_bytes, first_name_charge, note_client, slow_drip
 from .state import Geometry, State
 from .windows import Field, PairWindows, Pending, Window
 
@@ -168,16 +168,28 @@ class Detector:
         deltas: list[tuple[int, int]] = [(Field.QUERIES, 1)]
         new = state.first_sight((namespace, feats.digest))
         spread = False
+        free = 0  # what the name carries free in the all-domain meters
+        case = 0
         if new:
             deltas.append((Field.NEW_NAMES, 1))
+            if raw is not None:
+                case = case_bits(raw, feats)
             # As they were before this query, every replica's names included.
             ns_new = ns_pair.long.total(Field.NEW_NAMES)
-            spread = (
+            if (
                 note_client(ns_pair, client) <= settings.spread_clients
-                and ns_new >= settings.spread_skip_names
                 # names of a real service are re-asked; a channel's never are
                 and ns_new >= settings.fresh_ratio * ns_pair.long.total(Field.QUERIES)
-            )
+            ):
+                if ns_new >= settings.spread_skip_names:
+                    spread = True
+                else:
+                    # One of the domain's first names: charged what it carries beyond
+                    # spread_free_bytes (spread.first_name_charge), so that a rotation
+                    # over domains with a few names each is metered; a site's www, cdn,
+                    # _dmarc or DKIM selector carries less and costs nothing here.
+                    free = settings.spread_free_bytes
+                    spread = first_name_charge(feats, case, free) > 0
             if feats.non_ldh:
                 deltas.append((Field.NON_LDH, 1))
             if feats.max_label >= settings.long_label:
@@ -212,7 +224,7 @@ class Detector:
         # promoted pair, deferred (in order, exactly) for the others.
         entry = Pending(
             qname, client, (ns_pair.short.head, ns_pair.long.head, client_pair.short.head, client_pair.long.head), new,
-            case_bits(raw, feats) if new and raw is not None else 0,
+            case,
         )
         if ns_pair.promoted:
             self._estimate(tag, ns_pair, client_pair, entry, feats, derived)
@@ -232,7 +244,7 @@ class Detector:
                 return None
             self._promote(tag, ns_pair, client_pair, client, derived)
         spread_pairs = (
-            self._spread(namespace, client, feats, entry.case_bits, now, derived.geometry) if spread else []
+            self._spread(namespace, client, feats, case, free, now, derived.geometry) if spread else []
         )
 
         best = self._score(ns_pair, client_pair, client_rare, settings, now, spread_pairs, tag)
@@ -581,11 +593,13 @@ class Detector:
                 state.record(tag, pair_key, pair, frozen, member)
 
     def _spread(
-        self, namespace: str, client: str, feats: NameFeatures, case: int, now: float, geometry: Geometry
+        self, namespace: str, client: str, feats: NameFeatures, case: int, free: int, now: float,
+        geometry: Geometry,
     ) -> list[PairWindows]:
         """Charge a rare domain's new name to the all-domain meters of the client and the
         namespace, each against its own recent text (rotating domains share no context),
-        so that rotating over domains does not reset the meter."""
+        so that rotating over domains does not reset the meter. ``free``: bytes of the
+        charge left out (one of the domain's first names)."""
         sub = feats.subdomain
         labels = tuple(feats.subdomain_labels())
         spread_pairs = []
@@ -597,6 +611,7 @@ class Detector:
         for pair_key, key in (("c|" + client, f"{namespace}||{client}|domains"), ("n", f"{namespace}||*|domains")):
             pair = state.pair(key, geometry, unique=False)
             cost = min(pair.estimator.charge(sub), content_bytes(labels, pair.last_new)) + (case + 7) // 8
+            cost = max(0, cost - free)
             pair.last_new = labels
             deltas = ((Field.QUERIES, 1), (Field.NEW_NAMES, 1), (Field.INFO, cost))
             _apply(pair, now, deltas)

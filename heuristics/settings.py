@@ -151,7 +151,8 @@ class DetectorSettings:
     fresh_ratio: Ratio = 0.4  # ... in names not re-asked: new names / queries at least this
     spread_clients: Count = 8  # the largest contributors a namespace budget looks at
     concentration: Ratio = 0.5  # their share of the information for the namespace budget to count
-    spread_skip_names: Count = 3  # new names of a domain before it counts in the client's all-domain meter
+    spread_skip_names: Count = 3  # a domain's first new names, charged to the all-domain meters...
+    spread_free_bytes: Count = 24  # ... only beyond this many bytes each (www, _dmarc, DKIM selectors: free)
 
     # --- name shape -------------------------------------------------------
     encoded_label_min: Count = 10  # shortest label judged as possibly encoded

@@ -18,9 +18,13 @@ because it is asked only about never-seen names:
 * **Over domains** (rotation): a client rotating its channel over several rare
   domains resets each domain's meter. A per-client meter over every rare
   domain (asked by at most ``spread_clients`` clients of the namespace) charges
-  each new name against the client's own recent text, from the
-  ``spread_skip_names``-th new name of a domain on (a browser's first names of
-  a site, a mail server's DKIM and DMARC look-ups per sender are free).
+  each new name against the client's own recent text. A domain's first
+  ``spread_skip_names`` new names are charged only what they carry beyond
+  ``spread_free_bytes`` each (:func:`first_name_charge`): a browser's first
+  names of a site (``www``, ``cdn``), a mail server's DKIM and DMARC look-ups
+  per sender carry a few bytes and are free; a channel rotating over many
+  domains with one or two names each carries a hundred bytes a name and pays
+  for all but the allowance.
 
 :func:`content_bytes` bounds the charge of a name by what its alphabet can
 carry: a GUID is 16 bytes of information, not the ~28 its 36 hex-and-dash
@@ -33,10 +37,18 @@ import math
 from collections.abc import Sequence
 from functools import lru_cache
 
-from .features import Alphabet, alphabet_of
+from .features import Alphabet, NameFeatures, alphabet_of
 from .windows import Field, PairWindows, Window
 
-__all__ = ["MAX_CLIENTS", "active_buckets", "concentration", "content_bytes", "note_client", "slow_drip"]
+__all__ = [
+    "MAX_CLIENTS",
+    "active_buckets",
+    "concentration",
+    "content_bytes",
+    "first_name_charge",
+    "note_client",
+    "slow_drip",
+]
 
 MAX_CLIENTS = 64  # clients remembered per (namespace, domain); beyond, it is "many"
 
@@ -75,6 +87,23 @@ def content_bytes(labels: Sequence[bytes], previous: Sequence[bytes] = ()) -> in
                 continue
             bits += len(part) * _bits(Alphabet.SIZE[alphabet_of(part)])
     return math.ceil(bits / 8)
+
+
+def first_name_charge(feats: NameFeatures, case: int, free: int) -> int:
+    """At most what one of a domain's first new names costs in the all-domain meters.
+
+    Its text bound (:func:`content_bytes`, no label predicted) plus ``case``
+    bits of letter case, less the ``free`` allowance; never negative. The meters
+    charge at most this (deflate and the client's last name only lower it). A
+    name whose octets and case cannot exceed the allowance (``www``, ``_dmarc``,
+    ``selector1._domainkey``) is answered from its length alone.
+    """
+    sub = feats.subdomain
+    extra = (case + 7) // 8
+    if len(sub) + extra <= free:  # content_bytes never exceeds the octets
+        return 0
+    labels = feats.subdomain_labels()
+    return max(0, content_bytes(labels) + extra - free)
 
 
 def note_client(pair: PairWindows, client: str) -> int:
