@@ -296,6 +296,47 @@ def cdn_content_hashes(seed: int = 19, start: float = 1_795_300_000.0, clients: 
     return out
 
 
+_SITE_NAMES = ("www", "cdn", "api", "static", "img", "m", "login", "assets", "fonts", "media", "app", "auth")
+_SELECTORS = ("selector1", "selector2", "google", "s1", "k1", "default", "mail", "dkim")
+_B32 = string.ascii_lowercase + "234567"
+
+
+def first_names(seed: int = 29, start: float = 1_795_300_000.0, sites: int = 3000, senders: int = 2000,
+                hours: float = 24.0) -> list[tuple[float, str, bytes, int, int]]:
+    """The first names of many never-seen domains, from two clients of one namespace, over ``hours``.
+
+    A browser visits ``sites`` sites once each and asks 1-3 of their ordinary host names
+    (``www``, ``cdn``, ``api`` ...), A and AAAA. A mail server checks ``senders`` sender
+    domains once each: the DKIM key (a named selector, or a third of the time a 32-character
+    token of the kind a bulk-mail service publishes), ``_dmarc`` and SPF (TXT), MX. Each
+    domain gets at most three never-seen names: what a channel rotating over domains looks
+    like by count, but each name carries a few bytes (a token ~20), not a hundred."""
+    rng = random.Random(seed)
+    browser, mail_server = "10.63.0.10", "10.63.0.25"
+    tlds = ("com", "net", "org", "io", "de", "co.uk", "fr", "nl")
+    domains: set[str] = set()
+    while len(domains) < sites + senders:
+        domains.add(f"{rng.choice(_WORDS)}{rng.choice(_WORDS)}{rng.randint(1, 9999)}.{rng.choice(tlds)}")
+    ordered = sorted(domains)
+    rng.shuffle(ordered)
+    out = []
+    for site in ordered[:sites]:
+        ts = start + rng.random() * hours * 3600
+        for host in rng.sample(_SITE_NAMES, rng.randint(1, 3)):
+            for qtype in (A, AAAA):
+                out.append((ts, browser, wire(f"{host}.{site}"), qtype, NOERROR))
+            ts += rng.uniform(0.05, 2.0)
+    for sender in ordered[sites:]:
+        ts = start + rng.random() * hours * 3600
+        selector = _rand(rng, 32, _B32) if rng.random() < 1 / 3 else rng.choice(_SELECTORS)
+        for name, qtype in ((f"{selector}._domainkey.{sender}", TXT), (f"_dmarc.{sender}", TXT),
+                            (sender, TXT), (sender, MX)):
+            out.append((ts, mail_server, wire(name), qtype, NOERROR))
+            ts += rng.uniform(0.01, 0.2)
+    out.sort(key=lambda row: row[0])
+    return out
+
+
 def case_randomised(rows: list[tuple[float, str, bytes, int, int]], seed: int = 23,
                     ) -> list[tuple[float, str, bytes, int, int]]:
     """The same lookups sent through a forwarder that randomises letter case (DNS 0x20):
@@ -322,4 +363,5 @@ def cloud_shapes(start: float = 1_795_300_000.0) -> dict[str, list[tuple[float, 
     shapes["sdk telemetry 0, 0x20 case"] = case_randomised(shapes["sdk telemetry 0"])
     shapes["sdk telemetry 1, 0x20 case"] = case_randomised(shapes["sdk telemetry 1"])
     shapes["unique-id beacons, 0x20 case"] = case_randomised(shapes["unique-id beacons"])
+    shapes["first names of many domains"] = first_names(start=start)
     return shapes
