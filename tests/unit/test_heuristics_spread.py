@@ -10,10 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from heuristics import Detector, DetectorSettings, Verdict
-from heuristics.spread import concentration, content_bytes, slow_drip
+from heuristics.features import NameFeatures
+from heuristics.spread import concentration, content_bytes, first_name_charge, slow_drip
 from heuristics.state import MemoryState
 from heuristics.windows import Field, PairWindows, Window
-from tests.benign_corpus import sdk_telemetry, wire
+from tests.benign_corpus import first_names, sdk_telemetry, wire
 
 T0 = 1_797_000_000.0
 
@@ -206,3 +207,77 @@ def _dns_name(text: str) -> bytes:
     import dns.name
 
     return dns.name.from_text(text).to_wire()
+
+
+# --- rotation over many domains, a few names each --------------------------------------
+
+
+def _rotation(rng: random.Random, domains: int, per_domain: int, every: float, labels: int = 3
+              ) -> list[tuple[float, str, bytes, int, int]]:
+    """One client, ``domains`` never-seen domains with ``per_domain`` names each, 30 bytes of
+    base32 a label, then never again."""
+    rows = []
+    for i in range(domains * per_domain):
+        data = ".".join(_b32(rng, 30) for _ in range(labels))
+        rows.append((T0 + every * i, "10.8.0.6", wire(f"{data}.sync{i // per_domain}-relay.net"), 1, 0))
+    return rows
+
+
+def _first(flagged: dict[str, tuple[int, float, Verdict]]) -> tuple[int, float, Verdict]:
+    return min(flagged.values(), key=lambda hit: hit[0])
+
+
+def test_rotating_over_many_domains_with_two_names_each_is_charged() -> None:
+    """The first ``spread_skip_names`` names of a domain used to be free in the all-domain
+    meters: 60 domains x 2 names of 90 bytes (10.8 KB) went by unmetered."""
+    det, s = _detector()
+    rows = _rotation(random.Random(5), domains=60, per_domain=2, every=1.0)
+    index, _, verdict = _first(_feed(det, s, rows))
+    assert verdict.evidence["scope"] == "client_domains"
+    assert "info_budget" in verdict.reasons
+    assert verdict.evidence["new_names"] == index + 1  # every name of the rotation was metered
+    assert 90 * (index + 1) <= 4096
+
+
+def test_a_slow_rotation_with_one_name_a_domain_is_caught_within_the_day() -> None:
+    det, s = _detector()
+    rows = _rotation(random.Random(6), domains=60, per_domain=1, every=900.0)  # 90 B every 15 min
+    index, ts, verdict = _first(_feed(det, s, rows))
+    assert verdict.evidence["scope"] == "client_domains"
+    assert verdict.evidence["budget_rule"] == "slow"
+    assert ts - T0 < 86400
+    assert 90 * (index + 1) <= 4096
+
+
+def test_first_names_of_many_sites_and_senders_are_free() -> None:
+    """A browser's www/cdn/api of 3,000 sites and a mail server's DKIM (named selectors and
+    bulk-mail tokens) and DMARC look-ups for 2,000 senders, in one day: no verdict."""
+    det, s = _detector()
+    assert _feed(det, s, first_names()) == {}
+
+
+def test_a_first_name_is_charged_only_what_it_carries_beyond_the_allowance() -> None:
+    www = NameFeatures(wire("www.example.com"))
+    dkim = NameFeatures(wire("selector1._domainkey.example.com"))
+    token = NameFeatures(wire(f"{_b32(random.Random(7), 20)}._domainkey.example.com"))
+    channel = NameFeatures(wire(".".join(_b32(random.Random(8), 30) for _ in range(3)) + ".example.com"))
+    assert first_name_charge(www, 0, 24) == first_name_charge(dkim, 0, 24) == 0
+    assert first_name_charge(token, 0, 24) <= 4  # a 32-character token: 20 bytes and a label
+    assert first_name_charge(channel, 0, 24) == 90 - 24
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.binary(min_size=1, max_size=63), min_size=1, max_size=3),
+    st.integers(0, 400),
+    st.integers(0, 200),
+)
+def test_a_first_names_charge_is_never_negative_nor_above_what_it_carries(
+    labels: list[bytes], case: int, free: int
+) -> None:
+    qname = b"".join(bytes([len(label)]) + label for label in labels) + wire("example.com")
+    feats = NameFeatures(qname)
+    carried = content_bytes(feats.subdomain_labels()) + (case + 7) // 8
+    charge = first_name_charge(feats, case, free)
+    assert 0 <= charge <= carried
+    assert charge == max(0, carried - free)
