@@ -11,9 +11,9 @@ Queries are 1 ms apart unless said otherwise.
 * new names, one tunnel domain: base32 labels under one domain, TXT (the
   unique-name flood: the domain is flagged early and stays flagged);
 * new names, quiet domains: 3 never-seen names under each of many domains
-  (ordinary browsing: no domain ever looks suspicious; past
-  ``spread_skip_names`` new names the all-domain meters of heuristics/spread.py
-  start to charge a domain);
+  (ordinary browsing: no domain ever looks suspicious; its first
+  ``spread_skip_names`` names are short, under ``spread_free_bytes``, and cost
+  the all-domain meters of heuristics/spread.py nothing);
 * new names, busy benign domain: counters under one domain from 50 clients,
   A, one a second (suspicious by volume: the names pay for the full estimate).
 """
