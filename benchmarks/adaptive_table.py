@@ -15,6 +15,10 @@ comparable with earlier runs. Its draws carry at most what their domains' names
 hold (a few hundred bytes to ~10 KB): the rows split them at 4 KB carried in
 all, and say the most a missed draw sent.
 
+The ``clients`` family (one channel spread over 9-48 clients of one namespace,
+1-2 domains, round robin or a client at random per name) is drawn and reported
+apart as well, with the same columns as rotation.
+
 Run:  .venv/bin/python -m benchmarks.adaptive_table [--draws 100] [--seed 0] [--benign-queries 120000]
 Writes benchmarks/results/adaptive.json and prints markdown tables.
 """
@@ -38,6 +42,7 @@ from benchmarks import save_results  # noqa: E402
 from tests.benign_corpus import benign_day, cloud_shapes, rcode_for  # noqa: E402
 from tests.tunnels.adaptive import (  # noqa: E402
     FAMILIES,
+    MANY_CLIENTS,
     ROTATION,
     Outcome,
     draw,
@@ -122,6 +127,26 @@ def run(draws: int, seed: int, benign_queries: int, log: Callable[[str], None]) 
         _group([o for o in rotation if o.channel.interval >= 10], "rotation, paced >= 10 s"),
     ]
 
+    spread: list[Outcome] = []
+    for i in range(draws):
+        outcome = score(draw(seed + i, MANY_CLIENTS))
+        spread.append(outcome)
+        if outcome.other_flagged:
+            log(f"  {MANY_CLIENTS}#{seed + i}: also flagged {outcome.other_flagged}")
+    log(f"  {MANY_CLIENTS}: {draws} draws in {time.monotonic() - started:.0f} s")
+    spread_groups = [
+        _group(spread, "clients: 9-48 clients of one namespace, 1-2 domains"),
+        _group([o for o in spread if len(o.channel.clients) <= 16], "clients, 9-16 clients"),
+        _group([o for o in spread if len(o.channel.clients) > 16], "clients, 17-48 clients"),
+        _group([o for o in spread if o.channel.interval < 10], "clients, bulk (< 10 s between queries)"),
+        _group([o for o in spread if o.channel.interval >= 10 and o.channel.bytes_per_day >= 1024],
+               "clients, paced >= 10 s, >= 1 KB/day"),
+        _group([o for o in spread if o.channel.encoding.startswith(("words", "proquint"))],
+               "clients, word lists and syllables"),
+        _group([o for o in spread if o.channel.rcode == 0], "clients, NOERROR answers"),
+        _group([o for o in spread if o.channel.random_clients], "clients, a client at random per name"),
+    ]
+
     benign: list[dict[str, Any]] = []
     shapes = cloud_shapes()
     if benign_queries:
@@ -142,6 +167,7 @@ def run(draws: int, seed: int, benign_queries: int, log: Callable[[str], None]) 
         "groups": groups,
         "encodings": by_encoding,
         "rotation": rotation_groups,
+        "clients": spread_groups,
         "benign": benign,
         "seconds": round(time.monotonic() - started, 1),
     }
@@ -165,9 +191,9 @@ def render(result: dict[str, Any]) -> str:
             out.append(f"| {g['group']} | {g['draws']} | {g['detected']} | {g['within_4kb']} | {g['within_day']} "
                        f"| {_b(g['median_bytes'])} | {_b(g['p90_bytes'])} | {_b(g['worst_bytes'])} "
                        f"| {_h(g['median_seconds'])} | {_h(g['worst_seconds'])} |")
-    out += ["", "| rotation draws | n | detected | within 4 KB | bytes before alert: median | p90 | worst "
+    out += ["", "| rotation and clients draws | n | detected | within 4 KB | bytes before alert: median | p90 | worst "
             "| time to alert: median | worst | most sent by a missed draw |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for g in result.get("rotation", []):
+    for g in result.get("rotation", []) + result.get("clients", []):
         out.append(f"| {g['group']} | {g['draws']} | {g['detected']} | {g['within_4kb']} "
                    f"| {_b(g['median_bytes'])} | {_b(g['p90_bytes'])} | {_b(g['worst_bytes'])} "
                    f"| {_h(g['median_seconds'])} | {_h(g['worst_seconds'])} | {_b(g['missed_worst_bytes'])} |")
@@ -175,7 +201,7 @@ def render(result: dict[str, Any]) -> str:
     for b in result["benign"]:
         out.append(f"| {b['workload']} | {b['queries']:,} | {b['clients']} | "
                    f"{', '.join(f'`{d}`' for d in b['flagged']) or '**none**'} |")
-    tables = result["groups"][: len(FAMILIES)] + result.get("rotation", [])[:1]
+    tables = result["groups"][: len(FAMILIES)] + result.get("rotation", [])[:1] + result.get("clients", [])[:1]
     missed = [m for g in tables for m in g["missed"]]
     late = [m for g in tables for m in g["late"]]
     if missed or late:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from .features import FeatureCache, NameFeatures, case_bits
 from .names import DEFAULT_EXEMPTIONS, domain_text, name_to_text, wire_of
 from .settings import DetectorSettings
-from .spread import concentration, content_bytes, first_name_charge, note_client, slow_drip
+from .spread import all_fresh, concentration, content_bytes, first_name_charge, note_client, slow_drip
 from .state import Geometry, State
 from .windows import Field, PairWindows, Pending, Window
 
@@ -75,6 +75,7 @@ class _Score:
     budget: int = 0  # the information budget that was crossed (0: none)
     rule: str = ""  # which budget: "window", "slow" (spread over time)
     share: float | None = None  # namespace scope: share of the largest clients
+    fresh: bool = False  # namespace scope: counted because nearly all its names are fresh
 
 
 class Detector:
@@ -176,10 +177,14 @@ class Detector:
                 case = case_bits(raw, feats)
             # As they were before this query, every replica's names included.
             ns_new = ns_pair.long.total(Field.NEW_NAMES)
+            ns_queries = ns_pair.long.total(Field.QUERIES)
             if (
-                note_client(ns_pair, client) <= settings.spread_clients
+                # A rare domain: few clients, or a fleet whose names are all asked once
+                # (spread.all_fresh: telemetry re-asks its hosts and asks A and AAAA).
+                (note_client(ns_pair, client) <= settings.spread_clients
+                 or ns_new >= settings.spread_fresh_ratio * ns_queries)
                 # names of a real service are re-asked; a channel's never are
-                and ns_new >= settings.fresh_ratio * ns_pair.long.total(Field.QUERIES)
+                and ns_new >= settings.fresh_ratio * ns_queries
             ):
                 if ns_new >= settings.spread_skip_names:
                     spread = True
@@ -644,6 +649,11 @@ class Detector:
                  s.namespace_budget_long_bytes)
             )
         share: float | None = None
+        # Many clients' names all asked once (no re-asked names, one type a name): a channel
+        # spread over a fleet, not telemetry (spread.all_fresh); the namespace budgets then
+        # count whatever the concentration.
+        many = len(ns_pair.clients) > s.spread_clients
+        fresh = many and all_fresh(ns_pair.long, s.spread_fresh_ratio)
         for scope, pair, short_budget, long_budget in scopes:
             for scale, window, budget, encoded_min, data_min, seconds in (
                 ("short", pair.short, short_budget, s.encoded_names_short,
@@ -664,11 +674,12 @@ class Detector:
                     # Over many clients (or many clients' domains) a slow drip is what
                     # telemetry and CDN pools look like.
                     and scope != "namespace_domains"
-                    and (scope != "namespace" or len(ns_pair.clients) <= s.spread_clients)
+                    # (typos and stale names from forty clients are fresh for hours too).
+                    and (scope != "namespace" or not many)
                     and slow_drip(window, s.slow_budget_bytes, s.slow_min_buckets, s.fresh_ratio)
                 ):
                     crossed, rule = s.slow_budget_bytes, "slow"
-                if crossed and scope == "namespace":
+                if crossed and scope == "namespace" and not fresh:
                     # Many clients each sending a little (telemetry) is not a channel;
                     # a channel split over a few clients is.
                     if share is None:
@@ -711,7 +722,7 @@ class Detector:
                     continue
                 if best is None or points > best.points:
                     best = _Score(points, reasons, scope, scale, window, seconds, crossed, rule,
-                                  share if scope == "namespace" else None)
+                                  share if scope == "namespace" else None, fresh and scope == "namespace")
         if best is None:
             return None
         # Supporting evidence only: a client fanning out to many never-seen domains.
@@ -808,6 +819,9 @@ class Detector:
             evidence["active_buckets"] = sum(1 for row in w.counts.values() if row[Field.NEW_NAMES])
         if best.share is not None:
             evidence["top_clients_share"] = round(best.share, 3)
+        if best.fresh:
+            # Counted whatever the concentration: the namespace pair's names are nearly all fresh.
+            evidence["new_names_per_query"] = round(total(Field.NEW_NAMES) / max(1, total(Field.QUERIES)), 3)
         if shape is not None:
             evidence.update(
                 alphabet=shape.alphabet,

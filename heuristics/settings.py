@@ -151,6 +151,7 @@ class DetectorSettings:
     fresh_ratio: Ratio = 0.4  # ... in names not re-asked: new names / queries at least this
     spread_clients: Count = 8  # the largest contributors a namespace budget looks at
     concentration: Ratio = 0.5  # their share of the information for the namespace budget to count
+    spread_fresh_ratio: Ratio = 0.9  # ... or without it, when new names / queries is at least this
     spread_skip_names: Count = 3  # a domain's first new names, charged to the all-domain meters...
     spread_free_bytes: Count = 24  # ... only beyond this many bytes each (www, _dmarc, DKIM selectors: free)
 
@@ -241,7 +242,8 @@ class DetectorSettings:
             raise SettingsError(
                 "short_window_seconds", "must be shorter than long_window_seconds"
             )
-        for name in ("entropy_ratio", "nxdomain_ratio", "fresh_ratio", "concentration"):
+        for name in ("entropy_ratio", "nxdomain_ratio", "fresh_ratio", "concentration",
+                     "spread_fresh_ratio"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise SettingsError(name, f"must be in (0, 1], got {value}")

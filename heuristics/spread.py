@@ -14,7 +14,12 @@ because it is asked only about never-seen names:
   each; a channel split over a few clients sends a lot each.
   :func:`concentration` is the share of a (namespace, domain)'s information
   carried by its ``spread_clients`` largest contributors: the namespace budget
-  is evidence only when that share is at least ``concentration``.
+  is evidence only when that share is at least ``concentration``, or when the
+  pair is nearly all fresh names (:func:`all_fresh`): a provider's domain also
+  carries names its clients re-ask (collector hosts, login), and a dual-stack
+  client asks A and AAAA of every name, unique IDs included, so telemetry
+  scores at most 0.5 new names a query; a channel spread over many clients
+  asks each of its names once, 1.0.
 * **Over domains** (rotation): a client rotating its channel over several rare
   domains resets each domain's meter. A per-client meter over every rare
   domain (asked by at most ``spread_clients`` clients of the namespace) charges
@@ -43,6 +48,7 @@ from .windows import Field, PairWindows, Window
 __all__ = [
     "MAX_CLIENTS",
     "active_buckets",
+    "all_fresh",
     "concentration",
     "content_bytes",
     "first_name_charge",
@@ -135,6 +141,12 @@ def concentration(pair: PairWindows, client_info: dict[str, int], top: int) -> f
         return 1.0
     largest = sorted(client_info.values(), reverse=True)[:top]
     return min(1.0, sum(largest) / total)
+
+
+def all_fresh(window: Window, ratio: float) -> bool:
+    """True when never-seen names are at least ``ratio`` of the window's queries (and there are some)."""
+    new = window.totals[Field.NEW_NAMES]
+    return new > 0 and new >= ratio * window.totals[Field.QUERIES]
 
 
 def active_buckets(window: Window) -> int:

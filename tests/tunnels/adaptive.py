@@ -25,6 +25,12 @@ again; any encoding, chunking and pace of ``bulk`` and ``slow``. The channel
 ends when its domains are used up, so it carries at most domains x names x
 what a name holds (:meth:`Channel.capacity`).
 
+A fifth, ``clients`` (:data:`MANY_CLIENTS`), is drawn apart too: one channel
+spread over 9-48 clients of one namespace (an agent fleet or a CI runner pool
+an attacker controls), 1-2 registrable domains, each client sending its share
+of the names in turn (round robin) or at random (:attr:`Channel.random_clients`);
+any encoding, chunking and pace of ``bulk`` and ``slow``.
+
 Encodings: hex, base32, base64 (case kept), base58, decimal numbers, word lists
 of 16, 64, 256 and 4,096 words (pairs of words), proquint-like syllables.
 Chunking: 1-4 labels, fixed or varying length, optionally under an
@@ -50,6 +56,7 @@ from tests.tunnels.channels import WORDS
 __all__ = [
     "ENCODINGS",
     "FAMILIES",
+    "MANY_CLIENTS",
     "ROTATION",
     "START",
     "Channel",
@@ -89,6 +96,7 @@ ENCODINGS: dict[str, float] = {
 _WORDY = ("words16", "words64", "words256", "words4096", "proquint")
 FAMILIES = ("bulk", "slow", "words")
 ROTATION = "rotation"  # drawn and reported apart: FAMILIES' draws stay as they were
+MANY_CLIENTS = "clients"  # drawn and reported apart too
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +134,7 @@ class Channel:
     limit_bytes: int  # payload sent at most
     limit_seconds: float  # capture time at most
     names_per_domain: int = 0  # rotation: each domain gets this many names, then never again (0: round robin)
+    random_clients: bool = False  # each name from a client picked at random (else clients take turns)
 
     @property
     def payload_per_query(self) -> float:
@@ -181,6 +190,8 @@ class Channel:
             else:
                 domain = self.domains[seq % len(self.domains)]
                 client = self.clients[(seq // len(self.domains)) % len(self.clients)]
+            if self.random_clients:
+                client = rng.choice(self.clients)
             tail = ([self.parent] if self.parent else []) + ([str(seq)] if self.counter else [])
             qname = _wire([*labels, *tail, *domain.split(".")])
             yield Lookup(t, client, qname, self.qtype, self.rcode, used, domain)
@@ -304,8 +315,8 @@ def _distinct_domains(rng: random.Random, count: int) -> tuple[str, ...]:
 
 def draw(seed: int, family: str) -> Channel:
     """One channel with randomised parameters; the same (seed, family) gives the same channel."""
-    if family not in (*FAMILIES, ROTATION):
-        raise ValueError(f"family must be one of {(*FAMILIES, ROTATION)}, not {family!r}")
+    if family not in (*FAMILIES, ROTATION, MANY_CLIENTS):
+        raise ValueError(f"family must be one of {(*FAMILIES, ROTATION, MANY_CLIENTS)}, not {family!r}")
     rng = random.Random(f"{family}:{seed}")
     if family == "words":
         encoding = rng.choice(_WORDY)
@@ -315,7 +326,7 @@ def draw(seed: int, family: str) -> Channel:
         interval = rng.uniform(0.02, 1.0)
     elif family == "slow":
         interval = math.exp(rng.uniform(math.log(10), math.log(900)))
-    elif family == "rotation":
+    elif family in (ROTATION, MANY_CLIENTS):
         interval = rng.choice((rng.uniform(0.02, 1.0), math.exp(rng.uniform(math.log(10), math.log(900)))))
     else:
         interval = rng.choice((rng.uniform(0.05, 2.0), math.exp(rng.uniform(math.log(10), math.log(900)))))
@@ -324,6 +335,9 @@ def draw(seed: int, family: str) -> Channel:
         count = rng.choice((1, 1, 1, rng.randint(2, 3)))
         domain_count = rng.randint(10, 60)
         names_per_domain = rng.choice((1, 2))
+    elif family == MANY_CLIENTS:
+        count = rng.randint(9, 48)
+        domain_count = rng.choice((1, 1, 2))
     else:
         count = rng.choice((1, 1, 1, rng.randint(2, 8)))
         domain_count = rng.choice((1, 1, 1, rng.randint(2, 5)))
@@ -358,6 +372,7 @@ def draw(seed: int, family: str) -> Channel:
         limit_bytes=32_768,
         limit_seconds=3 * 86400.0,
         names_per_domain=names_per_domain,
+        random_clients=family == MANY_CLIENTS and rng.random() < 0.5,
     )
 
 

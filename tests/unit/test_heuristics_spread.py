@@ -6,12 +6,13 @@ import base64
 import random
 import uuid
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from heuristics import Detector, DetectorSettings, Verdict
 from heuristics.features import NameFeatures
-from heuristics.spread import concentration, content_bytes, first_name_charge, slow_drip
+from heuristics.spread import all_fresh, concentration, content_bytes, first_name_charge, slow_drip
 from heuristics.state import MemoryState
 from heuristics.windows import Field, PairWindows, Window
 from tests.benign_corpus import first_names, sdk_telemetry, wire
@@ -281,3 +282,85 @@ def test_a_first_names_charge_is_never_negative_nor_above_what_it_carries(
     charge = first_name_charge(feats, case, free)
     assert 0 <= charge <= carried
     assert charge == max(0, carried - free)
+
+
+# --- a channel spread over a fleet: names all asked once ---------------------------------
+
+
+def _fleet_channel(clients: int, name_bytes: int, every: float, seed: int, pick_at_random: bool,
+                   domain: str = "grey-owl-relay.net") -> list[tuple[float, str, bytes, int, int]]:
+    """One channel over ``clients`` clients of a namespace: each name carries ``name_bytes``
+    bytes in base32 under a fixed parent, asked once (A), answered NOERROR; the clients take
+    turns or one is picked at random per name."""
+    rng = random.Random(seed)
+    hosts = [f"10.70.{i // 200}.{i % 200 + 10}" for i in range(clients)]
+    rows = []
+    for i in range(64_000 // name_bytes):
+        client = rng.choice(hosts) if pick_at_random else hosts[i % clients]
+        rows.append((T0 + every * i, client, wire(f"{_b32(rng, name_bytes)}.img.{domain}"), 1, 0))
+    return rows
+
+
+def test_all_fresh_is_new_names_against_queries() -> None:
+    window = Window(86400.0, 24)
+    assert not all_fresh(window, 0.9)  # nothing asked yet
+    window.advance(T0)
+    window.add_all(((Field.QUERIES, 2), (Field.NEW_NAMES, 1)))  # a name asked A and AAAA
+    assert not all_fresh(window, 0.9)
+    assert all_fresh(window, 0.5)
+    window.add_all(((Field.QUERIES, 18), (Field.NEW_NAMES, 18)))
+    assert all_fresh(window, 0.9)
+
+
+def test_a_channel_over_twenty_four_clients_is_alerted() -> None:
+    """24 clients each carry a twenty-fourth: no client nears its budget and the 8 largest
+    carry a third, which is what telemetry looks like to the concentration test; but every
+    name is asked once, and the namespace budget counts."""
+    det, s = _detector()
+    rows = _fleet_channel(24, 20, 30.0, 1, False)
+    index, _, verdict = _feed(det, s, rows)["grey-owl-relay.net"]
+    assert "info_budget" in verdict.reasons
+    assert verdict.evidence["scope"] in ("namespace", "namespace_domains")
+    assert 20 * (index + 1) <= 4096
+
+
+def test_the_alert_says_the_names_were_fresh() -> None:
+    det, s = _detector()
+    rows = _fleet_channel(24, 20, 30.0, 1, False)
+    verdict = _feed(det, s, rows)["grey-owl-relay.net"][2]
+    if verdict.evidence["scope"] == "namespace":
+        assert verdict.evidence["new_names_per_query"] == 1.0
+        assert "top_clients_share" not in verdict.evidence
+
+
+@settings(max_examples=15, deadline=None)
+@given(clients=st.integers(17, 48), name_bytes=st.integers(12, 40), every=st.floats(0.05, 600.0),
+       seed=st.integers(0, 1000), pick_at_random=st.booleans())
+def test_a_fleet_channel_is_alerted_within_4_kb(clients: int, name_bytes: int, every: float, seed: int,
+                                               pick_at_random: bool) -> None:
+    det, s = _detector()
+    rows = _fleet_channel(clients, name_bytes, every, seed, pick_at_random)
+    flagged = _feed(det, s, rows)
+    assert "grey-owl-relay.net" in flagged
+    index = flagged["grey-owl-relay.net"][0]
+    assert name_bytes * (index + 1) <= 4096
+
+
+@pytest.mark.parametrize("seed", range(13, 19))
+def test_sdk_telemetry_of_every_provider_is_not_a_channel(seed: int) -> None:
+    det, s = _detector()
+    assert _feed(det, s, sdk_telemetry(seed=seed, start=T0)) == {}
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 1000), clients=st.integers(12, 60), single_stack=st.floats(0.0, 0.5))
+def test_telemetry_stays_unflagged_when_some_clients_ask_only_a(seed: int, clients: int,
+                                                               single_stack: float) -> None:
+    """Up to half the clients asking only A (an IPv4-only stack) leaves telemetry at most
+    2/3 new names a query, under ``spread_fresh_ratio``."""
+    det, s = _detector()
+    rows = sdk_telemetry(seed=seed, start=T0, clients=clients)
+    rng = random.Random(seed)
+    v4_only = {c for c in sorted({row[1] for row in rows}) if rng.random() < single_stack}
+    rows = [row for row in rows if not (row[1] in v4_only and row[3] == 28)]
+    assert _feed(det, s, rows) == {}
