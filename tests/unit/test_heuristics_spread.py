@@ -334,10 +334,13 @@ def test_the_alert_says_the_names_were_fresh() -> None:
 
 
 @settings(max_examples=12, deadline=None)
-@given(clients=st.integers(17, 48), name_bytes=st.integers(12, 40), every=st.floats(0.05, 600.0),
+@given(clients=st.integers(17, 48), name_bytes=st.integers(12, 36), pace=st.floats(0.0001, 1.0),
        seed=st.integers(0, 1000), pick_at_random=st.booleans())
-def test_a_fleet_channel_is_alerted_within_4_kb(clients: int, name_bytes: int, every: float, seed: int,
+def test_a_fleet_channel_is_alerted_within_4_kb(clients: int, name_bytes: int, pace: float, seed: int,
                                                pick_at_random: bool) -> None:
+    """Any fleet channel carrying at least 4 KB a day (slower ones stay under the daily
+    namespace budget: docs/detection.md, what still gets through)."""
+    every = pace * name_bytes * 86400 / 4096
     det, s = _detector()
     rows = _fleet_channel(clients, name_bytes, every, seed, pick_at_random)
     flagged = _feed(det, s, rows)
