@@ -145,8 +145,8 @@ def concentration(pair: PairWindows, client_info: dict[str, int], top: int) -> f
 
 def all_fresh(window: Window, ratio: float) -> bool:
     """True when never-seen names are at least ``ratio`` of the window's queries (and there are some)."""
-    new = window.totals[Field.NEW_NAMES]
-    return new > 0 and new >= ratio * window.totals[Field.QUERIES]
+    new = window.total(Field.NEW_NAMES)  # every replica's, where the pair is shared
+    return new > 0 and new >= ratio * window.total(Field.QUERIES)
 
 
 def active_buckets(window: Window) -> int:
