@@ -84,14 +84,17 @@ def _group(outcomes: Sequence[Outcome], label: str) -> dict[str, Any]:
 
 def run(draws: int, seed: int, benign_queries: int, log: Callable[[str], None]) -> dict[str, Any]:
     started = time.monotonic()
-    outcomes: list[Outcome] = []
-    for family in FAMILIES:
+    def scored(family: str) -> list[Outcome]:
+        out = []
         for i in range(draws):
             outcome = score(draw(seed + i, family))
-            outcomes.append(outcome)
+            out.append(outcome)
             if outcome.other_flagged:
                 log(f"  {family}#{seed + i}: also flagged {outcome.other_flagged}")
         log(f"  {family}: {draws} draws in {time.monotonic() - started:.0f} s")
+        return out
+
+    outcomes = [o for family in FAMILIES for o in scored(family)]
     groups = [_group([o for o in outcomes if o.channel.family == f], f) for f in FAMILIES]
     slow = [o for o in outcomes if o.channel.interval >= 10 and o.channel.bytes_per_day >= 1024]
     groups.append(_group(slow, "paced >= 10 s, >= 1 KB/day (any family)"))
@@ -107,16 +110,8 @@ def run(draws: int, seed: int, benign_queries: int, log: Callable[[str], None]) 
     by_encoding = [_group([o for o in outcomes if o.channel.encoding == e], e)
                    for e in sorted({o.channel.encoding for o in outcomes})]
 
-    rotation: list[Outcome] = []
-    capacity: dict[int, int] = {}
-    for i in range(draws):
-        channel = draw(seed + i, ROTATION)
-        capacity[channel.seed] = channel.capacity()
-        outcome = score(channel)
-        rotation.append(outcome)
-        if outcome.other_flagged:
-            log(f"  {ROTATION}#{seed + i}: also flagged {outcome.other_flagged}")
-    log(f"  {ROTATION}: {draws} draws in {time.monotonic() - started:.0f} s")
+    rotation = scored(ROTATION)
+    capacity = {o.channel.seed: o.channel.capacity() for o in rotation}
     rotation_groups = [
         _group(rotation, "rotation: 10-60 domains, 1-2 names each"),
         _group([o for o in rotation if capacity[o.channel.seed] > LIMIT], "rotation carrying > 4 KB in all"),
@@ -127,13 +122,7 @@ def run(draws: int, seed: int, benign_queries: int, log: Callable[[str], None]) 
         _group([o for o in rotation if o.channel.interval >= 10], "rotation, paced >= 10 s"),
     ]
 
-    spread: list[Outcome] = []
-    for i in range(draws):
-        outcome = score(draw(seed + i, MANY_CLIENTS))
-        spread.append(outcome)
-        if outcome.other_flagged:
-            log(f"  {MANY_CLIENTS}#{seed + i}: also flagged {outcome.other_flagged}")
-    log(f"  {MANY_CLIENTS}: {draws} draws in {time.monotonic() - started:.0f} s")
+    spread = scored(MANY_CLIENTS)
     spread_groups = [
         _group(spread, "clients: 9-48 clients of one namespace, 1-2 domains"),
         _group([o for o in spread if len(o.channel.clients) <= 16], "clients, 9-16 clients"),
