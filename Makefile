@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 APT_PACKAGES := unbound nsd dnsutils dnsperf redis-server iproute2 tcpdump tshark iodine dns2tcp prometheus prometheus-alertmanager rsyslog chromium
 
-.PHONY: serve test test-unit lint bench deps system-deps clean
+.PHONY: serve test test-unit lint bench deps system-deps native clean-native clean
 
 $(BIN)/dnsgate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(BIN)/dnsgate: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
-serve: $(BIN)/dnsgate
+serve: $(BIN)/dnsgate native
 	$(BIN)/dnsgate serve $(ARGS)
 
 # Installs only what is missing, without recommends; starts no service and leaves no new
@@ -21,21 +21,40 @@ serve: $(BIN)/dnsgate
 system-deps:
 	@sh tests/support/debian-packages.sh $(APT_PACKAGES)
 
-deps: $(BIN)/dnsgate system-deps
+# The query path's modules compiled with mypyc, beside their sources (resolver/native.py,
+# docs/operations.md "Compiled modules"): rebuilt when a source changes. NATIVE=0 runs
+# everything from source instead.
+NATIVE ?= 1
+NATIVE_STAMP := build/native/.built
+$(NATIVE_STAMP): $(BIN)/dnsgate $(wildcard heuristics/*.py resolver/*.py resolver/*/*.py)
+	$(BIN)/python -m resolver.native build
+	@touch $@
+
+ifeq ($(NATIVE),0)
+native: clean-native
+else
+native: $(NATIVE_STAMP)
+endif
+
+clean-native:
+	@test ! -x $(BIN)/python || $(BIN)/python -m resolver.native clean
+	@rm -f $(NATIVE_STAMP)
+
+deps: $(BIN)/dnsgate system-deps native
 
 lint: $(BIN)/dnsgate
 	$(BIN)/ruff check resolver heuristics tests benchmarks
 	$(BIN)/mypy resolver heuristics
 
 test: deps lint
-	$(BIN)/pytest -q -p no:cacheprovider
+	DNSGATE_NATIVE=$(NATIVE) $(BIN)/pytest -q -p no:cacheprovider
 
 # In-process tests only: no servers, no root, seconds.
-test-unit: $(BIN)/dnsgate
-	$(BIN)/pytest -q -p no:cacheprovider tests/unit
+test-unit: $(BIN)/dnsgate native
+	DNSGATE_NATIVE=$(NATIVE) $(BIN)/pytest -q -p no:cacheprovider tests/unit
 
 bench: deps
 	$(BIN)/python -m benchmarks.run
 
-clean:
+clean: clean-native
 	rm -rf $(VENV) build *.egg-info benchmarks/work

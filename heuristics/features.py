@@ -11,7 +11,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from .names import domain_text, label_offsets, name_to_text, registrable_offset
 
@@ -49,12 +49,12 @@ class Alphabet:
     letters, 10 digits and two of ``+/=``.
     """
 
-    HEX = "hex"
-    BASE32 = "base32"
-    ALNUM = "alnum"
-    LDH = "ldh"
-    BASE64 = "base64"
-    BINARY = "binary"  # any octet outside LDH and base64: base128 and friends
+    HEX: Final = "hex"
+    BASE32: Final = "base32"
+    ALNUM: Final = "alnum"
+    LDH: Final = "ldh"
+    BASE64: Final = "base64"
+    BINARY: Final = "binary"  # any octet outside LDH and base64: base128 and friends
     SIZE: ClassVar[dict[str, int]] = {HEX: 16, BASE32: 32, ALNUM: 36, LDH: 38, BASE64: 38, BINARY: 128}
 
 

@@ -105,7 +105,7 @@ def _set_register(dense: bytearray, h: int) -> bool:
 def _estimate(dense: bytearray) -> int:
     total = 0.0
     zeros = 0
-    for r in dense:
+    for r in bytes(dense):  # a bytes copy: mypyc iterates bytes, not bytearray
         total += 2.0 ** -r
         if r == 0:
             zeros += 1

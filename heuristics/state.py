@@ -14,10 +14,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from typing import Any
 
 from .client_quarantine import ClientQuarantines
+from .lru import LRU
 from .windows import Field, PairWindows, Window
 
 __all__ = ["Geometry", "MemoryState", "RedisState", "State"]
@@ -29,22 +29,6 @@ Geometry = tuple[float, int, float, int, int]
 
 SHORT, LONG = "s", "l"
 ANNOUNCE_OVERLAP = 30.0  # seconds of the shared-pairs index read again each flush (clock skew)
-
-
-class _LRU(OrderedDict[Any, Any]):
-    """An OrderedDict used as a bounded LRU; ``touch`` marks use."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-        self.evictions = 0
-
-    def put(self, key: Any, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        if len(self) > self.limit:
-            self.popitem(last=False)
-            self.evictions += 1
 
 
 class State:
@@ -59,10 +43,10 @@ class State:
     def __init__(self, max_keys: int = 100_000, max_names: int = 500_000) -> None:
         self.max_keys = max_keys
         self.max_names = max_names
-        self._pairs: _LRU = _LRU(max_keys)
-        self._seen: _LRU = _LRU(max_names)
-        self._domains: _LRU = _LRU(max_keys)
-        self._quarantines: _LRU = _LRU(max_keys)
+        self._pairs: LRU = LRU(max_keys)
+        self._seen: LRU = LRU(max_names)
+        self._domains: LRU = LRU(max_keys)
+        self._quarantines: LRU = LRU(max_keys)
         self.clients = ClientQuarantines(max_keys)  # workloads quarantined (on_undeclared)
         self.errors = 0
         self.fallbacks = 0
@@ -220,8 +204,8 @@ class RedisState(State):
         self._pending_quarantines: list[tuple[str, str, float]] = []
         # Sharing is decided for all replicas at once: a pair one replica shares is
         # announced in ``<prefix>:shared``; the others start sharing it too.
-        self._candidates: _LRU = _LRU(max_keys)  # redis key prefix -> windows not shared yet
-        self._announced: _LRU = _LRU(max_keys)  # prefixes another replica shares, not active here yet
+        self._candidates: LRU = LRU(max_keys)  # redis key prefix -> windows not shared yet
+        self._announced: LRU = LRU(max_keys)  # prefixes another replica shares, not active here yet
         self._announce: dict[str, None] = {}  # prefixes to announce at the next flush
         self._announced_since = 0.0  # score of the newest announcement read
         self.adopted = 0  # pairs shared here because another replica announced them

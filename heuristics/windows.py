@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Final
 
 from .hll import HyperLogLog
 
@@ -18,19 +19,19 @@ __all__ = ["Field", "InformationEstimator", "PairWindows", "Pending", "Window"]
 class Field:
     """Indexes of the per-bucket counters."""
 
-    QUERIES = 0
-    NEW_NAMES = 1  # names never seen before in the namespace
-    INFO = 2  # compressed bytes of never-seen subdomain text
-    ENCODED = 3  # new names with an encoded-looking label or run
-    NON_LDH = 4  # new names with octets outside LDH
-    LONG_LABEL = 5  # new names with a long label
-    RARE_QTYPE = 6  # new (name, rare qtype)
-    DATA_QTYPE = 7  # new (name, TXT/MX/CNAME/SRV)
-    RESPONSES = 8
-    NXDOMAIN = 9
-    COUNT = 10
+    QUERIES: Final = 0
+    NEW_NAMES: Final = 1  # names never seen before in the namespace
+    INFO: Final = 2  # compressed bytes of never-seen subdomain text
+    ENCODED: Final = 3  # new names with an encoded-looking label or run
+    NON_LDH: Final = 4  # new names with octets outside LDH
+    LONG_LABEL: Final = 5  # new names with a long label
+    RARE_QTYPE: Final = 6  # new (name, rare qtype)
+    DATA_QTYPE: Final = 7  # new (name, TXT/MX/CNAME/SRV)
+    RESPONSES: Final = 8
+    NXDOMAIN: Final = 9
+    COUNT: Final = 10
 
-    NAMES = (
+    NAMES: Final = (
         "queries",
         "new_names",
         "info_bytes",

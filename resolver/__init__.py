@@ -8,4 +8,5 @@
 - ``config``: the typed configuration, validated once at load.
 - ``app``: the one module that wires a live server together.
 - ``cli``: every ``dnsgate`` subcommand.
+- ``native``: builds the query path's modules with mypyc (``make native``) and spots stale builds.
 """

@@ -14,6 +14,13 @@ from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
+from resolver.native import stale, stale_message
+
+# Before any compiled module is imported: an extension older than its source runs old code.
+if _stale := stale():
+    print(f"dnsgate: {stale_message(_stale)}", file=sys.stderr)
+    sys.exit(2)
+
 from resolver import config as config_mod
 from resolver.config import ConfigError
 from resolver.offline.propose import DEFAULT_COLLAPSE, DEFAULT_MAX_NAMES

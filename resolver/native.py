@@ -1,0 +1,181 @@
+"""Compiled modules: the query path's hot modules built with mypyc, in place.
+
+``make native`` (part of ``make deps``, so of ``make serve`` and ``make test``)
+runs ``python -m resolver.native build``: mypyc turns each module in
+:data:`MODULES` into a C extension written beside its source
+(``heuristics/detector.cpython-311-x86_64-linux-gnu.so`` next to
+``heuristics/detector.py``), and Python imports the extension in its place.
+The code is the same Python; the compiled build runs it faster (numbers in
+docs/benchmarks.md) and gives the same answers and alerts, which
+``tests/integration/test_native.py`` checks against a source-only copy.
+
+An extension older than its source would run old code, so ``dnsgate`` refuses
+to start on one (:func:`stale`), with a one-line error naming the module;
+``python -m resolver.native clean`` goes back to running from source.
+
+This module imports nothing of mypyc or setuptools until a build asks for them:
+the ``dnsgate`` command calls :func:`stale` at every start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+
+__all__ = ["MODULES", "ROOT", "build", "clean", "compiled", "stale"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# What every query, live or replayed, runs through. Modules that read objects'
+# __dict__ (heuristics/settings.py), subclass built-in types (heuristics/lru.py)
+# or run once at start (config, schema, the CLI) stay Python.
+MODULES = (
+    "heuristics/client_quarantine.py",
+    "heuristics/detector.py",
+    "heuristics/features.py",
+    "heuristics/hll.py",
+    "heuristics/names.py",
+    "heuristics/spread.py",
+    "heuristics/state.py",
+    "heuristics/windows.py",
+    "resolver/wire/message.py",
+    "resolver/pipeline/admission.py",
+    "resolver/pipeline/alerts.py",
+    "resolver/pipeline/cache.py",
+    "resolver/pipeline/chain.py",
+    "resolver/pipeline/detection.py",
+    "resolver/pipeline/identity.py",
+    "resolver/pipeline/learn.py",
+    "resolver/pipeline/policy.py",
+    "resolver/pipeline/query.py",
+    "resolver/pipeline/quarantine.py",
+    "resolver/pipeline/ratelimit.py",
+    "resolver/offline/capture.py",
+    "resolver/offline/replay.py",
+)
+# mypyc puts the code of all modules in one shared library; this names it, inside
+# the resolver package rather than at the top of the tree.
+GROUP = "resolver._compiled"
+BUILD_DIR = ROOT / "build" / "native"
+
+
+def _extension(source: str) -> Path | None:
+    """The extension built from ``source`` (a path under ROOT), if there is one."""
+    path = ROOT / source
+    for suffix in EXTENSION_SUFFIXES:
+        candidate = path.with_name(path.stem + suffix)
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _group_library() -> list[Path]:
+    package, _, name = GROUP.rpartition(".")
+    folder = ROOT.joinpath(*package.split("."))
+    return sorted(folder.glob(f"{name}__mypyc*.so"))
+
+
+def compiled() -> list[str]:
+    """The modules of MODULES that have an extension beside their source."""
+    return [m for m in MODULES if _extension(m) is not None]
+
+
+def stale() -> list[str]:
+    """Modules whose extension is older than their source (it would run old code)."""
+    out = []
+    for module in MODULES:
+        ext = _extension(module)
+        if ext is not None and ext.stat().st_mtime < (ROOT / module).stat().st_mtime:
+            out.append(module)
+    return out
+
+
+def stale_message(modules: list[str]) -> str:
+    """The one-line error for ``stale()``'s list."""
+    more = f" and {len(modules) - 1} more" if len(modules) > 1 else ""
+    return (f"{modules[0]}{more} changed after it was compiled: run `make native` to rebuild, "
+            "or `python -m resolver.native clean` to run from source")
+
+
+def clean() -> int:
+    """Delete every extension this module built; returns how many."""
+    removed = 0
+    for module in MODULES:
+        ext = _extension(module)
+        if ext is not None:
+            ext.unlink()
+            removed += 1
+    for lib in _group_library():
+        lib.unlink()
+        removed += 1
+    return removed
+
+
+def build(jobs: int = 0) -> list[str]:
+    """Compile MODULES in place; returns them. Raises RuntimeError naming what failed."""
+    try:
+        from mypyc.build import mypycify
+        from setuptools import Distribution
+    except ImportError as exc:  # pragma: no cover - both come with the [test] extra
+        raise RuntimeError(f"cannot build compiled modules: {exc.name} is not installed "
+                           "(pip install mypy setuptools)") from None
+    here = Path.cwd()
+    os.chdir(ROOT)  # mypy reads pyproject.toml's [tool.mypy]; module names follow paths
+    try:
+        extensions = mypycify(list(MODULES), opt_level="3", debug_level="0", group_name=GROUP)
+        # A bare Distribution: setup() would also read pyproject.toml's [project] table,
+        # which describes the dnsgate package, not these extensions.
+        dist = Distribution({"name": "dnsgate-compiled", "ext_modules": extensions})
+        dist.script_args = ["-q", "build_ext", "--inplace", "--build-temp", str(BUILD_DIR),
+                            "--build-lib", str(BUILD_DIR / "lib"), "-j", str(jobs or os.cpu_count() or 1)]
+        dist.parse_command_line()
+        dist.run_commands()
+    except SystemExit as exc:  # distutils reports a failed compile by exiting
+        raise RuntimeError(f"compiling failed: {exc}") from None
+    finally:
+        os.chdir(here)
+    now = time.time()
+    for module in MODULES:  # an extension is newer than its source, even if copied from an old build
+        ext = _extension(module)
+        if ext is None:
+            raise RuntimeError(f"the build left no extension for {module}")
+        os.utime(ext, (now, now))
+    return list(MODULES)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m resolver.native",
+        description="Build, check or remove dnsgate's compiled modules (mypyc, in place).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="compile the query path's modules beside their sources")
+    b.add_argument("-j", "--jobs", type=int, default=0, help="parallel compiler jobs (default: one per CPU)")
+    sub.add_parser("status", help="list each module as compiled, stale or source")
+    sub.add_parser("clean", help="delete the compiled modules: dnsgate runs from source")
+    args = parser.parse_args(argv)
+    if args.command == "build":
+        started = time.monotonic()
+        try:
+            built = build(args.jobs)
+        except RuntimeError as exc:
+            print(f"resolver.native: {exc}", file=sys.stderr)
+            return 1
+        print(f"compiled {len(built)} modules in {time.monotonic() - started:.0f}s", file=sys.stderr)
+        return 0
+    if args.command == "clean":
+        print(f"removed {clean()} compiled files", file=sys.stderr)
+        return 0
+    old = set(stale())
+    for module in MODULES:
+        state = "stale" if module in old else "compiled" if _extension(module) else "source"
+        print(f"{state:8} {module}")
+    return 1 if old else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
