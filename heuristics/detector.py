@@ -24,7 +24,7 @@ _NX = 3  # RCODE NXDOMAIN
 _RARE_DOMAIN = ((Field.NEW_NAMES, 1),)  # a client's first name under a domain new to the namespace
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Verdict:
     """Why a domain looks like a tunnel, and how sure the detector is.
 
@@ -42,6 +42,17 @@ class Verdict:
     alert: bool = True
     repeat: bool = False  # a decision taken earlier, returned again without scoring
 
+    def __init__(
+        self, domain: str, reasons: tuple[str, ...], severity: str, evidence: dict[str, object],
+        alert: bool = True, repeat: bool = False,
+    ) -> None:
+        object.__setattr__(self, "domain", domain)
+        object.__setattr__(self, "reasons", reasons)
+        object.__setattr__(self, "severity", severity)
+        object.__setattr__(self, "evidence", evidence)
+        object.__setattr__(self, "alert", alert)
+        object.__setattr__(self, "repeat", repeat)
+
 
 @dataclass(slots=True)
 class _Derived:
@@ -54,7 +65,7 @@ class _Derived:
     data_qtypes: frozenset[int]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Decision:
     """A (namespace, domain) the detector has made up its mind about, until ``until``."""
 
@@ -63,8 +74,14 @@ class _Decision:
     quarantine: bool
     queries: int = 0  # queries that cost only this counter
 
+    def __init__(self, until: float, verdict: Verdict, quarantine: bool, queries: int = 0) -> None:
+        self.until = until
+        self.verdict = verdict
+        self.quarantine = quarantine
+        self.queries = queries
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class _Score:
     points: int
     reasons: list[str]
@@ -76,6 +93,21 @@ class _Score:
     rule: str = ""  # which budget: "window", "slow" (spread over time)
     share: float | None = None  # namespace scope: share of the largest clients
     fresh: bool = False  # namespace scope: counted because nearly all its names are fresh
+
+    def __init__(
+        self, points: int, reasons: list[str], scope: str, scale: str, window: Window, seconds: float,
+        budget: int = 0, rule: str = "", share: float | None = None, fresh: bool = False,
+    ) -> None:
+        self.points = points
+        self.reasons = reasons
+        self.scope = scope
+        self.scale = scale
+        self.window = window
+        self.seconds = seconds
+        self.budget = budget
+        self.rule = rule
+        self.share = share
+        self.fresh = fresh
 
 
 class Detector:

@@ -175,7 +175,7 @@ def _transitions(label: bytes) -> int:
     return count
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class LabelShape:
     """How encoded one label (or a run of joined labels) looks."""
 
@@ -185,6 +185,16 @@ class LabelShape:
     expected: float  # expected entropy of a random string of this length and alphabet
     transitions: int  # digit<->letter alternations
     non_ldh: bool  # holds octets outside letters, digits, '-' and '_'
+
+    def __init__(
+        self, length: int, alphabet: str, entropy: float, expected: float, transitions: int, non_ldh: bool,
+    ) -> None:
+        object.__setattr__(self, "length", length)
+        object.__setattr__(self, "alphabet", alphabet)
+        object.__setattr__(self, "entropy", entropy)
+        object.__setattr__(self, "expected", expected)
+        object.__setattr__(self, "transitions", transitions)
+        object.__setattr__(self, "non_ldh", non_ldh)
 
     @property
     def ratio(self) -> float:

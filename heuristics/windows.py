@@ -204,7 +204,7 @@ class Window:
         return cached
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Pending:
     """A query whose expensive evidence waits until its pair is promoted.
 
@@ -217,6 +217,15 @@ class Pending:
     heads: tuple[int, int, int, int]
     new: bool  # a never-seen name (else only a never-seen (name, rare/data qtype))
     case_bits: int = 0  # letter case the client chose in mixed-case subdomain labels (see features.case_bits)
+
+    def __init__(
+        self, qname: bytes, client: str, heads: tuple[int, int, int, int], new: bool, case_bits: int = 0,
+    ) -> None:
+        self.qname = qname
+        self.client = client
+        self.heads = heads
+        self.new = new
+        self.case_bits = case_bits
 
 
 @dataclass(slots=True)

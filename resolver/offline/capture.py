@@ -47,7 +47,7 @@ __all__ = ["CaptureError", "CaptureProblem", "DnsPacket", "read_dns", "read_many
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class DnsPacket:
     """One DNS message seen in a capture."""
 
@@ -60,6 +60,20 @@ class DnsPacket:
     transport: str  # "udp" | "tcp"
     wire: bytes  # one whole DNS message (TCP: without the 2-byte length prefix)
     is_response: bool  # QR bit
+
+    def __init__(
+        self, number: int, ts: float, src: str, sport: int, dst: str, dport: int, transport: str, wire: bytes,
+        is_response: bool,
+    ) -> None:
+        object.__setattr__(self, "number", number)
+        object.__setattr__(self, "ts", ts)
+        object.__setattr__(self, "src", src)
+        object.__setattr__(self, "sport", sport)
+        object.__setattr__(self, "dst", dst)
+        object.__setattr__(self, "dport", dport)
+        object.__setattr__(self, "transport", transport)
+        object.__setattr__(self, "wire", wire)
+        object.__setattr__(self, "is_response", is_response)
 
 
 @dataclass(frozen=True, slots=True)

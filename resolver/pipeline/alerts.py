@@ -23,9 +23,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("dnsgate.alerts")
 
 SEVERITIES = ("info", "warning", "high", "critical")
+# One encoder for every alert line: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Alert:
     ts: float
     kind: str  # policy | tunnel | rebinding | rate_limit | ...
@@ -41,6 +43,26 @@ class Alert:
     count: int = 1
     pod: str = ""  # "namespace/name" of the Kubernetes pod that asked, when pod identity is on
     service_account: str = ""
+
+    def __init__(
+        self, ts: float, kind: str, severity: str, namespace: str, client: str, qname: str, qtype: str,
+        domain: str, reasons: list[str], action: str, evidence: dict[str, Any] | None = None, count: int = 1,
+        pod: str = "", service_account: str = "",
+    ) -> None:
+        self.ts = ts
+        self.kind = kind
+        self.severity = severity
+        self.namespace = namespace
+        self.client = client
+        self.qname = qname
+        self.qtype = qtype
+        self.domain = domain
+        self.reasons = reasons
+        self.action = action
+        self.evidence = {} if evidence is None else evidence
+        self.count = count
+        self.pod = pod
+        self.service_account = service_account
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -63,7 +85,7 @@ class Alert:
         return out
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
+        return _ENCODER.encode(self.to_dict())
 
 
 class Sink(Protocol):

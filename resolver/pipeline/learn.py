@@ -33,7 +33,7 @@ from resolver.wire.message import name_from_text
 DEFAULT_PREFIX = "dnsgate:learn"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Seen:
     count: int
     first: float
@@ -42,6 +42,18 @@ class Seen:
     pushed: int = 0  # part of ``count`` already sent to Redis
     pod: str = ""  # "namespace/name" of the pod that last asked, with pod identity on
     service_account: str = ""
+
+    def __init__(
+        self, count: int, first: float, last: float, rcode: int = -1, pushed: int = 0, pod: str = "",
+        service_account: str = "",
+    ) -> None:
+        self.count = count
+        self.first = first
+        self.last = last
+        self.rcode = rcode
+        self.pushed = pushed
+        self.pod = pod
+        self.service_account = service_account
 
 
 class LearnBook:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from resolver.wire.message import ReplyInfo
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Query:
     """One client query moving through the pipeline."""
 
@@ -34,6 +34,22 @@ class Query:
     domain: str = ""  # registrable domain, filled by the detection stage
     cache_key: bytes = b""  # filled by the cache stage, used to store the upstream's reply
     pod: PodIdentity | None = None  # filled by the identity stage when the client is a known pod
+
+    def __init__(
+        self, wire: bytes, question: Question, client: str, transport: str, now: float,
+        listener_namespace: str | None = None, namespace: Namespace | None = None, domain: str = "",
+        cache_key: bytes = b"", pod: PodIdentity | None = None,
+    ) -> None:
+        self.wire = wire
+        self.question = question
+        self.client = client
+        self.transport = transport
+        self.now = now
+        self.listener_namespace = listener_namespace
+        self.namespace = namespace
+        self.domain = domain
+        self.cache_key = cache_key
+        self.pod = pod
 
 
 @dataclass(slots=True)

@@ -56,7 +56,7 @@ class MalformedMessage(ValueError):
     """The bytes are not a DNS message we can answer (say why)."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Question:
     """The one question of a query, read straight from the wire.
 
@@ -72,6 +72,17 @@ class Question:
     udp_size: int  # the client's EDNS0 buffer size, 512 without EDNS
     do: bool  # DNSSEC OK bit from the client's OPT record
     has_edns: bool
+
+    def __init__(
+        self, qname: bytes, qtype: int, qclass: int, end: int, udp_size: int, do: bool, has_edns: bool,
+    ) -> None:
+        self.qname = qname
+        self.qtype = qtype
+        self.qclass = qclass
+        self.end = end
+        self.udp_size = udp_size
+        self.do = do
+        self.has_edns = has_edns
 
 
 def read_name(wire: bytes, offset: int) -> tuple[bytes, int]:
