@@ -11,7 +11,9 @@
 2. Times, in the same run, ``dnsgate replay FILE --format jsonl`` (detection
    on: learn mode, detection observe) against
    ``tshark -r FILE -Y 'dns.flags.response==0' -T fields -e dns.qry.name``,
-   both with stdout to /dev/null, and reports tshark time / replay time.
+   both with stdout to /dev/null, and reports tshark time / replay time; and
+   the same replay run from a copy of the source without the compiled modules
+   (``make native``, resolver/native.py), so both builds are measured together.
 3. Repeats the capture (one day later per copy, new DNS IDs) into a file of at
    least ``--big-gb`` GB, replays it, records peak RSS from wait4(), and deletes it.
 
@@ -44,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import save_results  # noqa: E402
+from resolver import native  # noqa: E402
 from tests.benign_corpus import benign_day, rcode_for  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "replay.json"
@@ -183,7 +186,7 @@ def _child_pid(pid: int) -> int:
         return pid
 
 
-def timed(cmd: list[str], sample_every: float = 0.0) -> dict[str, Any]:
+def timed(cmd: list[str], sample_every: float = 0.0, cwd: Path = ROOT) -> dict[str, Any]:
     """Wall time, CPU time and peak RSS of one child process (stdout to /dev/null).
 
     Peak RSS comes from /usr/bin/time (%M): wait4() on a direct child would also
@@ -197,7 +200,7 @@ def timed(cmd: list[str], sample_every: float = 0.0) -> dict[str, Any]:
             tempfile.NamedTemporaryFile("r") as rssfile:
         full = [str(wrapper), "-f", "%M", "-o", rssfile.name, *cmd] if wrapper.exists() else cmd
         started = time.perf_counter()
-        proc = subprocess.Popen(full, stdout=devnull, stderr=errfile, cwd=ROOT)
+        proc = subprocess.Popen(full, stdout=devnull, stderr=errfile, cwd=cwd)
         stop = threading.Event()
 
         def sample() -> None:
@@ -249,6 +252,20 @@ namespaces:
 """
 
 
+def source_copy() -> Path:
+    """resolver/ and heuristics/ without their compiled modules: replay run from source.
+
+    ``python -m`` puts the working directory first on sys.path, so a replay started
+    in this folder imports the copy's Python source, never the extensions beside
+    the originals (resolver/native.py).
+    """
+    dest = WORK / "source-tree"
+    shutil.rmtree(dest, ignore_errors=True)
+    for package in ("resolver", "heuristics"):
+        shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    return dest
+
+
 def breakdown(capture: Path) -> dict[str, Any]:
     """Where replay's time goes: reading the capture alone, the pipeline without detection."""
     decode = timed([sys.executable, "-c",
@@ -284,11 +301,14 @@ def main() -> int:
                   "--progress", "never"]
     tshark_cmd = [tshark, "-r", str(capture), "-Y", "dns.flags.response==0", "-T", "fields",
                   "-e", "dns.qry.name"]
-    runs: dict[str, list[dict[str, Any]]] = {"replay": [], "tshark": []}
+    compiled = native.compiled()
+    source = source_copy()
+    runs: dict[str, list[dict[str, Any]]] = {"replay": [], "tshark": [], "replay_source": []}
     parts: list[dict[str, Any]] = []
     for _ in range(args.repeat):  # interleaved, so all see the same machine state
         runs["replay"].append(timed(replay_cmd))
         runs["tshark"].append(timed(tshark_cmd))
+        runs["replay_source"].append(timed(replay_cmd, cwd=source))
         parts.append(breakdown(capture))
     best = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
     alerts = subprocess.run(replay_cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout.splitlines()
@@ -297,6 +317,8 @@ def main() -> int:
     split = {k: min(p[k] for p in parts) for k in parts[0]}
     print(f"  breakdown: reading the capture {split['read_capture_only_seconds']:.2f}s, "
           f"replay with detection off {split['replay_detection_off_seconds']:.2f}s", file=sys.stderr)
+    print(f"  {len(compiled)} of {len(native.MODULES)} modules compiled; the same replay from source "
+          f"{best['replay_source']['seconds']:.2f}s", file=sys.stderr)
     print(f"replay {best['replay']['seconds']:.2f}s ({held['queries'] / best['replay']['seconds']:,.0f} queries/s, "
           f"{best['replay']['peak_rss_mb']} MB)  tshark {best['tshark']['seconds']:.2f}s  "
           f"ratio {ratio:.2f}x  flagged {len(tunnel_domains)} domains", file=sys.stderr)
@@ -307,6 +329,10 @@ def main() -> int:
         "capture": held,
         "replay": {**best["replay"], "queries_per_second": round(held["queries"] / best["replay"]["seconds"]),
                    "runs": [r["seconds"] for r in runs["replay"]], "command": " ".join(replay_cmd[1:])},
+        "compiled_modules": compiled,
+        "replay_from_source": {**best["replay_source"], "runs": [r["seconds"] for r in runs["replay_source"]],
+                               "ratio_tshark_over_replay": round(best["tshark"]["seconds"]
+                                                                 / best["replay_source"]["seconds"], 2)},
         "tshark": {**best["tshark"], "runs": [r["seconds"] for r in runs["tshark"]],
                    "command": " ".join(tshark_cmd)},
         "ratio_tshark_over_replay": round(ratio, 2),

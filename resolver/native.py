@@ -31,8 +31,9 @@ __all__ = ["MODULES", "ROOT", "build", "clean", "compiled", "stale"]
 ROOT = Path(__file__).resolve().parents[1]
 
 # What every query, live or replayed, runs through. Modules that read objects'
-# __dict__ (heuristics/settings.py), subclass built-in types (heuristics/lru.py)
-# or run once at start (config, schema, the CLI) stay Python.
+# __dict__ (heuristics/settings.py), subclass built-in types (heuristics/lru.py,
+# the listeners' OSError), whose objects tests replace methods of (the upstream
+# forwarder), or that run once at start (config, schema, the CLI) stay Python.
 MODULES = (
     "heuristics/client_quarantine.py",
     "heuristics/detector.py",
@@ -54,12 +55,17 @@ MODULES = (
     "resolver/pipeline/query.py",
     "resolver/pipeline/quarantine.py",
     "resolver/pipeline/ratelimit.py",
+    "resolver/pipeline/rebinding.py",
+    "resolver/pipeline/loop.py",
+    "resolver/pipeline/rpz.py",
+    "resolver/pipeline/scrub.py",
     "resolver/offline/capture.py",
     "resolver/offline/replay.py",
 )
 # mypyc puts the code of all modules in one shared library; this names it, inside
 # the resolver package rather than at the top of the tree.
 GROUP = "resolver._compiled"
+PACKAGES = ("heuristics", "resolver")
 BUILD_DIR = ROOT / "build" / "native"
 
 
@@ -79,40 +85,51 @@ def _group_library() -> list[Path]:
     return sorted(folder.glob(f"{name}__mypyc*.so"))
 
 
+def _all_extensions() -> list[Path]:
+    """Every extension module inside the packages (all of them built here), the group's included."""
+    found: list[Path] = []
+    for package in PACKAGES:
+        for suffix in EXTENSION_SUFFIXES:
+            found.extend((ROOT / package).rglob(f"*{suffix}"))
+    return sorted(set(found))
+
+
 def compiled() -> list[str]:
     """The modules of MODULES that have an extension beside their source."""
     return [m for m in MODULES if _extension(m) is not None]
 
 
 def stale() -> list[str]:
-    """Modules whose extension is older than their source (it would run old code)."""
+    """Sources whose extension would run old code.
+
+    A module of MODULES whose extension is older than its source, and a module
+    with an extension that is no longer in MODULES (left by an earlier build).
+    """
     out = []
-    for module in MODULES:
-        ext = _extension(module)
-        if ext is not None and ext.stat().st_mtime < (ROOT / module).stat().st_mtime:
-            out.append(module)
+    listed = {ROOT / m for m in MODULES}
+    groups = set(_group_library())
+    for ext in _all_extensions():
+        if ext in groups:
+            continue
+        source = ext.with_name(ext.name.split(".", 1)[0] + ".py")
+        if source not in listed or ext.stat().st_mtime < source.stat().st_mtime:
+            out.append(str(source.relative_to(ROOT)))
     return out
 
 
 def stale_message(modules: list[str]) -> str:
     """The one-line error for ``stale()``'s list."""
     more = f" and {len(modules) - 1} more" if len(modules) > 1 else ""
-    return (f"{modules[0]}{more} changed after it was compiled: run `make native` to rebuild, "
-            "or `python -m resolver.native clean` to run from source")
+    return (f"the compiled build is out of date for {modules[0]}{more} (changed since, or no longer compiled): "
+            "run `make native` to rebuild, or `python -m resolver.native clean` to run from source")
 
 
 def clean() -> int:
-    """Delete every extension this module built; returns how many."""
-    removed = 0
-    for module in MODULES:
-        ext = _extension(module)
-        if ext is not None:
-            ext.unlink()
-            removed += 1
-    for lib in _group_library():
-        lib.unlink()
-        removed += 1
-    return removed
+    """Delete every extension module in the packages (all built here); returns how many."""
+    extensions = _all_extensions()
+    for ext in extensions:
+        ext.unlink()
+    return len(extensions)
 
 
 def build(jobs: int = 0) -> list[str]:
@@ -123,6 +140,7 @@ def build(jobs: int = 0) -> list[str]:
     except ImportError as exc:  # pragma: no cover - both come with the [test] extra
         raise RuntimeError(f"cannot build compiled modules: {exc.name} is not installed "
                            "(pip install mypy setuptools)") from None
+    clean()  # a module taken off MODULES must not keep an extension of an older build
     here = Path.cwd()
     os.chdir(ROOT)  # mypy reads pyproject.toml's [tool.mypy]; module names follow paths
     try:
@@ -170,10 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "clean":
         print(f"removed {clean()} compiled files", file=sys.stderr)
         return 0
-    old = set(stale())
+    old = stale()
     for module in MODULES:
         state = "stale" if module in old else "compiled" if _extension(module) else "source"
         print(f"{state:8} {module}")
+    for module in old:
+        if module not in MODULES:
+            print(f"{'stale':8} {module} (compiled by an earlier build, no longer listed)")
     return 1 if old else 0
 
 

@@ -151,11 +151,19 @@ class JsonlSink:
 SEVERITY = {"policy": ("info", "warning"), "rebinding": ("warning", "high"), "rate_limit": ("warning", "warning")}
 
 
+_QTYPE_TEXT: dict[int, str] = {}
+
+
 def qtype_text(qtype: int) -> str:
-    try:
-        return dns.rdatatype.to_text(qtype)  # type: ignore[arg-type]
-    except ValueError:
-        return f"TYPE{qtype}"
+    """``A``, ``TXT``, ``TYPE65280``: dnspython's mnemonic, remembered (at most 65,536 of them)."""
+    text = _QTYPE_TEXT.get(qtype)
+    if text is None:
+        try:
+            text = dns.rdatatype.to_text(qtype)  # type: ignore[arg-type]
+        except ValueError:
+            text = f"TYPE{qtype}"
+        _QTYPE_TEXT[qtype] = text
+    return text
 
 
 class AlertHub:

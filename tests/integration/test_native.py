@@ -89,6 +89,17 @@ def test_a_source_newer_than_its_extension_stops_dnsgate_with_one_line(tmp_path:
     assert again.stdout.startswith("dnsgate ")
 
 
+def test_an_extension_of_a_module_no_longer_compiled_stops_dnsgate(tmp_path: Path) -> None:
+    tree = _source_tree(tmp_path, with_extensions=True)
+    left = tree / "resolver" / "offline" / ("propose" + EXTENSION_SUFFIXES[0])  # propose.py is not in MODULES
+    assert "resolver/offline/propose.py" not in native.MODULES
+    left.write_bytes(b"")
+    out = _run(tree, "--version")
+    assert out.returncode == 2
+    assert len(out.stderr.splitlines()) == 1, out.stderr
+    assert "resolver/offline/propose.py" in out.stderr
+
+
 def _replay(tree: Path, capture: Path) -> tuple[str, list[str]]:
     out = _run(tree, "replay", str(capture), "--format", "jsonl", "--progress", "never")
     assert out.returncode == 0, out.stderr
