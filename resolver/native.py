@@ -31,9 +31,10 @@ __all__ = ["MODULES", "ROOT", "build", "clean", "compiled", "stale"]
 ROOT = Path(__file__).resolve().parents[1]
 
 # What every query, live or replayed, runs through. Modules that read objects'
-# __dict__ (heuristics/settings.py), subclass built-in types (heuristics/lru.py,
-# the listeners' OSError), whose objects tests replace methods of (the upstream
-# forwarder), or that run once at start (config, schema, the CLI) stay Python.
+# __dict__ (heuristics/settings.py), subclass built-in types (heuristics/lru.py;
+# resolver/operations/binding.py holds the listeners' OSError subclass), whose
+# objects tests replace methods of (the upstream forwarder), or that run once at
+# start (config, schema, the CLI) stay Python.
 MODULES = (
     "heuristics/client_quarantine.py",
     "heuristics/detector.py",
@@ -59,6 +60,7 @@ MODULES = (
     "resolver/pipeline/loop.py",
     "resolver/pipeline/rpz.py",
     "resolver/pipeline/scrub.py",
+    "resolver/operations/listeners.py",
     "resolver/offline/capture.py",
     "resolver/offline/replay.py",
 )

@@ -18,21 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import errno
 import functools
 import logging
-import os
 import socket
 import sys
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from resolver import config as config_mod
 from resolver.config import Config, ConfigError, Listen
 from resolver.operations import steering
+from resolver.operations.binding import ListenError
 from resolver.operations.metrics import QueryCounters
 from resolver.operations.sinks import build_sinks, check_sinks
 from resolver.pipeline.chain import Engine, Pipeline
@@ -54,14 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("dnsgate.server")
 
 TCP_BACKLOG = 100  # asyncio.start_server's own default
-
-
-class ListenError(OSError):
-    """A listener could not be bound; the message names the address, port and protocol."""
-
-    def __init__(self, listen: Listen, proto: str, cause: OSError) -> None:
-        super().__init__(cause.errno, f"cannot listen on {listen.address} port {listen.port}/{proto}: "
-                                      f"{bind_failure(cause, listen.port)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,22 +122,6 @@ def bind_socket(listen: Listen, kind: socket.SocketKind, workers: int = 1) -> so
                         "changing source ports reaches every worker's limits", listen.address, listen.port,
                         exc.strerror or exc)
     return sock
-
-
-def bind_failure(exc: OSError, port: int) -> str:
-    """Why a bind failed, in a few words: the errno's text (uvloop keeps it on the cause)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        code = getattr(seen, "errno", None)
-        if code:
-            reason = os.strerror(code)
-            if code == errno.EACCES and port < 1024:
-                reason += " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
-            elif code == errno.EADDRINUSE and port == 53:
-                reason += " (another resolver on port 53? systemd-resolved: see docs/operations.md)"
-            return reason
-        seen = seen.__cause__ or seen.__context__
-    return str(exc)
 
 
 class Server:
@@ -436,6 +411,16 @@ UDP_QUEUE_PER_CLIENT = 1024  # datagrams of one client read but not yet answered
 UDP_QUEUE_TOTAL = 16_384  # the same, all clients together
 
 
+class QueryServer(Protocol):
+    """What a UDP listener asks of the server behind it (``Server``; tests use small stand-ins)."""
+
+    def query(
+        self, data: bytes, client: str, transport: str, listener_ns: str | None
+    ) -> Reply | Awaitable[Reply] | None: ...
+
+    def track(self, coro: Awaitable[None]) -> None: ...
+
+
 class UdpListener:
     """One UDP socket, read in batches and answered round-robin per client address.
 
@@ -449,7 +434,7 @@ class UdpListener:
     (counted in ``shed``): reading and dropping one costs about a microsecond.
     """
 
-    def __init__(self, server: Server, listen: Listen, sock: socket.socket) -> None:
+    def __init__(self, server: QueryServer, listen: Listen, sock: socket.socket) -> None:
         self.server = server
         self.namespace = listen.namespace
         self.sock = sock
