@@ -191,12 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"removed {clean()} compiled files", file=sys.stderr)
         return 0
     old = stale()
-    for module in MODULES:
-        state = "stale" if module in old else "compiled" if _extension(module) else "source"
-        print(f"{state:8} {module}")
-    for module in old:
-        if module not in MODULES:
-            print(f"{'stale':8} {module} (compiled by an earlier build, no longer listed)")
+    lines = [f"{'stale' if m in old else 'compiled' if _extension(m) else 'source':8} {m}" for m in MODULES]
+    lines += [f"{'stale':8} {m} (compiled by an earlier build, no longer listed)" for m in old if m not in MODULES]
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:  # `status | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 1 if old else 0
 
 
