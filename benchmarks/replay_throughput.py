@@ -252,20 +252,6 @@ namespaces:
 """
 
 
-def source_copy() -> Path:
-    """resolver/ and heuristics/ without their compiled modules: replay run from source.
-
-    ``python -m`` puts the working directory first on sys.path, so a replay started
-    in this folder imports the copy's Python source, never the extensions beside
-    the originals (resolver/native.py).
-    """
-    dest = WORK / "source-tree"
-    shutil.rmtree(dest, ignore_errors=True)
-    for package in ("resolver", "heuristics"):
-        shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    return dest
-
-
 def breakdown(capture: Path) -> dict[str, Any]:
     """Where replay's time goes: reading the capture alone, the pipeline without detection."""
     decode = timed([sys.executable, "-c",
@@ -302,7 +288,7 @@ def main() -> int:
     tshark_cmd = [tshark, "-r", str(capture), "-Y", "dns.flags.response==0", "-T", "fields",
                   "-e", "dns.qry.name"]
     compiled = native.compiled()
-    source = source_copy()
+    source = native.copy_packages(WORK / "source-tree")  # replay from source, same run
     runs: dict[str, list[dict[str, Any]]] = {"replay": [], "tshark": [], "replay_source": []}
     parts: list[dict[str, Any]] = []
     for _ in range(args.repeat):  # interleaved, so all see the same machine state

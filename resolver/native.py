@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
-__all__ = ["MODULES", "ROOT", "build", "clean", "compiled", "stale"]
+__all__ = ["MODULES", "ROOT", "build", "clean", "compiled", "copy_packages", "stale"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,6 +125,19 @@ def stale_message(modules: list[str]) -> str:
     more = f" and {len(modules) - 1} more" if len(modules) > 1 else ""
     return (f"the compiled build is out of date for {modules[0]}{more} (changed since, or no longer compiled): "
             "run `make native` to rebuild, or `python -m resolver.native clean` to run from source")
+
+
+def copy_packages(dest: Path, with_extensions: bool = False) -> Path:
+    """A copy of the packages dnsgate runs from in ``dest``, with or without the compiled files.
+
+    ``python -m resolver.cli`` started in ``dest`` imports the copy (``-m`` puts the
+    working directory first on sys.path): without extensions, the source build.
+    """
+    skip = ["__pycache__"] + ([] if with_extensions else [f"*{suffix}" for suffix in EXTENSION_SUFFIXES])
+    for package in PACKAGES:
+        shutil.rmtree(dest / package, ignore_errors=True)
+        shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns(*skip))
+    return dest
 
 
 def clean() -> int:

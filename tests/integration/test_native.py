@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -49,14 +48,6 @@ def test_every_listed_module_is_imported_as_built() -> None:
     assert native.compiled() == (list(native.MODULES) if EXPECT_COMPILED else [])
 
 
-def _source_tree(dest: Path, with_extensions: bool) -> Path:
-    """A copy of the packages dnsgate runs from, with or without the compiled files."""
-    skip = shutil.ignore_patterns("__pycache__", *([] if with_extensions else ["*.so"]))
-    for package in ("resolver", "heuristics"):
-        shutil.copytree(ROOT / package, dest / package, ignore=skip)
-    return dest
-
-
 def _run(tree: Path, *args: str) -> subprocess.CompletedProcess[str]:
     # `-m` puts the working directory first on sys.path: the copy's modules are the ones run.
     return subprocess.run([sys.executable, "-m", "resolver.cli", *args], capture_output=True, text=True,
@@ -64,7 +55,7 @@ def _run(tree: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_source_newer_than_its_extension_stops_dnsgate_with_one_line(tmp_path: Path) -> None:
-    tree = _source_tree(tmp_path, with_extensions=True)
+    tree = native.copy_packages(tmp_path, with_extensions=True)
     detector = tree / "heuristics" / "detector.py"
     extension = detector.with_name("detector" + EXTENSION_SUFFIXES[0])
     if not extension.exists():  # NATIVE=0: an old extension stands in for a forgotten build
@@ -90,7 +81,7 @@ def test_a_source_newer_than_its_extension_stops_dnsgate_with_one_line(tmp_path:
 
 
 def test_an_extension_of_a_module_no_longer_compiled_stops_dnsgate(tmp_path: Path) -> None:
-    tree = _source_tree(tmp_path, with_extensions=True)
+    tree = native.copy_packages(tmp_path, with_extensions=True)
     left = tree / "resolver" / "offline" / ("propose" + EXTENSION_SUFFIXES[0])  # propose.py is not in MODULES
     assert "resolver/offline/propose.py" not in native.MODULES
     left.write_bytes(b"")
@@ -112,7 +103,7 @@ def test_the_compiled_build_replays_exactly_as_the_source(tmp_path: Path) -> Non
     mixed = tmp_path / "mixed.pcap"
     # A benign day with half its names made never-seen, plus two bulk tunnels.
     write_capture(mixed, 4000, seed=3, unique=0.5)
-    source = _source_tree(tmp_path / "source", with_extensions=False)
+    source = native.copy_packages(tmp_path / "source", with_extensions=False)
     alerts = 0
     for capture in (mixed, CORPUS / "iodine_dev.pcap", CORPUS / "dns2tcp_txt_dev.pcap",
                     CORPUS / "dnscat2_dev.pcap"):
