@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from .features import FeatureCache, NameFeatures, case_bits
 from .names import DEFAULT_EXEMPTIONS, domain_text, name_to_text, wire_of
 from .settings import DetectorSettings
-from .spread import all_fresh, concentration, content_bytes, first_name_charge, note_client, slow_drip
+from .spread import all_fresh, concentration, first_name_charge, note_client, slow_drip
 from .state import Geometry, State
 from .windows import Field, PairWindows, Pending, Window
 
@@ -190,7 +190,7 @@ class Detector:
             self.decided_queries += 1
             return decided.verdict
         state = self.state
-        tag = f"{namespace}|{feats.key}"
+        tag = feats.tag(namespace)
         geometry = derived.geometry
         ns_pair = state.pair(tag, geometry)
         client_pair = state.pair(f"{tag}|{client}", geometry)
@@ -316,7 +316,7 @@ class Detector:
             return
         if self._exempt(feats, derived):
             return
-        tag = f"{namespace}|{feats.key}"
+        tag = feats.tag(namespace)
         deltas: tuple[tuple[int, int], ...] = ((Field.RESPONSES, 1),)
         if rcode == _NX:
             deltas = ((Field.RESPONSES, 1), (Field.NXDOMAIN, 1))
@@ -608,9 +608,8 @@ class Detector:
             member = feats.digest
             # Deflate against the domain's recent text, never more than the alphabet allows.
             sub = feats.subdomain
-            labels = tuple(feats.subdomain_labels())
-            bound = content_bytes(labels, ns_pair.last_new)
-            ns_pair.last_new = labels
+            bound = feats.content_bound(ns_pair.last_new)
+            ns_pair.last_new = feats.sub_labels
             deltas.append((Field.INFO, min(ns_pair.estimator.charge(sub), bound) + (entry.case_bits + 7) // 8))
             if feats.encoded_shape(s.encoded_label_min, s.entropy_ratio):
                 deltas.append((Field.ENCODED, 1))
@@ -638,7 +637,7 @@ class Detector:
         so that rotating over domains does not reset the meter. ``free``: bytes of the
         charge left out (one of the domain's first names)."""
         sub = feats.subdomain
-        labels = tuple(feats.subdomain_labels())
+        labels = feats.sub_labels
         spread_pairs = []
         state = self.state
         # The meters are shared through the state backend like the pairs (only their
@@ -647,7 +646,7 @@ class Detector:
         tag = f"{namespace}||domains"
         for pair_key, key in (("c|" + client, f"{namespace}||{client}|domains"), ("n", f"{namespace}||*|domains")):
             pair = state.pair(key, geometry, unique=False)
-            cost = min(pair.estimator.charge(sub), content_bytes(labels, pair.last_new)) + (case + 7) // 8
+            cost = min(pair.estimator.charge(sub), feats.content_bound(pair.last_new)) + (case + 7) // 8
             cost = max(0, cost - free)
             pair.last_new = labels
             deltas = ((Field.QUERIES, 1), (Field.NEW_NAMES, 1), (Field.INFO, cost))

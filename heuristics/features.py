@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 from .names import domain_text, label_offsets, name_to_text, registrable_offset
 
@@ -22,6 +23,7 @@ __all__ = [
     "NameFeatures",
     "alphabet_of",
     "case_bits",
+    "content_prefix",
     "expected_entropy",
     "features_of",
     "shannon_entropy",
@@ -33,6 +35,7 @@ _LETTERS = frozenset(b"abcdefghijklmnopqrstuvwxyz")
 _ALNUM = _DIGITS | _LETTERS
 _LDH = _ALNUM | frozenset(b"-_")
 _B64_EXTRA = frozenset(b"+/=")
+_LDH_BYTES = bytes(sorted(_LDH))
 # Lowercase base32 flavours: RFC 4648, iodine's a-z0-5, and base32hex.
 _BASE32_SETS = (
     _LETTERS | frozenset(b"234567"),
@@ -60,19 +63,49 @@ class Alphabet:
 
 def alphabet_of(label: bytes) -> str:
     """The smallest alphabet class that contains every octet of ``label``."""
-    chars = set(label)
-    if chars <= _HEX:
+    # Deleting a class's octets leaves nothing exactly when the label is drawn from it
+    # (one pass in C each, no set built).
+    if not label.translate(None, _HEX_BYTES):
         return Alphabet.HEX
-    if chars <= _ALNUM:
-        for base32 in _BASE32_SETS:
-            if chars <= base32:
+    if not label.translate(None, _ALNUM_BYTES):
+        for base32 in _BASE32_BYTES:
+            if not label.translate(None, base32):
                 return Alphabet.BASE32
         return Alphabet.ALNUM
-    if chars <= _LDH:
+    if not label.translate(None, _LDH_BYTES):
         return Alphabet.LDH
-    if chars <= _LDH | _B64_EXTRA:
+    if not label.translate(None, _B64_BYTES):
         return Alphabet.BASE64
     return Alphabet.BINARY
+
+
+_HEX_BYTES = bytes(sorted(_HEX))
+_ALNUM_BYTES = bytes(sorted(_ALNUM))
+_BASE32_BYTES = tuple(bytes(sorted(chars)) for chars in _BASE32_SETS)
+_B64_BYTES = bytes(sorted(_LDH | _B64_EXTRA))
+_BITS = {name: math.log2(size) for name, size in Alphabet.SIZE.items()}  # bits a symbol of each class
+
+
+def content_prefix(labels: Sequence[bytes]) -> list[float]:
+    """Running totals of the bits ``labels`` can carry: entry k covers the first k labels.
+
+    Each label is split at '-' and each part costs length x log2(its alphabet)
+    bits, digits-only parts log2(10) a digit (see heuristics.spread.content_bytes,
+    which rounds an entry up to bytes). The totals are added in label order, so
+    entry k is exactly the sum a loop over the first k labels would give.
+    """
+    prefix = [0.0]
+    bits = 0.0
+    for label in labels:
+        for part in label.split(b"-"):
+            if not part:
+                continue
+            if part.isdigit():
+                bits += len(part) * 3.33
+                continue
+            bits += len(part) * _BITS[alphabet_of(part)]
+        prefix.append(bits)
+    return prefix
 
 
 _UPPER_BYTES = bytes(range(0x41, 0x5B))
@@ -162,12 +195,16 @@ def expected_entropy(alphabet_size: int, length: int) -> float:
     return k * total
 
 
+_KIND: Final = bytes(1 if i in _DIGITS else 2 if i in _LETTERS else 0 for i in range(256))  # octet -> digit 1, letter 2
+
+
 def _transitions(label: bytes) -> int:
     """Digit/letter alternations: random encodings mix them, words and numbers don't."""
     count = 0
     prev = -1
+    kinds = _KIND
     for b in label:
-        kind = 1 if b in _DIGITS else (2 if b in _LETTERS else 0)
+        kind = kinds[b]
         if kind and prev and kind != prev:
             count += 1
         if kind:
@@ -232,11 +269,10 @@ def _shape(data: bytes) -> LabelShape:
         entropy=h,
         expected=expected_entropy(size, len(data)),
         transitions=_transitions(data),
-        non_ldh=not set(data) <= _LDH,
+        non_ldh=bool(data.translate(None, _LDH_BYTES)),
     )
 
 
-_LDH_BYTES = bytes(sorted(_LDH))
 _DIGIT_BYTES = bytes(sorted(_DIGITS))
 
 
@@ -253,6 +289,7 @@ class NameFeatures:
     __slots__ = (
         "_ancestors",
         "_shapes",
+        "_tag",
         "digest",
         "domain",
         "domain_labels",
@@ -263,6 +300,7 @@ class NameFeatures:
         "non_ldh",
         "offsets",
         "qname",
+        "sub_labels",
         "subdomain",
         "suffixes",
         "total_length",
@@ -272,7 +310,7 @@ class NameFeatures:
         offsets = label_offsets(qname)
         start = registrable_offset(qname, offsets)
         domain = domain_text(qname[start:])
-        sub_labels = [qname[i + 1 : i + 1 + qname[i]] for i in offsets if i < start]
+        sub_labels = tuple([qname[i + 1 : i + 1 + qname[i]] for i in offsets if i < start])
         self.qname = qname
         self.offsets = offsets
         self.domain = domain  # registrable domain, escaped text
@@ -288,6 +326,7 @@ class NameFeatures:
         # Labels left of the registrable domain, joined with '.': the text the
         # information estimate deflates (an amount, not a decision key).
         self.subdomain = b".".join(sub_labels)
+        self.sub_labels = sub_labels  # the labels left of the registrable domain, in order
         self.digest = hashlib.blake2b(qname, digest_size=8).digest()  # HLL member, seen-set key
         self.total_length = len(qname)  # wire length
         self.label_count = len(offsets)
@@ -296,6 +335,7 @@ class NameFeatures:
         self.non_ldh = bool(joined.translate(None, _LDH_BYTES))  # any octet outside LDH and '_'
         self._shapes: tuple[LabelShape, ...] | None = None
         self._ancestors: tuple[bytes, ...] | None = None
+        self._tag = ""  # the pair tag last asked for (see tag())
 
     @property
     def shapes(self) -> tuple[LabelShape, ...]:
@@ -310,11 +350,46 @@ class NameFeatures:
             shapes = self._shapes = tuple(found)
         return shapes
 
-    def subdomain_labels(self) -> list[bytes]:
+    def tag(self, namespace: str) -> str:
+        """The detector's pair tag of this name's domain in ``namespace`` (``namespace|key``).
+
+        Kept for the last namespace asked: the same string object again, its hash
+        already computed, for every query and response of the name.
+        """
+        tag = self._tag
+        # tag is "<some namespace>|<key>": of this namespace when it starts so and is as long.
+        if len(tag) == len(namespace) + 1 + len(self.key) and tag.startswith(namespace):
+            return tag
+        tag = self._tag = f"{namespace}|{self.key}"
+        return tag
+
+    def subdomain_labels(self) -> tuple[bytes, ...]:
         """The labels left of the registrable domain, in order."""
-        q = self.qname
-        start = len(q) - len(self.domain_wire)
-        return [q[i + 1 : i + 1 + q[i]] for i in self.offsets if i < start]
+        return self.sub_labels
+
+    def content_bound(self, previous: tuple[bytes, ...] = ()) -> int:
+        """:func:`heuristics.spread.content_bytes` of the subdomain labels against ``previous``.
+
+        The per-label totals are computed once per name; each meter's call then
+        only finds how many labels ``previous`` predicts.
+        """
+        labels = self.sub_labels
+        keep = len(labels)
+        if previous:
+            for i in range(1, min(keep, len(previous)) + 1):
+                if labels[-i] != previous[-i]:
+                    break
+                keep -= 1
+        # The meters of one query ask about the same name one after the other: the
+        # totals of the last name asked are kept (not per name: memory stays as it was).
+        last = _LAST_CONTENT
+        if last[0] is self:
+            prefix: list[float] = last[1]
+        else:
+            prefix = content_prefix(labels)
+            last[0] = self
+            last[1] = prefix
+        return math.ceil(prefix[keep] / 8)
 
     def ancestors(self) -> tuple[bytes, ...]:
         """Wire names from the registrable domain up to the root (computed once)."""
@@ -340,13 +415,26 @@ class NameFeatures:
 
     def encoded_shape(self, min_length: int, entropy_ratio: float) -> LabelShape | None:
         """The most random-looking label or joined run that looks encoded, if any."""
+        last = _LAST_ENCODED
+        if last[0] is self and last[1] == min_length and last[2] == entropy_ratio:
+            found: LabelShape | None = last[3]
+            return found
         best: LabelShape | None = None
         for shape in self.shapes:
             if shape.looks_encoded(min_length, entropy_ratio) and (
                 best is None or shape.length > best.length
             ):
                 best = shape
+        last[0] = self
+        last[1] = min_length
+        last[2] = entropy_ratio
+        last[3] = best
         return best
+
+
+# One-entry memos of NameFeatures methods a query asks twice (see content_bound, encoded_shape).
+_LAST_CONTENT: Final[list[Any]] = [None, None]
+_LAST_ENCODED: Final[list[Any]] = [None, 0, 0.0, None]
 
 
 def features_of(qname: bytes) -> NameFeatures:

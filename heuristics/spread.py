@@ -40,9 +40,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import lru_cache
 
-from .features import Alphabet, NameFeatures, alphabet_of
+from .features import NameFeatures, content_prefix
 from .windows import Field, PairWindows, Window
 
 __all__ = [
@@ -57,11 +56,6 @@ __all__ = [
 ]
 
 MAX_CLIENTS = 64  # clients remembered per (namespace, domain); beyond, it is "many"
-
-
-@lru_cache(maxsize=64)
-def _bits(size: int) -> float:
-    return math.log2(size)
 
 
 def content_bytes(labels: Sequence[bytes], previous: Sequence[bytes] = ()) -> int:
@@ -83,16 +77,7 @@ def content_bytes(labels: Sequence[bytes], previous: Sequence[bytes] = ()) -> in
                 break
             keep -= 1
         labels = labels[:keep]
-    bits = 0.0
-    for label in labels:
-        for part in label.split(b"-"):
-            if not part:
-                continue
-            if part.isdigit():
-                bits += len(part) * 3.33
-                continue
-            bits += len(part) * _bits(Alphabet.SIZE[alphabet_of(part)])
-    return math.ceil(bits / 8)
+    return math.ceil(content_prefix(labels)[-1] / 8)
 
 
 def first_name_charge(feats: NameFeatures, case: int, free: int) -> int:
@@ -108,8 +93,7 @@ def first_name_charge(feats: NameFeatures, case: int, free: int) -> int:
     extra = (case + 7) // 8
     if len(sub) + extra <= free:  # content_bytes never exceeds the octets
         return 0
-    labels = feats.subdomain_labels()
-    return max(0, content_bytes(labels) + extra - free)
+    return max(0, feats.content_bound() + extra - free)
 
 
 def note_client(pair: PairWindows, client: str) -> int:

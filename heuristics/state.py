@@ -31,6 +31,14 @@ SHORT, LONG = "s", "l"
 ANNOUNCE_OVERLAP = 30.0  # seconds of the shared-pairs index read again each flush (clock skew)
 
 
+def _add(lru: LRU, key: Any, value: Any) -> None:
+    """``lru.put`` for a key it does not hold: a new key already goes last."""
+    lru[key] = value
+    if len(lru) > lru.limit:
+        lru.popitem(last=False)
+        lru.evictions += 1
+
+
 class State:
     """What the detector needs from a backend; all methods are synchronous.
 
@@ -56,12 +64,15 @@ class State:
         """The windows of one pair key, created (or evicting the oldest) on demand."""
         pairs = self._pairs
         found = pairs.get(key)
-        if found is not None and found[0] == geometry:
+        if found is not None and (found[0] is geometry or found[0] == geometry):
             pairs.move_to_end(key)
             windows: PairWindows = found[1]
             return windows
         windows = PairWindows(*geometry[:4], context_bytes=geometry[4], unique=unique)
-        pairs.put(key, (geometry, windows))
+        if found is None:
+            _add(pairs, key, (geometry, windows))
+        else:
+            pairs.put(key, (geometry, windows))
         return windows
 
     def find(self, key: str) -> PairWindows | None:
@@ -75,16 +86,17 @@ class State:
         if key in seen:
             seen.move_to_end(key)
             return False
-        seen.put(key, None)
+        _add(seen, key, None)
         return True
 
     def new_domain(self, namespace: str, domain: str) -> bool:
         """True the first time a namespace asks about a registrable domain."""
         key = (namespace, domain)
-        if key in self._domains:
-            self._domains.move_to_end(key)
+        domains = self._domains
+        if key in domains:
+            domains.move_to_end(key)
             return False
-        self._domains.put(key, None)
+        _add(domains, key, None)
         return True
 
     def record(

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import random
+import zlib
 
 import dns.name
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from heuristics import Detector, DetectorSettings
 from heuristics.hll import HyperLogLog
 from heuristics.state import MemoryState
-from heuristics.windows import Field, InformationEstimator, Window
+from heuristics.windows import Field, InformationEstimator, Window, deflate_wbits
 
 
 def wire(text: str) -> bytes:
@@ -58,6 +61,49 @@ def test_information_estimator_charges_fresh_bytes_not_repeats() -> None:
     counter_cost = sum(est2.charge(f"host-{i:04d}.corp".encode()) for i in range(50))
     assert random_cost > 50 * 12  # ~8 bytes of entropy per hex label, deflate overhead on top
     assert counter_cost < random_cost / 3
+
+
+def _deflated_in_32k(context: bytes, text: bytes) -> int:
+    """The compressed size the estimator charged before its window was sized to the context."""
+    if context:
+        comp = zlib.compressobj(6, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, context)
+    else:
+        comp = zlib.compressobj(6, zlib.DEFLATED, -15, 8)
+    return min(len(text), len(comp.compress(text)) + len(comp.flush()))
+
+
+_OCTETS = st.sampled_from([b"ab", b"abcdefghijklmnopqrstuvwxyz0123456789.-", b"0123456789abcdef", bytes(range(256))])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    octets=_OCTETS,
+    context_bytes=st.sampled_from([64, 512, 1024, 3000]),
+    texts=st.lists(st.tuples(st.integers(1, 255), st.integers(0, 2**32 - 1), st.booleans()), min_size=1, max_size=12),
+)
+def test_the_sized_window_charges_what_the_32k_window_charged(
+    octets: bytes, context_bytes: int, texts: list[tuple[int, int, bool]]
+) -> None:
+    """The window is sized to hold the context, a name and deflate's lookahead: no match is
+    lost, so every charge equals the 32 KiB window's, whatever the octets (repeats included)."""
+    assert deflate_wbits(context_bytes) > -15 or context_bytes > 32768 - 517
+    est = InformationEstimator(context_bytes)
+    for length, seed, repeat in texts:
+        rng = random.Random(seed)
+        if repeat and est.recent:  # a piece of the context again, repeated: long matches, long chains
+            start = rng.randrange(len(est.recent))
+            text = (est.recent[start : start + rng.randint(1, 64)] * 8)[:length]
+        else:
+            text = bytes(rng.choice(octets) for _ in range(length))
+        expected = _deflated_in_32k(est.recent, text)
+        assert est.charge(text) == expected
+
+
+def test_the_window_grows_with_the_context() -> None:
+    assert deflate_wbits(1024) == -11  # 1024 + 255 + 262 octets fit in 2 KiB
+    assert deflate_wbits(0) == -10
+    assert deflate_wbits(4096) == -13
+    assert deflate_wbits(1 << 20) == -15  # capped at zlib's largest
 
 
 @pytest.mark.parametrize("suppress", [0.0, 300.0], ids=["scored_every_query", "decided"])
