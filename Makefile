@@ -46,8 +46,8 @@ clean-native:
 deps: $(BIN)/dnsgate system-deps native
 
 lint: $(BIN)/dnsgate
-	$(BIN)/ruff check resolver heuristics tests benchmarks
-	$(BIN)/mypy resolver heuristics
+	$(BIN)/ruff check resolver heuristics tests benchmarks setup.py
+	$(BIN)/mypy resolver heuristics setup.py
 
 test: deps lint
 	DNSGATE_NATIVE=$(NATIVE) $(BIN)/pytest -q -p no:cacheprovider

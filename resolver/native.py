@@ -13,6 +13,11 @@ An extension older than its source would run old code, so ``dnsgate`` refuses
 to start on one (:func:`stale`), with a one-line error naming the module;
 ``python -m resolver.native clean`` goes back to running from source.
 
+A wheel (``pip wheel .``, ``pip install .``) holds the same modules compiled:
+setup.py hands :func:`extensions` to setuptools. Installed from a wheel, the
+sources and extensions come from one build, so :func:`stale` does not compare
+their times (pip writes them in its own order).
+
 This module imports nothing of mypyc or setuptools until a build asks for them:
 the ``dnsgate`` command calls :func:`stale` at every start.
 """
@@ -21,13 +26,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import sys
+import sysconfig
 import time
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["MODULES", "ROOT", "build", "clean", "compiled", "copy_packages", "stale"]
+if TYPE_CHECKING:
+    from setuptools import Extension
+
+__all__ = ["MODULES", "ROOT", "build", "clean", "compiled", "copy_packages", "extensions", "installed", "stale"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,6 +108,14 @@ def _all_extensions() -> list[Path]:
     return sorted(set(found))
 
 
+def installed() -> bool:
+    """Whether the packages were installed from a wheel: pip's record of dnsgate lies beside them.
+
+    A source checkout has none, installed editable or not (pip's record is then in the venv).
+    """
+    return any(ROOT.glob("dnsgate-*.dist-info"))
+
+
 def compiled() -> list[str]:
     """The modules of MODULES that have an extension beside their source."""
     return [m for m in MODULES if _extension(m) is not None]
@@ -107,7 +126,11 @@ def stale() -> list[str]:
 
     A module of MODULES whose extension is older than its source, and a module
     with an extension that is no longer in MODULES (left by an earlier build).
+    Never any when installed from a wheel: one build made both, and pip may well
+    write a source after its extension.
     """
+    if installed():
+        return []
     out = []
     listed = {ROOT / m for m in MODULES}
     groups = set(_group_library())
@@ -148,22 +171,48 @@ def clean() -> int:
     return len(extensions)
 
 
+def _missing_toolchain() -> str | None:
+    """What a compile would lack (a C compiler, Python's headers), or None."""
+    compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")[0]
+    if shutil.which(compiler) is None:
+        return f"no C compiler ({compiler} not found)"
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not headers.exists():
+        return f"no Python headers ({headers} not found)"
+    return None
+
+
+def extensions() -> list[Extension]:
+    """MODULES as setuptools extensions: mypy checks them and mypyc writes their C under build/.
+
+    Call it with ROOT as the working directory: mypy reads pyproject.toml's
+    [tool.mypy], module names follow paths, and the extensions name their C
+    files relative to it. Raises RuntimeError, in one line, when mypyc or a C
+    toolchain is missing.
+    """
+    try:
+        from mypyc.build import mypycify
+    except ImportError as exc:
+        raise RuntimeError(f"cannot compile: {exc.name} is not installed (pip install mypy setuptools)") from None
+    if missing := _missing_toolchain():
+        raise RuntimeError(f"cannot compile: {missing}; on Debian: apt-get install gcc python3-dev")
+    return mypycify(list(MODULES), opt_level="3", debug_level="0", group_name=GROUP)
+
+
 def build(jobs: int = 0) -> list[str]:
     """Compile MODULES in place; returns them. Raises RuntimeError naming what failed."""
     try:
-        from mypyc.build import mypycify
         from setuptools import Distribution
-    except ImportError as exc:  # pragma: no cover - both come with the [test] extra
+    except ImportError as exc:  # pragma: no cover - every venv of Python 3.11 has it
         raise RuntimeError(f"cannot build compiled modules: {exc.name} is not installed "
                            "(pip install mypy setuptools)") from None
     clean()  # a module taken off MODULES must not keep an extension of an older build
     here = Path.cwd()
-    os.chdir(ROOT)  # mypy reads pyproject.toml's [tool.mypy]; module names follow paths
+    os.chdir(ROOT)  # where extensions() runs
     try:
-        extensions = mypycify(list(MODULES), opt_level="3", debug_level="0", group_name=GROUP)
         # A bare Distribution: setup() would also read pyproject.toml's [project] table,
         # which describes the dnsgate package, not these extensions.
-        dist = Distribution({"name": "dnsgate-compiled", "ext_modules": extensions})
+        dist = Distribution({"name": "dnsgate-compiled", "ext_modules": extensions()})
         dist.script_args = ["-q", "build_ext", "--inplace", "--build-temp", str(BUILD_DIR),
                             "--build-lib", str(BUILD_DIR / "lib"), "-j", str(jobs or os.cpu_count() or 1)]
         dist.parse_command_line()
