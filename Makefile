@@ -56,7 +56,10 @@ test: deps lint
 test-unit: $(BIN)/dnsgate native
 	DNSGATE_NATIVE=$(NATIVE) $(BIN)/pytest -q -p no:cacheprovider tests/unit
 
+# perf profiles the loaded server with native stacks (benchmarks/profile.py): the compiled
+# modules' functions by name, where py-spy sees only the event loop.
 bench: deps
+	@sh tests/support/debian-packages.sh linux-perf
 	$(BIN)/python -m benchmarks.run
 
 clean: clean-native

@@ -175,7 +175,7 @@ class Adversary:
         return out
 
     def profile(self, server: Proc) -> dict[str, Any]:
-        """py-spy on dnsgate under the same flood (a separate run: sampling slows it)."""
+        """perf (or py-spy) on dnsgate under the same flood (a separate run: sampling slows it)."""
         raw = self.work / "flood-profile.raw"
         opts = dnsperf.PerfOptions(clients=4, outstanding=400, timeout=2.0)
         seconds = self.args.flood_profile_seconds
@@ -188,7 +188,7 @@ class Adversary:
             return {"available": False}
         summary = profile.summarise(raw)
         self.flood_profile_text = profile.format_summary(
-            summary, f"py-spy record -f raw, {seconds:g}s, dnsgate (no rate limit) under the unique-name flood "
+            summary, f"{profile.tool()}, {seconds:g}s, dnsgate (no rate limit) under the unique-name flood "
             f"(every name new, all denied, one domain), {time.strftime('%Y-%m-%d %H:%M:%S')}",
         )
         return {"available": True, "samples": summary["samples"], "self": summary["self"][:15], "total": summary["total"][:15]}
@@ -381,7 +381,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--flood-seconds", type=float, default=10.0, help="unique-name flood run (default 10)")
     ap.add_argument("--adversary-names", dest="adversary_names", type=int, default=1_500_000, help="unique names in the flood file (default 1.5M)")
     ap.add_argument("--fairness-seconds", type=float, default=10.0, help="steady client's run under the flood (default 10)")
-    ap.add_argument("--flood-profile-seconds", dest="flood_profile_seconds", type=float, default=8.0, help="py-spy under the flood (0 skips)")
+    ap.add_argument("--flood-profile-seconds", dest="flood_profile_seconds", type=float, default=8.0, help="perf (or py-spy) under the flood (0 skips)")
     ap.add_argument("--tcp-queries", type=int, default=1_000_000, help="pipelined queries of the TCP hog (default 1M)")
 
 

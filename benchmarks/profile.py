@@ -1,12 +1,22 @@
-"""py-spy against a loaded dnsgate, summarised to the top frames by self and total time.
+"""A loaded dnsgate's profile, summarised to the top frames by self and total time.
 
-``py-spy record --format raw`` writes collapsed stacks (``frame;frame;... count``);
-self time is the leaf frame, total time counts a frame once per stack it appears in.
+With ``perf`` (Debian's linux-perf; ``make bench`` installs it) the samples are
+native stacks unwound from DWARF, so the compiled modules (``make native``)
+show as their functions: mypyc names ``Detector.observe`` of
+heuristics/detector.py ``CPyDef_detector___Detector___observe``, shown here as
+``detector.Detector.observe [compiled]``, and the interpreter's and libc's own
+functions appear by name. Without perf, py-spy samples Python frames only, and
+a compiled build then shows only the event loop.
+
+Both are reduced to collapsed stacks (``frame;frame;... count``, root first);
+self time is the leaf frame, total time counts a frame once per stack it
+appears in.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -28,8 +38,82 @@ def py_spy() -> str | None:
     return str(exe) if exe.exists() else None
 
 
+_MYPYC = re.compile(r"^CPyDef_(?:(\w+?)___)?(\w+)$")
+
+
+def native_frame(symbol: str, dso: str) -> str:
+    """A perf frame as a summary line names it: compiled functions by module.Class.method."""
+    symbol = re.sub(r"\+0x[0-9a-f]+$", "", symbol)
+    m = _MYPYC.match(symbol)
+    if m and "_compiled__mypyc" in dso:
+        module, rest = m.group(1), m.group(2)
+        name = ".".join(part for part in rest.split("___") if part)
+        return f"{module}.{name} [compiled]" if module else f"{name} [compiled]"
+    library = Path(dso).name.split(".so")[0] if dso and not dso.startswith("[") else dso.strip("[]")
+    return f"{symbol} ({library})" if library else symbol
+
+
+def collapse_perf_script(text: str) -> str:
+    """``perf script`` output (leaf first, one frame a line) as collapsed stacks, root first."""
+    counts: Counter[str] = Counter()
+    frames: list[str] = []
+    in_sample = False
+    for line in [*text.splitlines(), ""]:
+        if not line.strip():
+            if frames:
+                counts[";".join(reversed(frames))] += 1
+            frames, in_sample = [], False
+            continue
+        if not line[0].isspace():
+            in_sample = True  # the sample's header: command, pid, time, event
+            continue
+        if in_sample:
+            parts = line.split(None, 1)
+            if len(parts) < 2:
+                continue
+            body = parts[1]
+            dso = ""
+            if body.endswith(")") and " (" in body:
+                body, dso = body[:-1].rsplit(" (", 1)
+            if body == "[unknown]" or body.startswith("CPyPy_"):
+                continue  # CPyPy_: the Python-callable wrapper of the CPyDef_ function below it
+            frames.append(native_frame(body.strip(), dso))
+    return "\n".join(f"{stack} {n}" for stack, n in counts.items()) + "\n"
+
+
+def perf_record(pid: int, seconds: float, out: Path, rate: int = 250) -> Path | None:
+    """Native stacks of pid for `seconds` (perf, DWARF unwinding), written to `out` collapsed."""
+    exe = shutil.which("perf")
+    if exe is None:
+        return None
+    data = out.with_suffix(".perf")
+    res = subprocess.run(
+        [exe, "record", "-q", "-F", str(rate), "--call-graph", "dwarf,16384", "-p", str(pid), "-o", str(data),
+         "--", "sleep", str(seconds)],
+        capture_output=True, text=True,
+    )
+    if res.returncode != 0 or not data.exists():
+        print(f"perf record failed: {res.stderr[-500:]}", file=sys.stderr)
+        return None
+    script = subprocess.run([exe, "script", "-i", str(data), "-F", "comm,pid,time,ip,sym,dso"],
+                            capture_output=True, text=True)
+    data.unlink(missing_ok=True)
+    if script.returncode != 0:
+        print(f"perf script failed: {script.stderr[-500:]}", file=sys.stderr)
+        return None
+    out.write_text(collapse_perf_script(script.stdout))
+    return out
+
+
+def tool() -> str:
+    """What record() samples with: "perf" (native stacks) or "py-spy" (Python frames only)."""
+    return "perf" if shutil.which("perf") else "py-spy"
+
+
 def record(pid: int, seconds: float, out: Path, rate: int = 250) -> Path | None:
-    """Sample pid for `seconds`; returns the raw collapsed-stack file."""
+    """Sample pid for `seconds`; returns the raw collapsed-stack file (perf if present, else py-spy)."""
+    if tool() == "perf":
+        return perf_record(pid, seconds, out, rate)
     exe = py_spy()
     if exe is None:
         return None

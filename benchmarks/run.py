@@ -6,7 +6,7 @@
 Starts NSD (1,000-name zone), Unbound (1 thread, RPZ allowlist, forwarding to
 NSD), redis-server, and dnsgate (memory backend, Redis backend, workers: 2),
 drives each with one dnsperf query file (90% allowed, 10% denied), rounds
-interleaved, then a fixed-load pass at half of dnsgate's peak, a py-spy
+interleaved, then a fixed-load pass at half of dnsgate's peak, a perf (or py-spy)
 profile of dnsgate under load, and the memory flood (benchmarks/flood.py).
 Prints a table and writes benchmarks/results/<timestamp>.json and latest.json.
 See docs/benchmarks.md for what every figure means.
@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all servers (default 2)")
     ap.add_argument("--clients", type=int, default=4, help="dnsperf -c (default 4)")
     ap.add_argument("--outstanding", type=int, default=100, help="dnsperf -q (default 100)")
-    ap.add_argument("--profile-seconds", type=float, default=10.0, help="py-spy sampling time (default 10; 0 skips)")
+    ap.add_argument("--profile-seconds", type=float, default=10.0, help="profile sampling time, perf or py-spy (default 10; 0 skips)")
     ap.add_argument("--flood-names", type=int, default=1_000_000, help="unique names in the memory flood (0 skips)")
     ap.add_argument("--flood-domains", type=int, default=100_000, help="distinct domains for the tracked-domains RSS")
     ap.add_argument("--flood-cap", type=int, default=20_000, help="cache/learn/memo caps in the flood run")
@@ -337,7 +337,7 @@ class Bench:
         self.settle()
         load.start()
         time.sleep(1.0)
-        log(f"py-spy on {label} (pid {server.pid}) for {a.profile_seconds:g}s under dnsperf load")
+        log(f"{profile.tool()} on {label} (pid {server.pid}) for {a.profile_seconds:g}s under dnsperf load")
         got = profile.record(server.pid, a.profile_seconds, raw)
         load.join()
         self.freeze_others(label, stop=False)
@@ -346,7 +346,7 @@ class Bench:
         summary = profile.summarise(raw)
         text = profile.format_summary(
             summary,
-            f"py-spy record -f raw, {a.profile_seconds:g}s, dnsgate memory backend under dnsperf peak load "
+            f"{profile.tool()}, {a.profile_seconds:g}s, dnsgate memory backend under dnsperf peak load "
             f"(90% allowed / 10% denied), {time.strftime('%Y-%m-%d %H:%M:%S')}, {git_info(a.ref)['commit']}",
         )
         if not a.no_save:
