@@ -32,10 +32,11 @@ from resolver.pipeline.quarantine import QuarantineStage
 from resolver.pipeline.query import Query, Reply, ReplyHook, Stage, servfail
 from resolver.pipeline.ratelimit import RateLimiter, RateLimitStage
 from resolver.pipeline.rebinding import RebindingCounts, RebindingGuard
-from resolver.pipeline.scrub import MalformedReply, Scrubber
+from resolver.pipeline.scrub import MalformedReply, Scrubber, UpstreamAnswer
 from resolver.pipeline.upstream import Forwarder
 from resolver.wire.message import (
     MalformedMessage,
+    ReplyInfo,
     fit_udp,
     inspect_reply,
     parse_query,
@@ -124,11 +125,17 @@ class Pipeline:
         self.detection = DetectionStage(engine.detector, engine.alerts, deny)
         self.quarantine = QuarantineStage(engine.state.clients, self.policy, engine.alerts, deny)
         self.rate_limit = RateLimitStage(engine.limiter, engine.alerts)
-        cache = CacheStage(engine.cache, {name: answer_policy_scope(config, name) for name in config.namespaces})
+        self.identity = IdentityStage(config, engine.pods)
+        scopes = {name: answer_policy_scope(config, name) for name in config.namespaces}
+        self.cache = cache = CacheStage(engine.cache, scopes)
+        self.loop = engine.loop
+        self.admission = engine.admission
+        # The stages in the order decide() runs them (it calls each by its own type, so
+        # the compiled build makes direct calls; this tuple says what the order is).
         self.stages: tuple[Stage, ...] = (
-            engine.loop,
-            engine.admission,
-            IdentityStage(config, engine.pods),
+            self.loop,
+            self.admission,
+            self.identity,
             self.rate_limit,
             self.detection,
             self.quarantine,
@@ -141,12 +148,34 @@ class Pipeline:
         self.reply_hooks: tuple[ReplyHook, ...] = (self.detection, self.policy, self.rebinding, cache)
 
     def decide(self, query: Query) -> Reply | None:
-        """Run the synchronous stages; None means the query goes upstream."""
-        for stage in self.stages:
-            reply = stage.resolve(query)
-            if reply is not None:
-                return reply
-        return None
+        """Run the synchronous stages, in the order of ``stages``; None means the query goes upstream.
+
+        Written out stage by stage rather than as a loop over ``stages``: a call
+        through the tuple's Protocol type is a dynamic method lookup a query,
+        each stage's own type is a direct call in the compiled build.
+        """
+        reply = self.loop.resolve(query)
+        if reply is not None:
+            return reply
+        reply = self.admission.resolve(query)
+        if reply is not None:
+            return reply
+        reply = self.identity.resolve(query)
+        if reply is not None:
+            return reply
+        reply = self.rate_limit.resolve(query)
+        if reply is not None:
+            return reply
+        reply = self.detection.resolve(query)
+        if reply is not None:
+            return reply
+        reply = self.quarantine.resolve(query)
+        if reply is not None:
+            return reply
+        reply = self.policy.resolve(query)
+        if reply is not None:
+            return reply
+        return self.cache.resolve(query)
 
     def handle(self, query: Query) -> Reply | Awaitable[Reply]:
         """A reply now, or an awaitable one when the query must go upstream.
@@ -204,18 +233,29 @@ class Pipeline:
         except (MalformedReply, MalformedMessage, IndexError) as exc:
             self._malformed(query, exc)
             return servfail(query.wire, q)
-        for hook in self.reply_hooks:
-            replaced = hook.on_reply(query, answer, info)
-            if replaced is not None:
-                if replaced.follow is not None:
-                    return await self.follow(query, replaced)
-                if query.transport == "udp" and replaced.wire is not None:
-                    replaced.wire = fit_udp(replaced.wire, query.wire, q)
-                return replaced
+        replaced = self._on_reply(query, answer, info)
+        if replaced is not None:
+            if replaced.follow is not None:
+                return await self.follow(query, replaced)
+            if query.transport == "udp" and replaced.wire is not None:
+                replaced.wire = fit_udp(replaced.wire, query.wire, q)
+            return replaced
         wire = query.wire[:2] + answer.wire[2:]
         if query.transport == "udp":
             wire = fit_udp(wire, query.wire, q)
         return Reply(wire, info.rcode, "allowed")
+
+    def _on_reply(self, query: Query, answer: UpstreamAnswer, info: ReplyInfo) -> Reply | None:
+        """The reply hooks in the order of ``reply_hooks``: the first Reply returned replaces the
+        answer and the hooks after it never see it (each called by its own type, as in decide)."""
+        replaced = self.detection.on_reply(query, answer, info)
+        if replaced is None:
+            replaced = self.policy.on_reply(query, answer, info)
+        if replaced is None:
+            replaced = self.rebinding.on_reply(query, answer, info)
+        if replaced is None:
+            replaced = self.cache.on_reply(query, answer, info)
+        return replaced
 
     def observe_reply(self, query: Query, rcode: int) -> None:
         """An rcode seen without a reply to check (replay reads it from the capture)."""
