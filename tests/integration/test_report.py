@@ -12,9 +12,11 @@ import asyncio
 import base64
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -141,9 +143,15 @@ class Chromium:
             ensure_packages("chromium")
             binary = shutil.which("chromium")
         assert binary
+        # Chromium puts its singleton socket and cookie in a directory under TMPDIR that it
+        # does not remove: a directory of the test's own, removed in stop(), rather than
+        # one left in /tmp per run. Short: a unix socket's path must fit in 108 octets.
+        self.tmp = tempfile.mkdtemp(prefix="dnsgate-chromium-")
+        tmp = self.tmp
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen([binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
-                                          "about:blank"], stdout=log, stderr=subprocess.STDOUT)
+                                          "about:blank"], stdout=log, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "TMPDIR": tmp})
         # Chromium writes the port and the browser's websocket path once it listens.
         active = self.profile / "DevToolsActivePort"
 
@@ -152,7 +160,11 @@ class Chromium:
                 raise RuntimeError(self.log.read_text(errors="replace")[-2000:])
             return active.exists() and len(active.read_text().split()) == 2
 
-        poll(listening, 60, "chromium DevTools")
+        try:
+            poll(listening, 60, "chromium DevTools")
+        except BaseException:
+            self.stop()
+            raise
         port, path = active.read_text().split()
         self.url = f"ws://127.0.0.1:{port}{path}"
         self.ids = itertools.count(1)
@@ -166,6 +178,7 @@ class Chromium:
 
     def stop(self) -> None:
         stop_process(self.proc)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @pytest.fixture
