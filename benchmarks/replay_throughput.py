@@ -57,6 +57,11 @@ ETH = b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00"
 OPT = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"  # EDNS0, 1232-byte buffer
 
 
+def _relative(command: str) -> str:
+    """A command as recorded in the results: paths inside the checkout relative to it."""
+    return command.replace(f"{ROOT}/", "")
+
+
 def _ip_checksum(header: bytes) -> int:
     total = sum(struct.unpack("!10H", header))
     total = (total >> 16) + (total & 0xFFFF)
@@ -314,13 +319,13 @@ def main() -> int:
                     "cpus": os.cpu_count()},
         "capture": held,
         "replay": {**best["replay"], "queries_per_second": round(held["queries"] / best["replay"]["seconds"]),
-                   "runs": [r["seconds"] for r in runs["replay"]], "command": " ".join(replay_cmd[1:])},
+                   "runs": [r["seconds"] for r in runs["replay"]], "command": _relative(" ".join(replay_cmd[1:]))},
         "compiled_modules": compiled,
         "replay_from_source": {**best["replay_source"], "runs": [r["seconds"] for r in runs["replay_source"]],
                                "ratio_tshark_over_replay": round(best["tshark"]["seconds"]
                                                                  / best["replay_source"]["seconds"], 2)},
         "tshark": {**best["tshark"], "runs": [r["seconds"] for r in runs["tshark"]],
-                   "command": " ".join(tshark_cmd)},
+                   "command": _relative(" ".join(tshark_cmd))},
         "ratio_tshark_over_replay": round(ratio, 2),
         "breakdown_best_seconds": {k: min(p[k] for p in parts) for k in parts[0]},
         "target_ratio": 2.0,

@@ -27,6 +27,7 @@ __all__ = [
     "expected_entropy",
     "features_of",
     "shannon_entropy",
+    "unpredicted",
 ]
 
 _HEX = frozenset(b"0123456789abcdef")
@@ -84,6 +85,17 @@ _ALNUM_BYTES = bytes(sorted(_ALNUM))
 _BASE32_BYTES = tuple(bytes(sorted(chars)) for chars in _BASE32_SETS)
 _B64_BYTES = bytes(sorted(_LDH | _B64_EXTRA))
 _BITS = {name: math.log2(size) for name, size in Alphabet.SIZE.items()}  # bits a symbol of each class
+
+
+def unpredicted(labels: Sequence[bytes], previous: Sequence[bytes]) -> int:
+    """How many of ``labels``, from the left, differ from ``previous``'s label at the same
+    place from the right (see heuristics.spread.content_bytes): the rest are predicted."""
+    keep = len(labels)
+    for i in range(1, min(keep, len(previous)) + 1):
+        if labels[-i] != previous[-i]:
+            break
+        keep -= 1
+    return keep
 
 
 def content_prefix(labels: Sequence[bytes]) -> list[float]:
@@ -374,12 +386,7 @@ class NameFeatures:
         only finds how many labels ``previous`` predicts.
         """
         labels = self.sub_labels
-        keep = len(labels)
-        if previous:
-            for i in range(1, min(keep, len(previous)) + 1):
-                if labels[-i] != previous[-i]:
-                    break
-                keep -= 1
+        keep = unpredicted(labels, previous) if previous else len(labels)
         # The meters of one query ask about the same name one after the other: the
         # totals of the last name asked are kept (not per name: memory stays as it was).
         last = _LAST_CONTENT

@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .features import NameFeatures, content_prefix
+from .features import NameFeatures, content_prefix, unpredicted
 from .windows import Field, PairWindows, Window
 
 __all__ = [
@@ -71,12 +71,7 @@ def content_bytes(labels: Sequence[bytes], previous: Sequence[bytes] = ()) -> in
     label is one of its octets (and makes its alphabet binary), not a separator.
     """
     if previous:
-        keep = len(labels)
-        for i in range(1, min(len(labels), len(previous)) + 1):
-            if labels[-i] != previous[-i]:
-                break
-            keep -= 1
-        labels = labels[:keep]
+        labels = labels[: unpredicted(labels, previous)]
     return math.ceil(content_prefix(labels)[-1] / 8)
 
 

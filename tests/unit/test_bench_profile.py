@@ -10,8 +10,9 @@ from pathlib import Path
 
 from benchmarks.profile import collapse_perf_script, native_frame, summarise
 
-LIB = "/work/main/resolver/_compiled__mypyc.cpython-311-x86_64-linux-gnu.so"
-PYTHON = "/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0"
+# As an install under /opt/dnsgate (docs/operations.md, "Install") would name them.
+LIB = "/opt/dnsgate/lib/python3.11/site-packages/resolver/_compiled__mypyc.cpython-311-x86_64-linux-gnu.so"
+PYTHON = "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0"
 
 PERF_SCRIPT = f"""python 15063  2741.930000:
 \t          1b2e8c deflate (/usr/lib/x86_64-linux-gnu/libz.so.1.2.13)
