@@ -54,11 +54,93 @@ class Verdict:
         object.__setattr__(self, "repeat", repeat)
 
 
+class _Limits:
+    """The thresholds the query path reads, copied from a DetectorSettings once.
+
+    DetectorSettings stays a Python class (heuristics/settings.py), so each of its
+    attributes costs a generic lookup from compiled code; these are native fields.
+    """
+
+    __slots__ = (
+        "alert_points", "client_budget_long_bytes", "client_budget_short_bytes", "concentration",
+        "data_qtype_names_long", "data_qtype_names_short", "encoded_label_min", "encoded_names_long",
+        "encoded_names_short", "entropy_ratio", "fresh_ratio", "long_label", "long_label_names",
+        "long_window_seconds", "namespace_budget_long_bytes", "namespace_budget_short_bytes", "non_ldh_names",
+        "nxdomain_min_responses", "nxdomain_ratio", "rare_domains_per_hour", "rare_qtype_names",
+        "short_window_seconds", "slow_budget_bytes", "slow_min_buckets", "spread_clients",
+        "spread_free_bytes", "spread_fresh_ratio", "spread_skip_names", "suppress_seconds", "unique_short",
+    )
+
+    short_window_seconds: float
+    long_window_seconds: float
+    client_budget_short_bytes: int
+    client_budget_long_bytes: int
+    namespace_budget_short_bytes: int
+    namespace_budget_long_bytes: int
+    slow_budget_bytes: int
+    slow_min_buckets: int
+    fresh_ratio: float
+    spread_clients: int
+    concentration: float
+    spread_fresh_ratio: float
+    spread_skip_names: int
+    spread_free_bytes: int
+    encoded_label_min: int
+    entropy_ratio: float
+    long_label: int
+    encoded_names_short: int
+    encoded_names_long: int
+    non_ldh_names: int
+    long_label_names: int
+    unique_short: int
+    rare_qtype_names: int
+    data_qtype_names_short: int
+    data_qtype_names_long: int
+    nxdomain_ratio: float
+    nxdomain_min_responses: int
+    rare_domains_per_hour: int
+    alert_points: int
+    suppress_seconds: float
+
+    def __init__(self, s: DetectorSettings) -> None:
+        self.short_window_seconds = float(s.short_window_seconds)
+        self.long_window_seconds = float(s.long_window_seconds)
+        self.client_budget_short_bytes = int(s.client_budget_short_bytes)
+        self.client_budget_long_bytes = int(s.client_budget_long_bytes)
+        self.namespace_budget_short_bytes = int(s.namespace_budget_short_bytes)
+        self.namespace_budget_long_bytes = int(s.namespace_budget_long_bytes)
+        self.slow_budget_bytes = int(s.slow_budget_bytes)
+        self.slow_min_buckets = int(s.slow_min_buckets)
+        self.fresh_ratio = float(s.fresh_ratio)
+        self.spread_clients = int(s.spread_clients)
+        self.concentration = float(s.concentration)
+        self.spread_fresh_ratio = float(s.spread_fresh_ratio)
+        self.spread_skip_names = int(s.spread_skip_names)
+        self.spread_free_bytes = int(s.spread_free_bytes)
+        self.encoded_label_min = int(s.encoded_label_min)
+        self.entropy_ratio = float(s.entropy_ratio)
+        self.long_label = int(s.long_label)
+        self.encoded_names_short = int(s.encoded_names_short)
+        self.encoded_names_long = int(s.encoded_names_long)
+        self.non_ldh_names = int(s.non_ldh_names)
+        self.long_label_names = int(s.long_label_names)
+        self.unique_short = int(s.unique_short)
+        self.rare_qtype_names = int(s.rare_qtype_names)
+        self.data_qtype_names_short = int(s.data_qtype_names_short)
+        self.data_qtype_names_long = int(s.data_qtype_names_long)
+        self.nxdomain_ratio = float(s.nxdomain_ratio)
+        self.nxdomain_min_responses = int(s.nxdomain_min_responses)
+        self.rare_domains_per_hour = int(s.rare_domains_per_hour)
+        self.alert_points = int(s.alert_points)
+        self.suppress_seconds = float(s.suppress_seconds)
+
+
 @dataclass(slots=True)
 class _Derived:
     """Per-settings values computed once (exemption set, window geometry)."""
 
     settings: DetectorSettings
+    limits: _Limits
     exempt: frozenset[bytes]  # wire names: matched label-wise against a name's suffixes
     geometry: Geometry
     rare_qtypes: frozenset[int]
@@ -176,6 +258,7 @@ class Detector:
         """
         self.observed += 1
         derived = self._settings(settings)
+        lim = derived.limits
         try:
             feats = self.features.get(qname)
         except ValueError:
@@ -213,23 +296,23 @@ class Detector:
             if (
                 # A rare domain: few clients, or a fleet whose names are all asked once
                 # (spread.all_fresh: telemetry re-asks its hosts and asks A and AAAA).
-                (note_client(ns_pair, client) <= settings.spread_clients
-                 or ns_new >= settings.spread_fresh_ratio * ns_queries)
+                (note_client(ns_pair, client) <= lim.spread_clients
+                 or ns_new >= lim.spread_fresh_ratio * ns_queries)
                 # names of a real service are re-asked; a channel's never are
-                and ns_new >= settings.fresh_ratio * ns_queries
+                and ns_new >= lim.fresh_ratio * ns_queries
             ):
-                if ns_new >= settings.spread_skip_names:
+                if ns_new >= lim.spread_skip_names:
                     spread = True
                 else:
                     # One of the domain's first names: charged what it carries beyond
                     # spread_free_bytes (spread.first_name_charge), so that a rotation
                     # over domains with a few names each is metered; a site's www, cdn,
                     # _dmarc or DKIM selector carries less and costs nothing here.
-                    free = settings.spread_free_bytes
+                    free = lim.spread_free_bytes
                     spread = first_name_charge(feats, case, free) > 0
             if feats.non_ldh:
                 deltas.append((Field.NON_LDH, 1))
-            if feats.max_label >= settings.long_label:
+            if feats.max_label >= lim.long_label:
                 deltas.append((Field.LONG_LABEL, 1))
         # Rare and data qtypes count distinct (name, qtype): retries of one name don't.
         if (qtype in derived.rare_qtypes or qtype in derived.data_qtypes) and state.first_sight(
@@ -275,7 +358,7 @@ class Detector:
                 not spread
                 and ns_pair.pending_bytes < self.pending_bytes
                 and len(ns_pair.pending) < self.pending_entries
-                and not self._could_alert(ns_pair, client_pair, client_rare, settings)
+                and not self._could_alert(ns_pair, client_pair, client_rare, lim)
             ):
                 self.deferred += 1
                 return None
@@ -284,17 +367,17 @@ class Detector:
             self._spread(namespace, client, feats, case, free, now, derived.geometry) if spread else []
         )
 
-        best = self._score(ns_pair, client_pair, client_rare, settings, now, spread_pairs, tag)
+        best = self._score(ns_pair, client_pair, client_rare, lim, now, spread_pairs, tag)
         if best is None:
             return None
-        verdict = self._verdict(namespace, client, qname, qtype, feats, best, settings, now)
+        verdict = self._verdict(namespace, client, qname, qtype, feats, best, lim, now)
         if verdict.alert:
             skipped = self._skipped.pop((namespace, feats.domain_wire), 0)
             if skipped:
                 verdict.evidence["decided_queries"] = skipped
         # Decided for one short window: the queries in it cost a counter; then the pair
         # is scored again, so a new reason or a higher severity is alerted within it.
-        hold = min(settings.suppress_seconds, settings.short_window_seconds)
+        hold = min(lim.suppress_seconds, lim.short_window_seconds)
         if hold > 0:
             self._decide(namespace, feats.domain_wire, now + hold, verdict, False)
         return verdict
@@ -329,11 +412,11 @@ class Detector:
             _apply(pair, now, deltas)
             state.record(tag, pair_key, pair, deltas, None)
         if rcode == _NX:
-            self._reopen_on_nxdomain(namespace, feats, pairs[0][1], pairs[1][1], settings)
+            self._reopen_on_nxdomain(namespace, feats, pairs[0][1], pairs[1][1], derived.limits)
 
     def _reopen_on_nxdomain(
         self, namespace: str, feats: NameFeatures, ns_pair: PairWindows, client_pair: PairWindows,
-        s: DetectorSettings,
+        s: _Limits,
     ) -> None:
         """A flag decided without ``nxdomain_ratio`` ends when the answers now give it:
         the next query is scored, and the new reason alerted."""
@@ -411,6 +494,7 @@ class Detector:
         exempt = {wire_of(text) for text in texts}
         derived = _Derived(
             settings=settings,
+            limits=_Limits(settings),
             exempt=frozenset(exempt),
             geometry=(
                 settings.short_window_seconds,
@@ -487,7 +571,7 @@ class Detector:
                 self._decision_count -= 1
 
     def _could_alert(
-        self, ns_pair: PairWindows, client_pair: PairWindows, client_rare: PairWindows, s: DetectorSettings
+        self, ns_pair: PairWindows, client_pair: PairWindows, client_rare: PairWindows, s: _Limits
     ) -> bool:
         """Could the pair reach ``alert_points`` if its pending names were estimated?
 
@@ -503,10 +587,10 @@ class Detector:
         # First a bound over all four windows at once: the namespace pair's long window
         # holds every client's queries over a span that contains the short window, so
         # its counts bound the others'; with the loosest thresholds, most pairs stop here.
-        total = ns_pair.long.total
-        rare_types = total(Field.RARE_QTYPE)
+        win = ns_pair.long
+        rare_types = win.total(Field.RARE_QTYPE)
         points = 0
-        if total(Field.INFO) + pending_bytes >= min(
+        if win.total(Field.INFO) + pending_bytes >= min(
             s.client_budget_short_bytes, s.client_budget_long_bytes,
             s.namespace_budget_short_bytes, s.namespace_budget_long_bytes, s.slow_budget_bytes,
         ):
@@ -515,15 +599,15 @@ class Detector:
         if rare_types >= s.rare_qtype_names:
             encoded_min = min(encoded_min, s.rare_qtype_names)
             points += 2
-        elif total(Field.DATA_QTYPE) >= min(s.data_qtype_names_short, s.data_qtype_names_long):
+        elif win.total(Field.DATA_QTYPE) >= min(s.data_qtype_names_short, s.data_qtype_names_long):
             points += 1
-        if total(Field.ENCODED) + pending_names >= encoded_min or total(Field.NON_LDH) >= s.non_ldh_names:
+        if win.total(Field.ENCODED) + pending_names >= encoded_min or win.total(Field.NON_LDH) >= s.non_ldh_names:
             points += 2
-        if total(Field.LONG_LABEL) >= s.long_label_names:
+        if win.total(Field.LONG_LABEL) >= s.long_label_names:
             points += 1
-        if total(Field.RESPONSES) >= s.nxdomain_min_responses:
+        if win.total(Field.RESPONSES) >= s.nxdomain_min_responses:
             points += 1
-        if total(Field.NEW_NAMES) + rare_types + total(Field.DATA_QTYPE) >= s.unique_short // 2:
+        if win.total(Field.NEW_NAMES) + rare_types + win.total(Field.DATA_QTYPE) >= s.unique_short // 2:
             points += 2
         if not points or points + 1 < s.alert_points:  # +1: the rare_domains support point
             return False
@@ -536,28 +620,29 @@ class Detector:
                 (True, pair.short, short_budget, s.encoded_names_short, s.data_qtype_names_short),
                 (False, pair.long, long_budget, s.encoded_names_long, s.data_qtype_names_long),
             ):
-                total = window.total
                 points = 0
-                info = total(Field.INFO) + pending_bytes
+                info = window.total(Field.INFO) + pending_bytes
                 if not short:
                     budget = min(budget, s.slow_budget_bytes)  # the slow-drip rule's bar
                 if info >= budget:
                     points += 4 if info >= 4 * budget else 3
-                rare_types = total(Field.RARE_QTYPE)
+                rare_types = window.total(Field.RARE_QTYPE)
                 if rare_types >= s.rare_qtype_names:
                     encoded_min = min(encoded_min, s.rare_qtype_names)
                     points += 2
-                elif total(Field.DATA_QTYPE) >= data_min:
+                elif window.total(Field.DATA_QTYPE) >= data_min:
                     points += 1
-                if total(Field.ENCODED) + pending_names >= encoded_min or total(Field.NON_LDH) >= s.non_ldh_names:
+                if (window.total(Field.ENCODED) + pending_names >= encoded_min
+                        or window.total(Field.NON_LDH) >= s.non_ldh_names):
                     points += 2
-                if total(Field.LONG_LABEL) >= s.long_label_names:
+                if window.total(Field.LONG_LABEL) >= s.long_label_names:
                     points += 1
-                responses = total(Field.RESPONSES)
-                if responses >= s.nxdomain_min_responses and total(Field.NXDOMAIN) >= s.nxdomain_ratio * responses:
+                responses = window.total(Field.RESPONSES)
+                if (responses >= s.nxdomain_min_responses
+                        and window.total(Field.NXDOMAIN) >= s.nxdomain_ratio * responses):
                     points += 1
                 if short and (
-                    total(Field.NEW_NAMES) + total(Field.RARE_QTYPE) + total(Field.DATA_QTYPE)
+                    window.total(Field.NEW_NAMES) + window.total(Field.RARE_QTYPE) + window.total(Field.DATA_QTYPE)
                     >= s.unique_short // 2
                 ):
                     points += 2
@@ -599,7 +684,7 @@ class Detector:
     ) -> None:
         """The expensive evidence of one query, into the buckets it was counted in."""
         self.estimated += 1
-        s = derived.settings
+        s = derived.limits
         deltas: list[tuple[int, int]] = []
         member: bytes | None = None
         if entry.new:
@@ -660,7 +745,7 @@ class Detector:
         ns_pair: PairWindows,
         client_pair: PairWindows,
         client_rare: PairWindows,
-        s: DetectorSettings,
+        s: _Limits,
         _now: float,
         spread_pairs: list[PairWindows] | None = None,
         tag: str = "",
@@ -694,8 +779,7 @@ class Detector:
             ):
                 points = 0
                 reasons: list[str] = []
-                total = window.total
-                info = total(Field.INFO)
+                info = window.total(Field.INFO)
                 crossed = 0
                 rule = ""
                 if info >= budget:
@@ -720,30 +804,30 @@ class Detector:
                 if crossed:
                     points += 4 if info >= 4 * crossed else 3
                     reasons.append("info_budget")
-                rare_types = total(Field.RARE_QTYPE)
+                rare_types = window.total(Field.RARE_QTYPE)
                 if rare_types >= s.rare_qtype_names:
                     # Encoded names asking for NULL/KEY/PRIVATE need less corroboration.
                     encoded_min = min(encoded_min, s.rare_qtype_names)
-                if total(Field.ENCODED) >= encoded_min or total(Field.NON_LDH) >= s.non_ldh_names:
+                if window.total(Field.ENCODED) >= encoded_min or window.total(Field.NON_LDH) >= s.non_ldh_names:
                     points += 2
                     reasons.append("encoding")
                 if rare_types >= s.rare_qtype_names:
                     points += 2
                     reasons.append("qtype")
-                elif total(Field.DATA_QTYPE) >= data_min:
+                elif window.total(Field.DATA_QTYPE) >= data_min:
                     points += 1
                     reasons.append("qtype")
-                if total(Field.LONG_LABEL) >= s.long_label_names:
+                if window.total(Field.LONG_LABEL) >= s.long_label_names:
                     points += 1
                     reasons.append("label_length")
-                responses = total(Field.RESPONSES)
+                responses = window.total(Field.RESPONSES)
                 if (
                     responses >= s.nxdomain_min_responses
-                    and total(Field.NXDOMAIN) >= s.nxdomain_ratio * responses
+                    and window.total(Field.NXDOMAIN) >= s.nxdomain_ratio * responses
                 ):
                     points += 1
                     reasons.append("nxdomain_ratio")
-                if scale == "short" and total(Field.NEW_NAMES) >= s.unique_short // 2:
+                if scale == "short" and window.total(Field.NEW_NAMES) >= s.unique_short // 2:
                     # The HLL union is only worth computing near the threshold.
                     unique = window.unique()
                     if unique >= s.unique_short:
@@ -766,7 +850,7 @@ class Detector:
             return None
         return best
 
-    def _concentration(self, ns_pair: PairWindows, tag: str, s: DetectorSettings) -> float:
+    def _concentration(self, ns_pair: PairWindows, tag: str, s: _Limits) -> float:
         """Share of the namespace pair's information sent by its largest clients.
 
         Reading every client's pair costs; the share is kept until the pair's
@@ -796,7 +880,7 @@ class Detector:
         qtype: int,
         feats: NameFeatures,
         best: _Score,
-        s: DetectorSettings,
+        s: _Limits,
         now: float,
     ) -> Verdict:
         reasons = best.reasons
@@ -813,8 +897,8 @@ class Detector:
             # Suppressed repeat: the caller needs the decision, not the figures.
             return Verdict(feats.domain, reasons_t, severity, {}, False)
         w = best.window
-        total = w.total
-        responses = total(Field.RESPONSES)
+        win = w
+        responses = win.total(Field.RESPONSES)
         evidence: dict[str, object] = {
             "scope": best.scope,
             "client": client,
@@ -823,9 +907,9 @@ class Detector:
             "window": best.scale,
             "window_seconds": best.seconds,
             "points": points,
-            "queries": total(Field.QUERIES),
-            "new_names": total(Field.NEW_NAMES),
-            "info_bytes": total(Field.INFO),
+            "queries": win.total(Field.QUERIES),
+            "new_names": win.total(Field.NEW_NAMES),
+            "info_bytes": win.total(Field.INFO),
             "budget_bytes": best.budget or (
                 s.namespace_budget_short_bytes if best.scope == "namespace" else
                 s.client_budget_short_bytes
@@ -833,13 +917,13 @@ class Detector:
                 s.namespace_budget_long_bytes if best.scope == "namespace" else
                 s.client_budget_long_bytes
             ),
-            "encoded_names": total(Field.ENCODED),
-            "non_ldh_names": total(Field.NON_LDH),
-            "long_label_names": total(Field.LONG_LABEL),
-            "rare_qtype_names": total(Field.RARE_QTYPE),
-            "data_qtype_names": total(Field.DATA_QTYPE),
+            "encoded_names": win.total(Field.ENCODED),
+            "non_ldh_names": win.total(Field.NON_LDH),
+            "long_label_names": win.total(Field.LONG_LABEL),
+            "rare_qtype_names": win.total(Field.RARE_QTYPE),
+            "data_qtype_names": win.total(Field.DATA_QTYPE),
             "responses": responses,
-            "nxdomain_ratio": round(total(Field.NXDOMAIN) / responses, 3) if responses else None,
+            "nxdomain_ratio": round(win.total(Field.NXDOMAIN) / responses, 3) if responses else None,
             "max_label": feats.max_label,
             "name_length": feats.total_length,
         }
@@ -852,7 +936,7 @@ class Detector:
             evidence["top_clients_share"] = round(best.share, 3)
         if best.fresh:
             # Counted whatever the concentration: the namespace pair's names are nearly all fresh.
-            evidence["new_names_per_query"] = round(total(Field.NEW_NAMES) / max(1, total(Field.QUERIES)), 3)
+            evidence["new_names_per_query"] = round(win.total(Field.NEW_NAMES) / max(1, win.total(Field.QUERIES)), 3)
         if shape is not None:
             evidence.update(
                 alphabet=shape.alphabet,
@@ -868,7 +952,7 @@ class Detector:
         domain: str,
         reasons: tuple[str, ...],
         severity: str,
-        s: DetectorSettings,
+        s: _Limits,
         now: float,
     ) -> bool:
         level = SEVERITIES.index(severity)

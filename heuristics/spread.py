@@ -140,10 +140,10 @@ def slow_drip(window: Window, budget: int, min_buckets: int, fresh_ratio: float)
     Fresh: never-seen names are at least ``fresh_ratio`` of the queries (A and
     AAAA of one name count twice, so 0.5 is what a one-shot unique name scores).
     """
-    total = window.total
-    if total(Field.INFO) < budget:
+    win = window
+    if win.total(Field.INFO) < budget:
         return False
-    queries = total(Field.QUERIES)
-    if queries and total(Field.NEW_NAMES) < fresh_ratio * queries:
+    queries = win.total(Field.QUERIES)
+    if queries and win.total(Field.NEW_NAMES) < fresh_ratio * queries:
         return False
     return active_buckets(window) >= min_buckets

@@ -104,6 +104,17 @@ class Window:
         low = idx - self.size + 1
         if self.floor >= low:
             return idx
+        if head < low:
+            # No bucket is newer than the old head: all of them expire at once (a
+            # pair asked again after a quiet spell, the usual case in a short window).
+            if self.counts:
+                self.counts.clear()
+                self.totals = [0] * Field.COUNT
+            sketches = self.sketches
+            if sketches:
+                sketches.clear()
+            self.floor = _NEVER
+            return idx
         counts = self.counts
         if counts:
             stale = [b for b in counts if b < low]
