@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-APT_PACKAGES := unbound nsd dnsutils dnsperf redis-server iproute2 tcpdump tshark iodine dns2tcp prometheus prometheus-alertmanager rsyslog chromium
+APT_PACKAGES := zlib1g-dev unbound nsd dnsutils dnsperf redis-server iproute2 tcpdump tshark iodine dns2tcp prometheus prometheus-alertmanager rsyslog chromium
 
 .PHONY: serve test test-unit lint bench deps system-deps native clean-native clean
 
@@ -21,14 +21,15 @@ serve: $(BIN)/dnsgate native
 system-deps:
 	@sh tests/support/debian-packages.sh $(APT_PACKAGES)
 
-# The query path's modules compiled with mypyc, beside their sources (resolver/native.py,
-# docs/operations.md "Compiled modules"): rebuilt when a source changes. NATIVE=0 runs
-# everything from source instead.
+# The query path's modules compiled with mypyc, and the C modules (heuristics/_deflate.c,
+# which needs zlib1g-dev), beside their sources (resolver/native.py, docs/operations.md
+# "Compiled modules"): rebuilt when a source changes. NATIVE=0 runs everything from source
+# instead (`clean-native` removes every extension, the C modules' too).
 NATIVE ?= 1
 NATIVE_STAMP := build/native/.built
 # A machine without a C compiler or Python's headers runs from source (`make test` then
 # fails test_native.py, which expects the compiled build unless NATIVE=0).
-$(NATIVE_STAMP): $(BIN)/dnsgate $(wildcard heuristics/*.py resolver/*.py resolver/*/*.py)
+$(NATIVE_STAMP): $(BIN)/dnsgate $(wildcard heuristics/*.py heuristics/*.c resolver/*.py resolver/*/*.py)
 	@if $(BIN)/python -m resolver.native build; then touch $@; else \
 	  $(BIN)/python -m resolver.native clean; \
 	  echo "make: compiled modules not built (above: why); dnsgate runs from source"; fi

@@ -1,10 +1,10 @@
 """Adds the compiled query path to dnsgate's wheel; pyproject.toml describes the rest.
 
 ``pip wheel .`` and ``pip install .`` compile resolver/native.py's MODULES with
-mypyc into the wheel (a platform wheel). ``DNSGATE_NATIVE=0`` gives the
-pure-Python wheel. An editable install (``make deps``) compiles nothing:
+mypyc, and its C_MODULES, into the wheel (a platform wheel). ``DNSGATE_NATIVE=0``
+gives the pure-Python wheel. An editable install (``make deps``) compiles nothing:
 ``make native`` builds in place. A build that cannot compile (no C compiler, no
-Python headers) stops with one line saying so rather than quietly giving the
+Python headers, no zlib.h) stops with one line saying so rather than quietly giving the
 slower pure wheel: pip shows a build's output only when it fails.
 """
 

@@ -8,12 +8,22 @@ caller passes (capture time in replay): nothing here reads the clock.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from .hll import HyperLogLog
 
-__all__ = ["Field", "InformationEstimator", "PairWindows", "Pending", "Window"]
+__all__ = [
+    "Field",
+    "InformationEstimator",
+    "PairWindows",
+    "Pending",
+    "Window",
+    "deflate_wbits",
+    "deflated_size",
+    "zlib_deflated_size",
+]
 
 
 class Field:
@@ -287,6 +297,48 @@ def deflate_wbits(context_bytes: int) -> int:
     return -bits
 
 
+def zlib_deflated_size(dictionary: bytes, text: bytes, wbits: int) -> int:
+    """The size in bytes of ``text`` deflated with ``dictionary`` as preset dictionary, by zlib's module.
+
+    Level 6, memLevel 8, the default strategy, the stream finished; ``wbits``
+    is -15..-9 (raw deflate) or 9..15 (zlib header and trailer), and an empty
+    dictionary sets none. What :func:`deflated_size` is without heuristics/_deflate.c
+    (running from source): zlib.compressobj makes a whole compressor every call.
+    """
+    if not isinstance(dictionary, bytes) or not isinstance(text, bytes):
+        raise TypeError("deflated_size() takes bytes for dictionary and text")
+    if not isinstance(wbits, int):
+        raise TypeError("deflated_size() takes an int for wbits")
+    if not 9 <= abs(wbits) <= 15:
+        raise ValueError(f"deflated_size() wbits must be -15..-9 (raw deflate) or 9..15, not {wbits}")
+    if dictionary:
+        comp = zlib.compressobj(6, zlib.DEFLATED, wbits, 8, zlib.Z_DEFAULT_STRATEGY, dictionary)
+    else:
+        comp = zlib.compressobj(6, zlib.DEFLATED, wbits, 8)
+    return len(comp.compress(text)) + len(comp.flush())
+
+
+def _extension() -> Callable[[bytes, bytes, int], int] | None:
+    """heuristics._deflate's ``deflated_size`` if it is built and runs the zlib this Python's module runs.
+
+    It resets one compressor per window size where zlib.compressobj makes one per
+    call; the same zlib gives the same stream, so the same sizes. Another zlib
+    (a Python with its own zlib inside) could deflate differently: zlib's module then.
+    """
+    try:
+        from . import _deflate
+    except ImportError:  # not built: running from source
+        return None
+    if _deflate.ZLIB_RUNTIME_VERSION != zlib.ZLIB_RUNTIME_VERSION:
+        return None
+    return _deflate.deflated_size
+
+
+# The deflated size of a text against a dictionary, ``(dictionary, text, wbits) -> int``:
+# heuristics/_deflate.c when built (``python -m resolver.native build``), else zlib's module.
+deflated_size: Final[Callable[[bytes, bytes, int], int]] = _extension() or zlib_deflated_size
+
+
 @dataclass(slots=True)
 class InformationEstimator:
     """Compressed size of new subdomain text, in the spirit of Paxson et al. 2013.
@@ -303,12 +355,7 @@ class InformationEstimator:
         """Estimated information in ``text`` (bytes); remembers it as context."""
         if not text:
             return 0
-        wbits = deflate_wbits(self.context_bytes)
-        if self.recent:
-            comp = zlib.compressobj(6, zlib.DEFLATED, wbits, 8, zlib.Z_DEFAULT_STRATEGY, self.recent)
-        else:
-            comp = zlib.compressobj(6, zlib.DEFLATED, wbits, 8)
-        size = len(comp.compress(text)) + len(comp.flush())
+        size = deflated_size(self.recent, text, deflate_wbits(self.context_bytes))
         # A raw deflate block always ends with 1-3 bits of framing; never charge
         # more than the text itself.
         size = min(size, len(text))

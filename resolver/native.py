@@ -9,8 +9,13 @@ The code is the same Python; the compiled build runs it faster (numbers in
 docs/benchmarks.md) and gives the same answers and alerts, which
 ``tests/integration/test_native.py`` checks against a source-only copy.
 
-An extension older than its source would run old code, so ``dnsgate`` refuses
-to start on one (:func:`stale`), with a one-line error naming the module;
+The same build compiles the hand-written C modules of :data:`C_MODULES` beside
+their sources (``heuristics/_deflate.c`` gives ``heuristics._deflate``); the
+Python that imports one falls back to code of its own without it, with the same
+results (``tests/unit/test_heuristics_windows.py``).
+
+An extension older than its source (``.py`` or ``.c``) would run old code, so
+``dnsgate`` refuses to start on one (:func:`stale`), with a one-line error naming the module;
 ``python -m resolver.native clean`` goes back to running from source.
 
 A wheel (``pip wheel .``, ``pip install .``) holds the same modules compiled:
@@ -28,6 +33,7 @@ import argparse
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import sysconfig
 import time
@@ -38,7 +44,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from setuptools import Extension
 
-__all__ = ["MODULES", "ROOT", "build", "clean", "compiled", "copy_packages", "extensions", "installed", "stale"]
+__all__ = [
+    "C_MODULES",
+    "MODULES",
+    "ROOT",
+    "build",
+    "clean",
+    "compiled",
+    "copy_packages",
+    "extensions",
+    "installed",
+    "stale",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,6 +93,15 @@ MODULES = (
     "resolver/offline/capture.py",
     "resolver/offline/replay.py",
 )
+# Hand-written C extension modules, each with the libraries it links, built by the same
+# build beside their sources (heuristics/_deflate.c gives heuristics._deflate). The Python
+# that imports one has a fallback without it. heuristics/_deflate.c: the information
+# estimate's deflate, without a new zlib stream for every never-seen name.
+C_MODULES: dict[str, tuple[str, ...]] = {
+    "heuristics/_deflate.c": ("z",),
+}
+# Headers the C modules include beyond Python's, with the Debian package that has each.
+C_HEADERS = {"zlib.h": "zlib1g-dev"}
 # mypyc puts the code of all modules in one shared library; this names it, inside
 # the resolver package rather than at the top of the tree.
 GROUP = "resolver._compiled"
@@ -83,8 +109,13 @@ PACKAGES = ("heuristics", "resolver")
 BUILD_DIR = ROOT / "build" / "native"
 
 
+def _sources() -> list[str]:
+    """Every source the build compiles: MODULES, then C_MODULES."""
+    return [*MODULES, *C_MODULES]
+
+
 def _extension(source: str) -> Path | None:
-    """The extension built from ``source`` (a path under ROOT), if there is one."""
+    """The extension built from ``source`` (a path under ROOT, ``.py`` or ``.c``), if there is one."""
     path = ROOT / source
     for suffix in EXTENSION_SUFFIXES:
         candidate = path.with_name(path.stem + suffix)
@@ -117,27 +148,32 @@ def installed() -> bool:
 
 
 def compiled() -> list[str]:
-    """The modules of MODULES that have an extension beside their source."""
-    return [m for m in MODULES if _extension(m) is not None]
+    """The modules of MODULES and C_MODULES that have an extension beside their source."""
+    return [m for m in _sources() if _extension(m) is not None]
 
 
 def stale() -> list[str]:
     """Sources whose extension would run old code.
 
-    A module of MODULES whose extension is older than its source, and a module
-    with an extension that is no longer in MODULES (left by an earlier build).
+    A module of MODULES or C_MODULES whose extension is older than its source
+    (``.py`` or ``.c``), and a module with an extension that is in neither (left
+    by an earlier build).
     Never any when installed from a wheel: one build made both, and pip may well
     write a source after its extension.
     """
     if installed():
         return []
     out = []
-    listed = {ROOT / m for m in MODULES}
+    listed = {ROOT / m for m in _sources()}
     groups = set(_group_library())
     for ext in _all_extensions():
         if ext in groups:
             continue
-        source = ext.with_name(ext.name.split(".", 1)[0] + ".py")
+        stem = ext.name.split(".", 1)[0]
+        candidates = [ext.with_name(stem + ".py"), ext.with_name(stem + ".c")]
+        # The listed source, else the one there is, else the Python module it stood for.
+        source = next((c for c in candidates if c in listed), None) or \
+            next((c for c in candidates if c.exists()), candidates[0])
         if source not in listed or ext.stat().st_mtime < source.stat().st_mtime:
             out.append(str(source.relative_to(ROOT)))
     return out
@@ -172,35 +208,60 @@ def clean() -> int:
 
 
 def _missing_toolchain() -> str | None:
-    """What a compile would lack (a C compiler, Python's headers), or None."""
-    compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")[0]
-    if shutil.which(compiler) is None:
-        return f"no C compiler ({compiler} not found)"
+    """What a compile would lack (a C compiler, Python's headers, C_HEADERS), or None."""
+    compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    if shutil.which(compiler[0]) is None:
+        return f"no C compiler ({compiler[0]} not found)"
     headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
     if not headers.exists():
         return f"no Python headers ({headers} not found)"
+    for header in C_HEADERS:
+        if not _includes(compiler, header):
+            return f"no {header} ({compiler[0]} cannot include it)"
     return None
 
 
+def _includes(compiler: list[str], header: str) -> bool:
+    """Whether ``compiler`` (with the flags a build passes it) finds ``header``: it preprocesses an include."""
+    flags = shlex.split(os.environ.get("CPPFLAGS", "")) + shlex.split(os.environ.get("CFLAGS", ""))
+    try:
+        done = subprocess.run(  # noqa: S603 - the compiler the build runs
+            [*compiler, *flags, "-E", "-x", "c", "-o", os.devnull, "-"],
+            input=f"#include <{header}>\n", capture_output=True, text=True, timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def _toolchain_packages() -> str:
+    """The Debian packages a build needs."""
+    return " ".join(["gcc", "python3-dev", *C_HEADERS.values()])
+
+
 def extensions() -> list[Extension]:
-    """MODULES as setuptools extensions: mypy checks them and mypyc writes their C under build/.
+    """MODULES and C_MODULES as setuptools extensions: mypy checks MODULES and mypyc writes their C under build/.
 
     Call it with ROOT as the working directory: mypy reads pyproject.toml's
     [tool.mypy], module names follow paths, and the extensions name their C
     files relative to it. Raises RuntimeError, in one line, when mypyc or a C
-    toolchain is missing.
+    toolchain (a header of C_HEADERS included) is missing.
     """
     try:
         from mypyc.build import mypycify
     except ImportError as exc:
         raise RuntimeError(f"cannot compile: {exc.name} is not installed (pip install mypy setuptools)") from None
     if missing := _missing_toolchain():
-        raise RuntimeError(f"cannot compile: {missing}; on Debian: apt-get install gcc python3-dev")
-    return mypycify(list(MODULES), opt_level="3", debug_level="0", group_name=GROUP)
+        raise RuntimeError(f"cannot compile: {missing}; on Debian: apt-get install {_toolchain_packages()}")
+    from setuptools import Extension
+
+    hand_written = [Extension(source.removesuffix(".c").replace("/", "."), [source], libraries=list(libraries))
+                    for source, libraries in C_MODULES.items()]
+    return [*mypycify(list(MODULES), opt_level="3", debug_level="0", group_name=GROUP), *hand_written]
 
 
 def build(jobs: int = 0) -> list[str]:
-    """Compile MODULES in place; returns them. Raises RuntimeError naming what failed."""
+    """Compile MODULES and C_MODULES in place; returns them. Raises RuntimeError naming what failed."""
     try:
         from setuptools import Distribution
     except ImportError as exc:  # pragma: no cover - every venv of Python 3.11 has it
@@ -222,12 +283,12 @@ def build(jobs: int = 0) -> list[str]:
     finally:
         os.chdir(here)
     now = time.time()
-    for module in MODULES:  # an extension is newer than its source, even if copied from an old build
+    for module in _sources():  # an extension is newer than its source, even if copied from an old build
         ext = _extension(module)
         if ext is None:
             raise RuntimeError(f"the build left no extension for {module}")
         os.utime(ext, (now, now))
-    return list(MODULES)
+    return _sources()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Build, check or remove dnsgate's compiled modules (mypyc, in place).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="compile the query path's modules beside their sources")
+    b = sub.add_parser("build", help="compile the query path's modules (and the C modules) beside their sources")
     b.add_argument("-j", "--jobs", type=int, default=0, help="parallel compiler jobs (default: one per CPU)")
     sub.add_parser("status", help="list each module as compiled, stale or source")
     sub.add_parser("clean", help="delete the compiled modules: dnsgate runs from source")
@@ -254,8 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"removed {clean()} compiled files", file=sys.stderr)
         return 0
     old = stale()
-    lines = [f"{'stale' if m in old else 'compiled' if _extension(m) else 'source':8} {m}" for m in MODULES]
-    lines += [f"{'stale':8} {m} (compiled by an earlier build, no longer listed)" for m in old if m not in MODULES]
+    sources = _sources()
+    lines = [f"{'stale' if m in old else 'compiled' if _extension(m) else 'source':8} {m}" for m in sources]
+    lines += [f"{'stale':8} {m} (compiled by an earlier build, no longer listed)" for m in old if m not in sources]
     try:
         print("\n".join(lines), flush=True)
     except BrokenPipeError:  # `status | head`: the reader has what it wanted

@@ -1,9 +1,10 @@
 """The compiled build (resolver/native.py): used, current, and giving what the source gives.
 
-``make test`` compiles the query path with mypyc first, so the rest of the suite
-tests the compiled modules; these tests check that they really are the ones
-imported, that a stale one stops dnsgate, and that they answer exactly as the
-Python source does, on captures and on arbitrary octets.
+``make test`` compiles the query path with mypyc first, and the C modules
+(heuristics/_deflate.c), so the rest of the suite tests the compiled modules;
+these tests check that they really are the ones imported, that a stale one stops
+dnsgate, and that they answer exactly as the Python source does, on captures
+and on arbitrary octets.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import shlex
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Iterator
 from importlib.machinery import EXTENSION_SUFFIXES
@@ -33,7 +36,7 @@ EXPECT_COMPILED = os.environ.get("DNSGATE_NATIVE", "1") != "0"
 
 
 def _module_name(source: str) -> str:
-    return source.removesuffix(".py").replace("/", ".")
+    return source.removesuffix(".py").removesuffix(".c").replace("/", ".")
 
 
 def test_every_listed_module_is_imported_as_built() -> None:
@@ -45,7 +48,15 @@ def test_every_listed_module_is_imported_as_built() -> None:
             assert path.endswith(tuple(EXTENSION_SUFFIXES)), f"{source} runs from {path}, not compiled"
         else:
             assert path.endswith(".py"), f"{source} runs from {path}; NATIVE=0 should run the source"
-    assert native.compiled() == (list(native.MODULES) if EXPECT_COMPILED else [])
+    for source in native.C_MODULES:  # no Python source: built or not there (its importer falls back)
+        if EXPECT_COMPILED:
+            path = str(importlib.import_module(_module_name(source)).__file__)
+            assert path == str(ROOT / source).removesuffix(".c") + EXTENSION_SUFFIXES[0], path
+        else:
+            with pytest.raises(ImportError):
+                importlib.import_module(_module_name(source))
+    everything = [*native.MODULES, *native.C_MODULES]
+    assert native.compiled() == (everything if EXPECT_COMPILED else [])
 
 
 def _run(tree: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -78,6 +89,57 @@ def test_a_source_newer_than_its_extension_stops_dnsgate_with_one_line(tmp_path:
     again = _run(tree, "--version")
     assert again.returncode == 0, again.stderr
     assert again.stdout.startswith("dnsgate ")
+
+
+def test_a_c_source_newer_than_its_extension_stops_dnsgate(tmp_path: Path) -> None:
+    tree = native.copy_packages(tmp_path, with_extensions=True)
+    source = tree / "heuristics" / "_deflate.c"
+    extension = source.with_name("_deflate" + EXTENSION_SUFFIXES[0])
+    if not extension.exists():  # NATIVE=0: an old extension stands in for a forgotten build
+        extension.write_bytes(b"")
+    old = time.time() - 60
+    os.utime(extension, (old, old))
+    source.touch()
+    out = _run(tree, "--version")
+    assert out.returncode == 2
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "heuristics/_deflate.c" in lines[0]
+    new = time.time() + 60
+    os.utime(extension, (new, new))
+    if not EXPECT_COMPILED:
+        extension.unlink()
+    again = _run(tree, "--version")
+    assert again.returncode == 0, again.stderr
+
+
+def _native(tree: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "resolver.native", *args], capture_output=True, text=True,
+                          cwd=tree, timeout=300, env={**os.environ, "PYTHONPATH": str(tree), **(env or {})})
+
+
+def test_status_lists_the_c_module_and_clean_removes_it(tmp_path: Path) -> None:
+    tree = native.copy_packages(tmp_path, with_extensions=True)
+    status = _native(tree, "status")
+    assert status.returncode == 0, status.stderr
+    assert f"{'compiled' if EXPECT_COMPILED else 'source':8} heuristics/_deflate.c" in status.stdout.splitlines()
+    assert _native(tree, "clean").returncode == 0
+    assert not [p for p in tree.rglob("*") if p.name.endswith(tuple(EXTENSION_SUFFIXES))]
+    status = _native(tree, "status")
+    assert f"{'source':8} heuristics/_deflate.c" in status.stdout.splitlines()
+
+
+def test_a_build_without_zlib_h_stops_with_one_line(tmp_path: Path) -> None:
+    """No zlib.h (zlib1g-dev): `make native` says so in one line, as for a missing compiler."""
+    tree = native.copy_packages(tmp_path, with_extensions=False)
+    compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")
+    out = _native(tree, "build", env={"CC": shlex.join([*compiler, "-nostdinc"])})  # it finds no header at all
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        f"resolver.native: cannot compile: no zlib.h ({compiler[0]} cannot include it); "
+        "on Debian: apt-get install gcc python3-dev zlib1g-dev"
+    ]
+    assert not [p for p in tree.rglob("*") if p.name.endswith(tuple(EXTENSION_SUFFIXES))]
 
 
 def test_an_extension_of_a_module_no_longer_compiled_stops_dnsgate(tmp_path: Path) -> None:

@@ -155,7 +155,7 @@ def test_only_the_image_build_stage_has_a_compiler() -> None:
     text = CONTAINERFILE.read_text()
     build = _build_stage(text)
     runtime = text.split(build, 1)[1]
-    assert "apt-get install -y --no-install-recommends gcc libc6-dev" in build
+    assert "apt-get install -y --no-install-recommends gcc libc6-dev zlib1g-dev" in build
     assert "setup.py" in _copied_in()  # without it the wheel is the pure one
     assert not re.search(r"apt-get|gcc|build-essential", runtime)
     assert "pip wheel" in build
@@ -168,6 +168,7 @@ def test_the_compiled_wheel_holds_every_listed_module_compiled(wheels: dict[str,
     assert wheel.name.startswith(f"dnsgate-0.1.0-{tag}-{tag}-linux_"), wheel.name  # a platform wheel
     names = _contents(wheel)
     expected = {m.removesuffix(".py") + EXTENSION for m in native.MODULES} | {GROUP_LIBRARY}
+    expected |= {m.removesuffix(".c") + EXTENSION for m in native.C_MODULES}
     assert {n for n in names if n.endswith((".so", ".pyd"))} == expected
     assert set(native.MODULES) <= names  # the sources too, as in every install
     # Beyond the extensions, the same files as the pure wheel: sources, zones, data.
@@ -226,7 +227,8 @@ def test_a_build_without_a_c_compiler_stops_with_one_line(tmp_path: Path) -> Non
     output = built.stdout + built.stderr
     ours = [line.strip() for line in output.splitlines() if "dnsgate wheel:" in line]
     assert ours == ["dnsgate wheel: cannot compile: no C compiler (no-such-cc not found); "
-                    "on Debian: apt-get install gcc python3-dev; or set DNSGATE_NATIVE=0 for the pure-Python wheel"]
+                    "on Debian: apt-get install gcc python3-dev zlib1g-dev; "
+                    "or set DNSGATE_NATIVE=0 for the pure-Python wheel"]
     assert "Traceback" not in output
     assert not list((tmp_path / "dist").glob("*.whl"))
 
@@ -234,7 +236,8 @@ def test_a_build_without_a_c_compiler_stops_with_one_line(tmp_path: Path) -> Non
 def test_an_editable_install_compiles_nothing_and_keeps_the_stale_guard(tmp_path: Path) -> None:
     tree = native.copy_packages(_copy_tree(tmp_path / "tree"))  # its packages without extensions
     bin_dir = _install(tmp_path / "venv", "--editable", str(tree))
-    assert not [p for p in tree.rglob("*") if p.name.endswith((".so", ".pyd", ".c"))]
+    built = [p for p in tree.rglob("*") if p.name.endswith((".so", ".pyd", ".c"))]
+    assert [str(p.relative_to(tree)) for p in built] == list(native.C_MODULES)  # sources only
     out = _run([str(bin_dir / "python"), "-c", "from resolver import native; print(native.ROOT, native.installed())"],
                tmp_path)
     assert out.stdout.split() == [str(tree), "False"], out.stderr

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import random
 import zlib
+from collections.abc import Callable
 
 import dns.name
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heuristics import Detector, DetectorSettings
+from heuristics import Detector, DetectorSettings, windows
 from heuristics.hll import HyperLogLog
 from heuristics.state import MemoryState
-from heuristics.windows import Field, InformationEstimator, Window, deflate_wbits
+from heuristics.windows import Field, InformationEstimator, Window, deflate_wbits, zlib_deflated_size
+
+# `make test` builds heuristics/_deflate.c with the compiled modules; `make NATIVE=0 test`
+# runs everything from source (tests/integration/test_native.py decides the same way).
+EXPECT_NATIVE = os.environ.get("DNSGATE_NATIVE", "1") != "0"
 
 
 def wire(text: str) -> bytes:
@@ -97,6 +104,120 @@ def test_the_sized_window_charges_what_the_32k_window_charged(
             text = bytes(rng.choice(octets) for _ in range(length))
         expected = _deflated_in_32k(est.recent, text)
         assert est.charge(text) == expected
+
+
+def _deflated_size() -> Callable[[bytes, bytes, int], int]:
+    """heuristics/_deflate.c's function in a compiled run (not built: the import fails the test), else zlib's."""
+    if EXPECT_NATIVE:
+        from heuristics._deflate import deflated_size
+
+        return deflated_size
+    return zlib_deflated_size
+
+
+def _compressobj_size(dictionary: bytes, text: bytes, wbits: int) -> int:
+    """What the estimator charged with zlib.compressobj, a new compressor for every text."""
+    if dictionary:
+        comp = zlib.compressobj(6, zlib.DEFLATED, wbits, 8, zlib.Z_DEFAULT_STRATEGY, dictionary)
+    else:
+        comp = zlib.compressobj(6, zlib.DEFLATED, wbits, 8)
+    return len(comp.compress(text)) + len(comp.flush())
+
+
+_WBITS = [sign * bits for bits in range(9, 16) for sign in (-1, 1)]  # raw deflate and zlib-wrapped, every window
+
+
+def test_the_estimator_deflates_with_the_extension_in_a_compiled_run() -> None:
+    if EXPECT_NATIVE:
+        extension = importlib.import_module("heuristics._deflate")
+        assert extension.ZLIB_RUNTIME_VERSION == zlib.ZLIB_RUNTIME_VERSION  # what keeps the sizes the same
+        assert windows.deflated_size is extension.deflated_size
+    else:  # NATIVE=0 runs the source: nothing is built
+        with pytest.raises(ImportError):
+            importlib.import_module("heuristics._deflate")
+        assert windows.deflated_size is zlib_deflated_size
+
+
+def _octets(min_size: int, max_size: int) -> st.SearchStrategy[bytes]:
+    """Any octets, one octet repeated, only high octets, or a few name characters."""
+    return st.one_of(
+        st.binary(min_size=min_size, max_size=max_size),
+        st.tuples(st.integers(0, 255), st.integers(min_size, max_size)).map(lambda t: bytes([t[0]]) * t[1]),
+        st.lists(st.integers(128, 255), min_size=min_size, max_size=max_size).map(bytes),
+        st.lists(st.sampled_from(b"ab0.-"), min_size=min_size, max_size=max_size).map(bytes),
+    )
+
+
+@st.composite
+def _dictionary_and_text(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    dictionary = draw(_octets(0, 1024))
+    how = draw(st.sampled_from(["fresh", "tail", "repeat"]))
+    if how == "tail" and dictionary:  # the text is the dictionary's end (all of it when longer)
+        return dictionary, dictionary[-draw(st.integers(1, 300)) :]
+    if how == "repeat" and dictionary:  # a piece of the dictionary over and over: long matches, long chains
+        start = draw(st.integers(0, len(dictionary) - 1))
+        piece = dictionary[start : start + draw(st.integers(1, 64))]
+        return dictionary, (piece * 300)[: draw(st.integers(1, 300))]
+    return dictionary, draw(_octets(1, 300))
+
+
+@settings(max_examples=400, deadline=None)
+@given(case=_dictionary_and_text())
+def test_deflated_size_is_what_zlib_compressobj_gives(case: tuple[bytes, bytes]) -> None:
+    """One compressor per window, reset between calls (heuristics/_deflate.c), gives the size a new
+    compressor gives, whatever the octets and whatever the calls before left in it."""
+    dictionary, text = case
+    deflated_size = _deflated_size()
+    for wbits in _WBITS:
+        assert deflated_size(dictionary, text, wbits) == _compressobj_size(dictionary, text, wbits), wbits
+
+
+def test_deflated_size_across_calls_and_past_its_output_buffer() -> None:
+    deflated_size = _deflated_size()
+    rng = random.Random(5)
+    big_dictionary = rng.randbytes(40_000)  # longer than every window: deflate keeps the window's worth
+    big_text = rng.randbytes(100_000)  # deflates to far more than one output buffer's worth
+    cases = [
+        (b"", b""),
+        (b"", b"x"),
+        (b"host-0001.corp", b"host-0002.corp"),
+        (big_dictionary, big_text),
+        (big_dictionary[-1024:], b"\xff" * 300),
+        (b"a" * 1024, b"a" * 300),
+        (b"", big_text[:255]),
+    ]
+    for _ in range(2):  # and again, on the compressors the first round left behind
+        for dictionary, text in [*cases, *reversed(cases)]:
+            for wbits in _WBITS:
+                assert deflated_size(dictionary, text, wbits) == _compressobj_size(dictionary, text, wbits), wbits
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("", b"x", -9), TypeError),
+        ((b"", "x", -9), TypeError),
+        ((bytearray(b"ab"), b"x", -9), TypeError),
+        ((b"ab", memoryview(b"x"), -9), TypeError),
+        ((None, b"x", -9), TypeError),
+        ((b"", b"x", -9.0), TypeError),
+        ((b"", b"x"), TypeError),
+        ((b"", b"x", -9, 6), TypeError),
+        ((b"", b"x", -8), ValueError),
+        ((b"", b"x", 8), ValueError),
+        ((b"", b"x", 0), ValueError),
+        ((b"", b"x", -16), ValueError),
+        ((b"", b"x", 16), ValueError),
+        ((b"", b"x", 31), ValueError),
+        ((b"", b"x", 2**70), ValueError),
+        ((b"", b"x", -(2**70)), ValueError),
+    ],
+)
+def test_deflated_size_takes_bytes_and_a_window_zlib_has(args: tuple[object, ...], error: type[Exception]) -> None:
+    for deflated_size in (_deflated_size(), zlib_deflated_size):
+        with pytest.raises(error):
+            deflated_size(*args)  # type: ignore[arg-type]
+    assert _deflated_size()(b"ab", b"x", -9) == _compressobj_size(b"ab", b"x", -9)  # and it still works
 
 
 def test_the_window_grows_with_the_context() -> None:
