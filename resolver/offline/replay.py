@@ -521,8 +521,9 @@ def replay(
                 if not i & (COLLECT_EVERY - 1) and i:
                     gc.collect()
     finally:
-        gc.freeze()
-        gc.unfreeze()
+        if not gc.get_freeze_count():  # (a caller's own frozen objects stay frozen: then no shortcut)
+            gc.freeze()
+            gc.unfreeze()
         if was_enabled:
             gc.enable()
     if show and progress is not None:

@@ -4,6 +4,7 @@ contract (alert objects only) is what is tested."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -299,3 +300,51 @@ def test_the_summary_and_the_alerts_are_the_same_on_every_run() -> None:
         assert len([a for a in alerts if a["kind"] == "tunnel"]) == counted
         runs.append((summary, out.stdout))
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_collector_is_left_as_replay_found_it(enabled: bool) -> None:
+    """Replay feeds packets with automatic collection off; afterwards the collector is
+    on again only if it was, nothing is left frozen, and a caller's frozen objects
+    stay frozen (replay then skips moving its own objects past the young generations)."""
+    capture = str(CORPUS / "iodine_dev.pcap")
+    was = gc.isenabled()
+    try:
+        if not enabled:
+            gc.disable()
+        assert gc.get_freeze_count() == 0
+        report = replay([capture], replay_config(None))
+        assert report.queries > 0
+        assert gc.isenabled() is enabled
+        assert gc.get_freeze_count() == 0
+        gc.freeze()
+        frozen = gc.get_freeze_count()
+        again = replay([capture], replay_config(None))
+        assert again.queries == report.queries
+        assert gc.get_freeze_count() <= frozen  # none of the replay's own objects joined them
+        assert gc.isenabled() is enabled
+    finally:
+        gc.unfreeze()
+        if was:
+            gc.enable()
+        else:
+            gc.disable()
+
+
+def test_a_replays_state_is_freed_when_it_is_done_with() -> None:
+    """The engine and detector state of a finished replay go away with its report (no
+    object of them survives a full collection), although the loop ran with collection off."""
+    from resolver.pipeline.chain import Engine
+
+    def engines() -> int:
+        return sum(1 for obj in gc.get_objects() if type(obj) is Engine)
+
+    gc.collect()
+    before = engines()
+    seen: list[int] = []
+    report = replay([str(CORPUS / "iodine_dev.pcap")], replay_config(None),
+                    on_engine=lambda engine: seen.append(id(engine)))
+    assert seen
+    assert report.queries > 0
+    gc.collect()
+    assert engines() == before
