@@ -163,6 +163,7 @@ class AdminServer:
             self._runner, address, port)
         self._site = site
         await site.start()
+        self.collector.gc_pauses.install()
         self.caller = Caller(address, self.port, self.token)
         log.info("admin HTTP on %s port %d (POST /reload %s)", address, self.port,
                  "needs the bearer token" if self.token else f"disabled: no {TOKEN_ENV} or admin.token_file")
@@ -174,6 +175,7 @@ class AdminServer:
         return int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
+        self.collector.gc_pauses.remove()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

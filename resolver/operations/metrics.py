@@ -11,6 +11,7 @@ namespaces and upstreams come from the config, query types outside
 
 from __future__ import annotations
 
+import gc
 import time
 from bisect import bisect_left
 from collections import defaultdict
@@ -91,25 +92,62 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 class LatencyHistogram:
     """Cumulative bucket counts, fed the latencies an upstream kept since the last scrape."""
 
-    def __init__(self) -> None:
-        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.buckets = [0] * (len(bounds) + 1)
         self.count = 0
         self.sum = 0.0
 
     def add(self, samples: list[float]) -> None:
         for value in samples:
-            self.buckets[bisect_left(LATENCY_BUCKETS, value)] += 1
+            self.buckets[bisect_left(self.bounds, value)] += 1
         self.count += len(samples)
         self.sum += sum(samples)
 
     def cumulative(self) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []
         total = 0
-        for bound, n in zip(LATENCY_BUCKETS, self.buckets, strict=False):
+        for bound, n in zip(self.bounds, self.buckets, strict=False):
             total += n
             out.append((repr(bound), total))
         out.append(("+Inf", self.count))
         return out
+
+
+GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class GcPauses:
+    """How long the cyclic garbage collector held the process, per generation.
+
+    Every query waits while a collection runs: the detector's state is millions
+    of long-lived objects, and a collection of the older generations walks them
+    all. ``install`` adds a ``gc.callbacks`` hook (two clock reads per
+    collection); ``remove`` takes it off again.
+    """
+
+    def __init__(self) -> None:
+        self.histograms = [LatencyHistogram(GC_BUCKETS) for _ in range(3)]
+        self.longest = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def install(self) -> None:
+        if self._hook not in gc.callbacks:
+            gc.callbacks.append(self._hook)
+
+    def remove(self) -> None:
+        if self._hook in gc.callbacks:
+            gc.callbacks.remove(self._hook)
+
+    def _hook(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        generation = info.get("generation", 2)
+        self.histograms[generation].add([pause])
+        if pause > self.longest[generation]:
+            self.longest[generation] = pause
 
 
 def rcode_label(rcode: int) -> str:
@@ -164,8 +202,10 @@ class Collector(_CollectorBase):
         self.alert_counts = alert_counts
         self.reloader = reloader
         self.latency: dict[str, LatencyHistogram] = {}
+        self.gc_pauses = GcPauses()
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._gc()
         yield from self._queries()
         yield from self._alerts()
         yield from self._limits()
@@ -176,6 +216,21 @@ class Collector(_CollectorBase):
         yield from self._reloads()
         if self.pod_watch is not None:
             yield from self._pods(self.pod_watch.stats())
+
+    def _gc(self) -> Iterator[Metric]:
+        pauses = HistogramMetricFamily(
+            "dnsgate_gc_pause_seconds",
+            "Time the cyclic garbage collector held the process (every query waits), by generation.",
+            labels=["generation"],
+        )
+        for generation, hist in enumerate(self.gc_pauses.histograms):
+            pauses.add_metric([str(generation)], hist.cumulative(), sum_value=hist.sum)
+        yield pauses
+        yield labelled(
+            GaugeMetricFamily, "dnsgate_gc_longest_pause_seconds",
+            "The longest collection since start, by generation.", ["generation"],
+            [((str(g),), v) for g, v in enumerate(self.gc_pauses.longest)],
+        )
 
     @staticmethod
     def _pods(stats: dict[str, Any]) -> Iterator[Metric]:

@@ -105,6 +105,10 @@ def test_metrics_count_queries_with_bounded_labels(gate: Gate) -> None:
     assert policy >= 1
     assert (metric_value(text, "dnsgate_alerts_delivered_total", sink="jsonl") or 0) >= 1
     assert metric_value(text, "dnsgate_config_generation") is not None
+    # The collector's pauses, per generation (none may have run yet: the series exist).
+    for generation in ("0", "1", "2"):
+        assert metric_value(text, "dnsgate_gc_pause_seconds_count", generation=generation) is not None
+        assert metric_value(text, "dnsgate_gc_longest_pause_seconds", generation=generation) is not None
 
 
 def test_latency_histogram_is_not_lost_between_scrapes(gate: Gate) -> None:
