@@ -832,6 +832,9 @@ def _run_sweep(prog: str, args: argparse.Namespace, config: Config, ports: froze
         reports.append(report)
         sys.stderr.write(f"{prog}: {key}={json.dumps(value)}: {len(row.flagged)} flagged domain(s) "
                          f"in {report.seconds:.2f}s\n")
+        # The run's engine and detector state are garbage now, held in reference
+        # cycles: freed here, each value's replay peaks at one run's memory.
+        gc.collect()
     sys.stdout.write(render_sweep(key, rows, labels))
     if args.report:
         return _write_report(prog, args.report, lambda: render_sweep_report(key, rows, reports, labels))
