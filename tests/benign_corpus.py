@@ -18,18 +18,18 @@ import dns.name
 A, NS, CNAME, MX, TXT, AAAA, SRV, PTR = 1, 2, 5, 15, 16, 28, 33, 12
 
 _POPULAR = [
-    "api.github.com", "github.com", "objects.githubusercontent.com", "pypi.org",
-    "files.pythonhosted.org", "registry-1.docker.io", "auth.docker.io",
-    "production.cloudflare.docker.com", "storage.googleapis.com", "oauth2.googleapis.com",
+    "api.github.com", "github.com", "objects.githubusercontent.com", "pkgidx.example",
+    "files.pkghost.example", "registry-1.images.example", "auth.images.example",
+    "production.cloudflare.images-cdn.example", "storage.googleapis.com", "oauth2.googleapis.com",
     "api.openai.com", "api.anthropic.com", "huggingface.co", "cdn-lfs.huggingface.co",
     "sts.us-east-1.amazonaws.com", "ec2.us-west-2.amazonaws.com", "s3.amazonaws.com",
     "dynamodb.eu-west-1.amazonaws.com", "login.microsoftonline.com", "graph.microsoft.com",
     "management.azure.com", "www.google.com", "time.google.com", "0.pool.ntp.org",
-    "1.pool.ntp.org", "deb.debian.org", "security.debian.org", "archive.ubuntu.com",
+    "1.pool.ntp.org", "deb.distro.example", "security.distro.example", "archive.distro-two.example",
     "http-intake.logs.datadoghq.com", "api.datadoghq.com", "hooks.slack.com",
-    "registry.npmjs.org", "proxy.golang.org", "sum.golang.org", "crates.io",
-    "static.crates.io", "index.crates.io", "quay.io", "gcr.io", "ghcr.io",
-    "pkg-containers.githubusercontent.com", "api.stripe.com", "www.wikipedia.org",
+    "registry.jspkgs.example", "proxy.gomods.example", "sum.gomods.example", "crates.example",
+    "static.crates.example", "index.crates.example", "containers.example", "gcr.example", "ghcr.example",
+    "release-assets.githubusercontent.com", "api.stripe.com", "www.wikipedia.org",
 ]
 _SEARCH = ["{ns}.svc.cluster.local", "svc.cluster.local", "cluster.local",
            "us-east-1.compute.internal", "c.my-project-123.internal"]

@@ -63,7 +63,7 @@ def dnsgate(*args: str) -> subprocess.CompletedProcess[str]:
                           cwd=ROOT, timeout=120)
 
 
-WORKLOAD = [("www.example.com", 0), ("api.example.com", 0), ("pypi.org", 0)] * 2
+WORKLOAD = [("www.example.com", 0), ("api.example.com", 0), ("python.org", 0)] * 2
 
 
 def test_replay_names_the_port_it_did_not_read(tmp_path: Path) -> None:
@@ -148,7 +148,7 @@ def test_diff_reads_the_same_port_option(tmp_path: Path) -> None:
     declared = tmp_path / "hosts.txt"
     declared.write_text("www.example.com\napi.example.com\n")
     out = dnsgate("diff", "--declared", str(declared), "--port", "5353", "--", str(capture))
-    assert out.returncode == 1, out.stderr  # pypi.org was seen and not declared
-    assert "pypi.org" in out.stdout
+    assert out.returncode == 1, out.stderr  # python.org was seen and not declared
+    assert "python.org" in out.stdout
     assert "www.example.com" not in out.stdout.split("unused")[0]
     assert dnsgate("diff", "--declared", str(declared), "--port", "x", "--", str(capture)).returncode == 2

@@ -246,14 +246,14 @@ def test_propose_from_redis_reads_every_replicas_learned_names(captures: dict[st
 
 def test_search_expansion_rule() -> None:
     w = name_from_text
-    known = {w("api.github.com"), w("pypi.org")}
+    known = {w("api.github.com"), w("python.org")}
     cluster = [w("cluster.local")]
     assert search_expansion(w("api.github.com.agents.svc.cluster.local"), {3}, known, cluster)
-    assert search_expansion(w("pypi.org.corp.example"), {3}, known, cluster)
-    assert not search_expansion(w("pypi.org.corp.example"), {0}, known, cluster)
+    assert search_expansion(w("python.org.corp.example"), {3}, known, cluster)
+    assert not search_expansion(w("python.org.corp.example"), {0}, known, cluster)
     assert not search_expansion(w("typo.example"), {3}, known, cluster)
-    # Stems are cut at label boundaries: "pypi.org" as ONE label is not the name pypi.org.
-    assert not search_expansion(w("pypi\\.org.corp.example"), {3}, known, [])
+    # Stems are cut at label boundaries: "python.org" as ONE label is not the name python.org.
+    assert not search_expansion(w("python\\.org.corp.example"), {3}, known, [])
     assert not search_expansion(w("x.local\\.cluster"), {3}, set(), cluster)
 
 
