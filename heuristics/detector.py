@@ -321,9 +321,12 @@ class Detector:
             kind = Field.RARE_QTYPE if qtype in derived.rare_qtypes else Field.DATA_QTYPE
             deltas.append((kind, 1))
         frozen = tuple(deltas)
-        for pair_key, pair in (("n", ns_pair), ("c|" + client, client_pair)):
-            _apply(pair, now, frozen)
-            state.record(tag, pair_key, pair, frozen, None)
+        _apply(ns_pair, now, frozen)
+        _apply(client_pair, now, frozen)
+        shares = state.shares
+        if shares:
+            state.record(tag, "n", ns_pair, frozen, None)
+            state.record(tag, "c|" + client, client_pair, frozen, None)
         if len(frozen) == 1:
             # A name already seen, with an ordinary type, carries no new information:
             # count it and stop. Scores change only with new names, rare types and
@@ -331,14 +334,16 @@ class Detector:
             return None
         if rare:
             _apply(client_rare, now, _RARE_DOMAIN)
-            # Shared like the pairs, so that a client spread over replicas is counted once.
-            state.record(f"{namespace}||rare", "c|" + client, client_rare, _RARE_DOMAIN, None)
+            if shares:
+                # Shared like the pairs, so that a client spread over replicas is counted once.
+                state.record(f"{namespace}||rare", "c|" + client, client_rare, _RARE_DOMAIN, None)
         else:
             client_rare.long.advance(now)
             client_rare.short.advance(now)
-        note = getattr(state, "note_time", None)
-        if note is not None:
-            note(now)
+        if shares:
+            note = getattr(state, "note_time", None)
+            if note is not None:
+                note(now)
 
         # Tier 2: the information estimate, encoding test and HyperLogLog, now for a
         # promoted pair, deferred (in order, exactly) for the others.
@@ -404,15 +409,15 @@ class Detector:
         if rcode == _NX:
             deltas = ((Field.RESPONSES, 1), (Field.NXDOMAIN, 1))
         state = self.state
-        pairs = (
-            ("n", state.pair(tag, derived.geometry)),
-            ("c|" + client, state.pair(f"{tag}|{client}", derived.geometry)),
-        )
-        for pair_key, pair in pairs:
-            _apply(pair, now, deltas)
-            state.record(tag, pair_key, pair, deltas, None)
+        ns_pair = state.pair(tag, derived.geometry)
+        client_pair = state.pair(f"{tag}|{client}", derived.geometry)
+        _apply(ns_pair, now, deltas)
+        _apply(client_pair, now, deltas)
+        if state.shares:
+            state.record(tag, "n", ns_pair, deltas, None)
+            state.record(tag, "c|" + client, client_pair, deltas, None)
         if rcode == _NX:
-            self._reopen_on_nxdomain(namespace, feats, pairs[0][1], pairs[1][1], derived.limits)
+            self._reopen_on_nxdomain(namespace, feats, ns_pair, client_pair, derived.limits)
 
     def _reopen_on_nxdomain(
         self, namespace: str, feats: NameFeatures, ns_pair: PairWindows, client_pair: PairWindows,
@@ -710,7 +715,7 @@ class Detector:
                 pair.short.add_at(short_head, field_index, amount)
                 pair.long.add_at(long_head, field_index, amount)
             pair.short.add_name_at(short_head, name_hash)
-            if frozen or member is not None:
+            if state.shares and (frozen or member is not None):
                 state.record(tag, pair_key, pair, frozen, member)
 
     def _spread(
@@ -736,7 +741,8 @@ class Detector:
             pair.last_new = labels
             deltas = ((Field.QUERIES, 1), (Field.NEW_NAMES, 1), (Field.INFO, cost))
             _apply(pair, now, deltas)
-            state.record(tag, pair_key, pair, deltas, None)
+            if state.shares:
+                state.record(tag, pair_key, pair, deltas, None)
             spread_pairs.append(pair)
         return spread_pairs
 

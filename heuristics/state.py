@@ -56,6 +56,9 @@ class State:
         self._domains: LRU = LRU(max_keys)
         self._quarantines: LRU = LRU(max_keys)
         self.clients = ClientQuarantines(max_keys)  # workloads quarantined (on_undeclared)
+        # True for a backend that sends changes on (``record``): the detector skips
+        # building ``record``'s arguments for one that does not.
+        self.shares = False
         self.errors = 0
         self.fallbacks = 0
 
@@ -107,7 +110,7 @@ class State:
         deltas: tuple[tuple[int, int], ...],
         member: bytes | None,
     ) -> None:
-        """Hook for shared backends: a pair's head buckets just changed."""
+        """Hook for shared backends: a pair's head buckets just changed (called when ``shares``)."""
 
     # --- quarantines ----------------------------------------------------------
     def quarantine_until(self, namespace: str, domain: str) -> float:
@@ -192,6 +195,7 @@ class RedisState(State):
         cluster: bool = False,
     ) -> None:
         super().__init__(max_keys=max_keys, max_names=max_names)
+        self.shares = True
         self.url = url
         self.cluster = cluster  # url names one node of a Redis Cluster
         self.flush_seconds = flush_seconds
