@@ -198,6 +198,26 @@ class ReplayReport:
         }
 
 
+class _Summaries:
+    """The report's summary of a namespace, made on first use."""
+
+    def __init__(self, report: ReplayReport, config: Config) -> None:
+        self.report = report
+        self.config = config
+
+    def __call__(self, namespace: str) -> NamespaceSummary:
+        s = self.report.namespaces.get(namespace)
+        if s is None:
+            ns = self.config.namespaces.get(namespace)
+            s = NamespaceSummary(
+                namespace,
+                ns.mode if ns else "?",
+                ns.detection.mode if ns else "?",
+            )
+            self.report.namespaces[namespace] = s
+        return s
+
+
 class SummarySink:
     """A sink that folds alerts into the report's per-namespace summaries."""
 
@@ -256,7 +276,11 @@ class Replay:
         # (None: it would go upstream); alerts raised by that query are already out.
         self.on_query = on_query
         self.report = ReplayReport(list(files))
-        self._summary_sink = SummarySink(self.report, self.summary)
+        # Not the bound self.summary: the engine keeps its sinks, and a sink holding this
+        # Replay would tie the engine and the detector's state into a reference cycle,
+        # left for a full collection to free once the run is over.
+        self._summary = _Summaries(self.report, config)
+        self._summary_sink = SummarySink(self.report, self._summary)
         self.engine = Engine.from_config(config, sinks=[*sinks, self._summary_sink])
         self.pipeline = Pipeline(config, self.engine)
         asyncio.run(self.engine.start())
@@ -276,16 +300,7 @@ class Replay:
         self._summaries: dict[str | None, NamespaceSummary] = {}
 
     def summary(self, namespace: str) -> NamespaceSummary:
-        s = self.report.namespaces.get(namespace)
-        if s is None:
-            ns = self.config.namespaces.get(namespace)
-            s = NamespaceSummary(
-                namespace,
-                ns.mode if ns else "?",
-                ns.detection.mode if ns else "?",
-            )
-            self.report.namespaces[namespace] = s
-        return s
+        return self._summary(namespace)
 
     def feed(self, pkt: DnsPacket, on_malformed: Callable[[DnsPacket, str], None] | None = None) -> None:
         report = self.report
@@ -832,9 +847,6 @@ def _run_sweep(prog: str, args: argparse.Namespace, config: Config, ports: froze
         reports.append(report)
         sys.stderr.write(f"{prog}: {key}={json.dumps(value)}: {len(row.flagged)} flagged domain(s) "
                          f"in {report.seconds:.2f}s\n")
-        # The run's engine and detector state are garbage now, held in reference
-        # cycles: freed here, each value's replay peaks at one run's memory.
-        gc.collect()
     sys.stdout.write(render_sweep(key, rows, labels))
     if args.report:
         return _write_report(prog, args.report, lambda: render_sweep_report(key, rows, reports, labels))
