@@ -903,8 +903,7 @@ class Detector:
             # Suppressed repeat: the caller needs the decision, not the figures.
             return Verdict(feats.domain, reasons_t, severity, {}, False)
         w = best.window
-        win = w
-        responses = win.total(Field.RESPONSES)
+        responses = w.total(Field.RESPONSES)
         evidence: dict[str, object] = {
             "scope": best.scope,
             "client": client,
@@ -913,9 +912,9 @@ class Detector:
             "window": best.scale,
             "window_seconds": best.seconds,
             "points": points,
-            "queries": win.total(Field.QUERIES),
-            "new_names": win.total(Field.NEW_NAMES),
-            "info_bytes": win.total(Field.INFO),
+            "queries": w.total(Field.QUERIES),
+            "new_names": w.total(Field.NEW_NAMES),
+            "info_bytes": w.total(Field.INFO),
             "budget_bytes": best.budget or (
                 s.namespace_budget_short_bytes if best.scope == "namespace" else
                 s.client_budget_short_bytes
@@ -923,13 +922,13 @@ class Detector:
                 s.namespace_budget_long_bytes if best.scope == "namespace" else
                 s.client_budget_long_bytes
             ),
-            "encoded_names": win.total(Field.ENCODED),
-            "non_ldh_names": win.total(Field.NON_LDH),
-            "long_label_names": win.total(Field.LONG_LABEL),
-            "rare_qtype_names": win.total(Field.RARE_QTYPE),
-            "data_qtype_names": win.total(Field.DATA_QTYPE),
+            "encoded_names": w.total(Field.ENCODED),
+            "non_ldh_names": w.total(Field.NON_LDH),
+            "long_label_names": w.total(Field.LONG_LABEL),
+            "rare_qtype_names": w.total(Field.RARE_QTYPE),
+            "data_qtype_names": w.total(Field.DATA_QTYPE),
             "responses": responses,
-            "nxdomain_ratio": round(win.total(Field.NXDOMAIN) / responses, 3) if responses else None,
+            "nxdomain_ratio": round(w.total(Field.NXDOMAIN) / responses, 3) if responses else None,
             "max_label": feats.max_label,
             "name_length": feats.total_length,
         }
@@ -942,7 +941,7 @@ class Detector:
             evidence["top_clients_share"] = round(best.share, 3)
         if best.fresh:
             # Counted whatever the concentration: the namespace pair's names are nearly all fresh.
-            evidence["new_names_per_query"] = round(win.total(Field.NEW_NAMES) / max(1, win.total(Field.QUERIES)), 3)
+            evidence["new_names_per_query"] = round(w.total(Field.NEW_NAMES) / max(1, w.total(Field.QUERIES)), 3)
         if shape is not None:
             evidence.update(
                 alphabet=shape.alphabet,

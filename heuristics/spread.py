@@ -140,10 +140,9 @@ def slow_drip(window: Window, budget: int, min_buckets: int, fresh_ratio: float)
     Fresh: never-seen names are at least ``fresh_ratio`` of the queries (A and
     AAAA of one name count twice, so 0.5 is what a one-shot unique name scores).
     """
-    win = window
-    if win.total(Field.INFO) < budget:
+    if window.total(Field.INFO) < budget:
         return False
-    queries = win.total(Field.QUERIES)
-    if queries and win.total(Field.NEW_NAMES) < fresh_ratio * queries:
+    queries = window.total(Field.QUERIES)
+    if queries and window.total(Field.NEW_NAMES) < fresh_ratio * queries:
         return False
     return active_buckets(window) >= min_buckets

@@ -154,28 +154,17 @@ class Pipeline:
         through the tuple's Protocol type is a dynamic method lookup a query,
         each stage's own type is a direct call in the compiled build.
         """
-        reply = self.loop.resolve(query)
-        if reply is not None:
-            return reply
-        reply = self.admission.resolve(query)
-        if reply is not None:
-            return reply
-        reply = self.identity.resolve(query)
-        if reply is not None:
-            return reply
-        reply = self.rate_limit.resolve(query)
-        if reply is not None:
-            return reply
-        reply = self.detection.resolve(query)
-        if reply is not None:
-            return reply
-        reply = self.quarantine.resolve(query)
-        if reply is not None:
-            return reply
-        reply = self.policy.resolve(query)
-        if reply is not None:
-            return reply
-        return self.cache.resolve(query)
+        # A Reply is always true, so ``or`` moves on exactly when a stage returned None.
+        return (
+            self.loop.resolve(query)
+            or self.admission.resolve(query)
+            or self.identity.resolve(query)
+            or self.rate_limit.resolve(query)
+            or self.detection.resolve(query)
+            or self.quarantine.resolve(query)
+            or self.policy.resolve(query)
+            or self.cache.resolve(query)
+        )
 
     def handle(self, query: Query) -> Reply | Awaitable[Reply]:
         """A reply now, or an awaitable one when the query must go upstream.
