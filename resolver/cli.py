@@ -24,6 +24,7 @@ if _stale := stale():
 from resolver import config as config_mod
 from resolver.config import ConfigError
 from resolver.offline.propose import DEFAULT_COLLAPSE, DEFAULT_MAX_NAMES
+from resolver.offline.replay import keep_last_run
 from resolver.pipeline.policy import compile_policies
 
 # The live server's modules (resolver.app, resolver.operations: aiohttp, redis,
@@ -240,8 +241,11 @@ def entry() -> None:
 
     After ``replay``, ``propose`` and ``diff``, output is flushed and the process
     exits at once: freeing a large capture's detector state object by object
-    took over a second and does nothing the kernel does not do at exit.
+    took over a second and does nothing the kernel does not do at exit. So that
+    the last run's state is not freed either as ``replay()`` returns, it is kept
+    until then (``keep_last_run``).
     """
+    keep_last_run()
     status, command = _main(sys.argv[1:])
     if command not in _BIG_STATE:
         sys.exit(status)

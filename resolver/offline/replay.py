@@ -63,6 +63,18 @@ PROBLEMS_SHOWN = 200  # per run; the rest are counted
 COLLECT_EVERY = 1 << 22  # packets between the replay loop's full collections (a power of two)
 SWEEP_EVERY = 5.0  # capture seconds between AlertHub sweeps (the live server's period)
 
+# Set by the console command (resolver.cli.entry), which exits without freeing what a
+# run built: the last run is kept here instead of being freed object by object as
+# replay() returns (about a twentieth of a replay of 100k mostly-unique names).
+# None (in-process callers, tests): every run is freed when replay() returns.
+_last_run: list[Replay] | None = None
+
+
+def keep_last_run() -> None:
+    """Keep the last run's state alive until the process exits (see ``_last_run``)."""
+    global _last_run
+    _last_run = []
+
 
 # --- configuration -------------------------------------------------------------------
 
@@ -546,6 +558,8 @@ def replay(
     report = run.finish()
     report.problems = problems.count if problems is not None else 0
     report.seconds = time.monotonic() - started
+    if _last_run is not None:
+        _last_run[:] = [run]  # a sweep's earlier run is freed here, as before
     return report
 
 

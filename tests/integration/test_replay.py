@@ -354,3 +354,39 @@ def test_a_replays_state_is_freed_when_it_is_done_with() -> None:
     finally:
         if was:
             gc.enable()
+
+
+def test_the_console_command_keeps_only_the_last_run_until_it_exits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``dnsgate`` (resolver.cli.entry), which exits without freeing, replay keeps its
+    last run instead of freeing it object by object as it returns; an earlier run (a
+    sweep's previous value, diff's first side) is still freed when the next one ends."""
+    from resolver.offline import replay as replay_mod
+    from resolver.pipeline.chain import Engine
+
+    def engines() -> int:
+        return sum(1 for obj in gc.get_objects() if type(obj) is Engine)
+
+    monkeypatch.setattr(replay_mod, "_last_run", None)
+    replay_mod.keep_last_run()
+    was = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        before = engines()
+        capture = str(CORPUS / "iodine_dev.pcap")
+        first = replay([capture], replay_config(None))
+        kept = replay_mod._last_run
+        assert kept is not None
+        assert len(kept) == 1
+        assert kept[0].report is first
+        assert engines() == before + 1  # the last run's engine is alive
+        second = replay([capture], replay_config(None))
+        assert replay_mod._last_run is kept
+        assert len(kept) == 1
+        assert kept[0].report is second
+        assert engines() == before + 1  # the first run's engine was freed
+        assert second.queries == first.queries
+    finally:
+        monkeypatch.setattr(replay_mod, "_last_run", None)
+        if was:
+            gc.enable()
