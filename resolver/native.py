@@ -21,7 +21,9 @@ An extension older than its source (``.py`` or ``.c``) would run old code, so
 A wheel (``pip wheel .``, ``pip install .``) holds the same modules compiled:
 setup.py hands :func:`extensions` to setuptools. Installed from a wheel, the
 sources and extensions come from one build, so :func:`stale` does not compare
-their times (pip writes them in its own order).
+their times (pip writes them in its own order); and ``build`` and ``clean`` stop
+with a one-line error instead of writing into or deleting from site-packages
+(:func:`not_a_checkout`), while ``status`` says where the install is.
 
 This module imports nothing of mypyc or setuptools until a build asks for them:
 the ``dnsgate`` command calls :func:`stale` at every start.
@@ -33,6 +35,7 @@ import argparse
 import os
 import shlex
 import shutil
+import site
 import subprocess
 import sys
 import sysconfig
@@ -54,6 +57,7 @@ __all__ = [
     "copy_packages",
     "extensions",
     "installed",
+    "not_a_checkout",
     "stale",
 ]
 
@@ -106,6 +110,10 @@ C_HEADERS = {"zlib.h": "zlib1g-dev"}
 # the resolver package rather than at the top of the tree.
 GROUP = "resolver._compiled"
 PACKAGES = ("heuristics", "resolver")
+# What makes ROOT a source checkout, beside the packages: a wheel installs neither.
+CHECKOUT_FILES = ("pyproject.toml", "setup.py")
+# The directories installers put packages in (pip, Debian's Python).
+SITE_DIR_NAMES = frozenset({"site-packages", "dist-packages"})
 BUILD_DIR = ROOT / "build" / "native"
 
 
@@ -145,6 +153,51 @@ def installed() -> bool:
     A source checkout has none, installed editable or not (pip's record is then in the venv).
     """
     return any(ROOT.glob("dnsgate-*.dist-info"))
+
+
+def _site_dirs() -> set[Path]:
+    """This Python's install directories: sysconfig's purelib and platlib, site's, the user's."""
+    dirs = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    dirs.update(site.getsitepackages())
+    dirs.add(site.getusersitepackages())
+    return {Path(d).resolve() for d in dirs}
+
+
+def _project_name(pyproject: Path) -> str | None:
+    """``[project] name`` of ``pyproject``, or None when it has none or is not TOML."""
+    import tomllib
+
+    try:
+        name = tomllib.loads(pyproject.read_text()).get("project", {}).get("name")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def not_a_checkout() -> str | None:
+    """Why ROOT is not a source checkout, in words for a one-line error; None when it is one.
+
+    A checkout (installed editable or not) has dnsgate's pyproject.toml and
+    setup.py beside resolver/ and heuristics/, and lies in no install directory.
+    Installed from a wheel, ROOT is site-packages: there ``build`` would write
+    into it and ``clean`` delete the install's compiled modules.
+    """
+    if installed():
+        return f"dnsgate is installed from a wheel in {ROOT}"
+    if ROOT in _site_dirs() or SITE_DIR_NAMES & set(ROOT.parts):
+        return f"dnsgate is installed in {ROOT}"
+    missing = [name for name in CHECKOUT_FILES if not (ROOT / name).is_file()]
+    if missing:
+        return f"{ROOT} has no {' and no '.join(missing)} beside resolver/ and heuristics/"
+    if _project_name(ROOT / "pyproject.toml") != "dnsgate":
+        return f"{ROOT / 'pyproject.toml'} is not dnsgate's"
+    return None
+
+
+def _require_checkout(command: str) -> None:
+    """Raises RuntimeError, in one line, when ``command`` (build, clean) would change an install."""
+    if reason := not_a_checkout():
+        raise RuntimeError(f"{command} works on a source checkout only, and {reason}")
 
 
 def compiled() -> list[str]:
@@ -191,8 +244,13 @@ def copy_packages(dest: Path, with_extensions: bool = False) -> Path:
 
     ``python -m resolver.cli`` started in ``dest`` imports the copy (``-m`` puts the
     working directory first on sys.path): without extensions, the source build.
+    CHECKOUT_FILES come along, so the copy is a checkout that ``python -m
+    resolver.native`` builds and cleans.
     """
     skip = ["__pycache__"] + ([] if with_extensions else [f"*{suffix}" for suffix in EXTENSION_SUFFIXES])
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in CHECKOUT_FILES:
+        shutil.copy2(ROOT / name, dest / name)
     for package in PACKAGES:
         shutil.rmtree(dest / package, ignore_errors=True)
         shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns(*skip))
@@ -200,7 +258,11 @@ def copy_packages(dest: Path, with_extensions: bool = False) -> Path:
 
 
 def clean() -> int:
-    """Delete every extension module in the packages (all built here); returns how many."""
+    """Delete every extension module in the packages (all built here); returns how many.
+
+    Raises RuntimeError, in one line, outside a source checkout (:func:`not_a_checkout`).
+    """
+    _require_checkout("clean")
     extensions = _all_extensions()
     for ext in extensions:
         ext.unlink()
@@ -261,7 +323,11 @@ def extensions() -> list[Extension]:
 
 
 def build(jobs: int = 0) -> list[str]:
-    """Compile MODULES and C_MODULES in place; returns them. Raises RuntimeError naming what failed."""
+    """Compile MODULES and C_MODULES in place; returns them. Raises RuntimeError naming what failed.
+
+    Only in a source checkout (:func:`not_a_checkout`): installed, ROOT is site-packages.
+    """
+    _require_checkout("build")
     try:
         from setuptools import Distribution
     except ImportError as exc:  # pragma: no cover - every venv of Python 3.11 has it
@@ -297,10 +363,11 @@ def main(argv: list[str] | None = None) -> int:
         description="Build, check or remove dnsgate's compiled modules (mypyc, in place).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="compile the query path's modules (and the C modules) beside their sources")
+    b = sub.add_parser("build", help="compile the query path's modules (and the C modules) beside their sources "
+                                     "(in a checkout only)")
     b.add_argument("-j", "--jobs", type=int, default=0, help="parallel compiler jobs (default: one per CPU)")
-    sub.add_parser("status", help="list each module as compiled, stale or source")
-    sub.add_parser("clean", help="delete the compiled modules: dnsgate runs from source")
+    sub.add_parser("status", help="list each module as compiled, stale or source (and say if not a checkout)")
+    sub.add_parser("clean", help="delete the compiled modules: dnsgate runs from source (in a checkout only)")
     args = parser.parse_args(argv)
     if args.command == "build":
         started = time.monotonic()
@@ -312,11 +379,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compiled {len(built)} modules in {time.monotonic() - started:.0f}s", file=sys.stderr)
         return 0
     if args.command == "clean":
-        print(f"removed {clean()} compiled files", file=sys.stderr)
+        try:
+            removed = clean()
+        except RuntimeError as exc:
+            print(f"resolver.native: {exc}", file=sys.stderr)
+            return 1
+        print(f"removed {removed} compiled files", file=sys.stderr)
         return 0
     old = stale()
     sources = _sources()
-    lines = [f"{'stale' if m in old else 'compiled' if _extension(m) else 'source':8} {m}" for m in sources]
+    # Installed, the list is what the install runs; build and clean would refuse.
+    lines = [f"not a source checkout: {reason}"] if (reason := not_a_checkout()) else []
+    lines += [f"{'stale' if m in old else 'compiled' if _extension(m) else 'source':8} {m}" for m in sources]
     lines += [f"{'stale':8} {m} (compiled by an earlier build, no longer listed)" for m in old if m not in sources]
     try:
         print("\n".join(lines), flush=True)

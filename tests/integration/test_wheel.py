@@ -204,6 +204,20 @@ def test_the_installed_compiled_wheel_runs_compiled_and_replays_as_the_tree(
     assert version.stdout == "dnsgate 0.1.0\n"
     replayed = _run([str(bin_dir / "dnsgate"), *REPLAY_ARGS, *map(str, captures)], tmp_path)
     assert _replay_output(replayed) == tree_replay
+    # build would write into site-packages and clean delete the install's extensions: each refuses in one line.
+    installed = sorted(site.rglob(f"*{EXTENSION}"))
+    for command in ("build", "clean"):
+        refused = _run([str(bin_dir / "python"), "-m", "resolver.native", command], tmp_path)
+        assert refused.returncode == 1
+        assert refused.stderr.splitlines() == [
+            f"resolver.native: {command} works on a source checkout only, "
+            f"and dnsgate is installed from a wheel in {site.resolve()}"
+        ]
+    assert sorted(site.rglob(f"*{EXTENSION}")) == installed
+    status = _run([str(bin_dir / "python"), "-m", "resolver.native", "status"], tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines()[0] == f"not a source checkout: dnsgate is installed from a wheel in {site.resolve()}"
+    assert f"{'compiled':8} heuristics/detector.py" in status.stdout.splitlines()
 
 
 def test_the_installed_pure_wheel_runs_from_source_and_replays_as_the_tree(
