@@ -22,7 +22,7 @@ system-deps:
 	@sh tests/support/debian-packages.sh $(APT_PACKAGES)
 
 # The query path's modules compiled with mypyc, and the C modules (heuristics/_deflate.c,
-# which needs zlib1g-dev), beside their sources (resolver/native.py, docs/operations.md
+# which needs zlib1g-dev, and heuristics/_labels.c), beside their sources (resolver/native.py, docs/operations.md
 # "Compiled modules"): rebuilt when a source changes. NATIVE=0 runs everything from source
 # instead (`clean-native` removes every extension, the C modules' too).
 NATIVE ?= 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar, Final
@@ -64,6 +64,13 @@ class Alphabet:
 
 def alphabet_of(label: bytes) -> str:
     """The smallest alphabet class that contains every octet of ``label``."""
+    if _label_shape is not None and len(label) < _SHAPE_MAX:
+        return _ALPHABETS[_label_shape(label)[0]]
+    return translated_alphabet(label)
+
+
+def translated_alphabet(label: bytes) -> str:
+    """:func:`alphabet_of` without heuristics/_labels.c (and what it is checked against)."""
     # Deleting a class's octets leaves nothing exactly when the label is drawn from it
     # (one pass in C each, no set built).
     if not label.translate(None, _HEX_BYTES):
@@ -272,17 +279,42 @@ class LabelShape:
 
 
 def _shape(data: bytes) -> LabelShape:
-    alphabet = alphabet_of(data)
-    h = shannon_entropy(data)
+    if _label_shape is not None and len(data) < _SHAPE_MAX:
+        # heuristics/_labels.c: the same four facts in one pass over the octets.
+        index, h, transitions, non_ldh = _label_shape(data)
+        alphabet = _ALPHABETS[index]
+    else:
+        alphabet = translated_alphabet(data)
+        h = shannon_entropy(data)
+        transitions = _transitions(data)
+        non_ldh = bool(data.translate(None, _LDH_BYTES))
     size = Alphabet.SIZE[alphabet]
     return LabelShape(
         length=len(data),
         alphabet=alphabet,
         entropy=h,
         expected=expected_entropy(size, len(data)),
-        transitions=_transitions(data),
-        non_ldh=bool(data.translate(None, _LDH_BYTES)),
+        transitions=transitions,
+        non_ldh=non_ldh,
     )
+
+
+def _label_extension() -> Callable[[bytes], tuple[int, float, int, bool]] | None:
+    """heuristics._labels's ``label_shape`` if it is built: alphabet_of, shannon_entropy,
+    _transitions and the non-LDH test of a label at once, the same results (running from
+    source: the functions above)."""
+    try:
+        from ._labels import label_shape
+    except ImportError:
+        return None
+    return label_shape
+
+
+# label_shape(data) -> (index into _ALPHABETS, entropy, transitions, non_ldh), for fewer
+# than _SHAPE_MAX octets (every label and subdomain of a wire name); None from source.
+_ALPHABETS: Final = (Alphabet.HEX, Alphabet.BASE32, Alphabet.ALNUM, Alphabet.LDH, Alphabet.BASE64, Alphabet.BINARY)
+_SHAPE_MAX: Final = 256
+_label_shape: Final = _label_extension()
 
 
 _DIGIT_BYTES = bytes(sorted(_DIGITS))

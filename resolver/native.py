@@ -100,9 +100,11 @@ MODULES = (
 # Hand-written C extension modules, each with the libraries it links, built by the same
 # build beside their sources (heuristics/_deflate.c gives heuristics._deflate). The Python
 # that imports one has a fallback without it. heuristics/_deflate.c: the information
-# estimate's deflate, without a new zlib stream for every never-seen name.
+# estimate's deflate, without a new zlib stream for every never-seen name;
+# heuristics/_labels.c: a never-seen label's alphabet, entropy and alternations in one pass.
 C_MODULES: dict[str, tuple[str, ...]] = {
     "heuristics/_deflate.c": ("z",),
+    "heuristics/_labels.c": ("m",),
 }
 # Headers the C modules include beyond Python's, with the Debian package that has each.
 C_HEADERS = {"zlib.h": "zlib1g-dev"}

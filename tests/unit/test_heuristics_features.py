@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import importlib
+import os
 import random
 import string
 
@@ -11,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from heuristics import DetectorSettings, SettingsError, name_to_text, registrable_domain
+from heuristics import DetectorSettings, SettingsError, features, name_to_text, registrable_domain
 from heuristics.features import (
     Alphabet,
     FeatureCache,
@@ -20,6 +22,7 @@ from heuristics.features import (
     expected_entropy,
     features_of,
     shannon_entropy,
+    translated_alphabet,
 )
 from heuristics.names import DEFAULT_EXEMPTIONS, labels_of
 
@@ -196,3 +199,53 @@ def test_case_bits_are_bounded_by_the_letters_of_the_subdomain(label: bytes, upp
     letters = sum(1 for b in lowered if 0x61 <= b <= 0x7A)
     assert 0 <= bits <= letters
     assert case_bits(qname, feats) == 0  # the lowercased name itself carries no case
+
+
+# `make test` builds heuristics/_labels.c with the compiled modules; `make NATIVE=0 test`
+# runs everything from source (tests/integration/test_native.py decides the same way).
+EXPECT_NATIVE = os.environ.get("DNSGATE_NATIVE", "1") != "0"
+
+# Octets a label's alphabet test, entropy and alternations turn on: the class boundaries
+# (digits, a-f, a-v, '2'-'7', '-', '_', '+', '/', '='), case, and every other octet.
+_LABEL_OCTETS = st.one_of(
+    st.sampled_from(b"0123456789abcdefghijklmnopqrstuvwxyz-_+/=ABZ.\\\x00\x7f\x80\xff"),
+    st.integers(0, 255),
+)
+
+
+def test_label_shapes_use_the_extension_in_a_compiled_run() -> None:
+    if EXPECT_NATIVE:
+        extension = importlib.import_module("heuristics._labels")
+        assert features._label_shape is extension.label_shape
+    else:  # NATIVE=0 runs the source: nothing is built
+        with pytest.raises(ImportError):
+            importlib.import_module("heuristics._labels")
+        assert features._label_shape is None
+
+
+@given(st.lists(_LABEL_OCTETS, max_size=255).map(bytes))
+def test_the_extensions_label_shape_is_the_pythons(data: bytes) -> None:
+    """heuristics/_labels.c gives, for any octets, what the Python gives: the same alphabet
+    class, the same entropy to the last bit, the same alternations and non-LDH test."""
+    label_shape = features._label_shape
+    if label_shape is None:
+        assert not EXPECT_NATIVE, "heuristics._labels is not built"
+        return
+    index, entropy, transitions, non_ldh = label_shape(data)
+    assert features._ALPHABETS[index] == translated_alphabet(data)
+    assert entropy == shannon_entropy(data)  # exactly: the same sums in the same order
+    assert transitions == features._transitions(data)
+    assert non_ldh is bool(data.translate(None, b"-0123456789_abcdefghijklmnopqrstuvwxyz"))
+
+
+def test_the_extension_leaves_long_texts_to_the_python() -> None:
+    """256 octets or more (no label or subdomain of a wire name) are the Python's."""
+    label_shape = features._label_shape
+    data = bytes(range(256))
+    if label_shape is not None:
+        with pytest.raises(ValueError, match="256"):
+            label_shape(data)
+        with pytest.raises(TypeError, match="bytes"):
+            label_shape("text")  # type: ignore[arg-type]
+    assert alphabet_of(data) == Alphabet.BINARY
+    assert features._shape(data).entropy == shannon_entropy(data) == 8.0
