@@ -512,6 +512,8 @@ def replay(
     ``on_query`` sees every query after the pipeline decided it (see ``Replay``).
     """
     started = time.monotonic()
+    if _last_run:
+        _last_run.clear()  # the run kept before is freed now: one run's state at a time
     on_problem = problems.capture if problems is not None else None
     elsewhere: Counter[int] = Counter()
     packets = read_many(list(paths), ports=frozenset(ports), on_problem=on_problem, elsewhere=elsewhere)
@@ -559,7 +561,7 @@ def replay(
     report.problems = problems.count if problems is not None else 0
     report.seconds = time.monotonic() - started
     if _last_run is not None:
-        _last_run[:] = [run]  # a sweep's earlier run is freed here, as before
+        _last_run.append(run)
     return report
 
 

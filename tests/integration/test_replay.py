@@ -359,7 +359,8 @@ def test_a_replays_state_is_freed_when_it_is_done_with() -> None:
 def test_the_console_command_keeps_only_the_last_run_until_it_exits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under ``dnsgate`` (resolver.cli.entry), which exits without freeing, replay keeps its
     last run instead of freeing it object by object as it returns; an earlier run (a
-    sweep's previous value, diff's first side) is still freed when the next one ends."""
+    sweep's previous value, diff's first side) is freed when the next one starts, so a
+    sweep still holds one run's state at a time."""
     from resolver.offline import replay as replay_mod
     from resolver.pipeline.chain import Engine
 
@@ -380,7 +381,9 @@ def test_the_console_command_keeps_only_the_last_run_until_it_exits(monkeypatch:
         assert len(kept) == 1
         assert kept[0].report is first
         assert engines() == before + 1  # the last run's engine is alive
-        second = replay([capture], replay_config(None))
+        alive: list[int] = []
+        second = replay([capture], replay_config(None), on_engine=lambda _: alive.append(engines()))
+        assert alive == [before + 1]  # the kept run was freed before the next one was built
         assert replay_mod._last_run is kept
         assert len(kept) == 1
         assert kept[0].report is second
