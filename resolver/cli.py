@@ -294,6 +294,9 @@ def _main(argv: list[str] | None) -> tuple[int, str]:
                         help="replay once per value of a threshold and print flagged domains per value")
     replay.add_argument("--labels", metavar="FILE",
                         help="with --sweep: tunnel domains, one per line; adds TP/FP/FN columns")
+    replay.add_argument("--jobs", type=int, metavar="N",
+                        help="with --sweep: values replayed at once, each in its own process holding "
+                             "one run's state (default: one per CPU)")
     replay.add_argument("--report", metavar="FILE.html",
                         help="also write a self-contained HTML page: alerts over capture time, top denied and "
                              "flagged domains with evidence; with --sweep, the tuning curve")

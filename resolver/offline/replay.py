@@ -20,11 +20,12 @@ import asyncio
 import dataclasses
 import gc
 import json
+import multiprocessing
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from hashlib import blake2b
@@ -784,6 +785,9 @@ def run_replay(args: argparse.Namespace) -> int:
     if args.labels and not args.sweep:
         print(f"{prog}: --labels needs --sweep", file=sys.stderr)
         return 2
+    if getattr(args, "jobs", None) is not None and not args.sweep:
+        print(f"{prog}: --jobs needs --sweep", file=sys.stderr)
+        return 2
     setup = capture_setup(prog, args)
     if setup is None:
         return 2
@@ -832,6 +836,50 @@ def _write_report(prog: str, path: str, render: Callable[[], str]) -> int:
     return 0
 
 
+def sweep_jobs(given: int | None, values: int) -> int:
+    """How many values of a sweep replay at once: ``given``, else one per CPU this process
+    may run on; never more than there are values."""
+    if given is None:
+        given = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(given, values))
+
+
+# A parallel sweep's work, set in the parent before its workers fork (so nothing of it is
+# pickled): the captures, one config per value, the ports, the progress setting.
+_sweep_work: tuple[list[str], list[Config], frozenset[int], str] | None = None
+
+
+def _sweep_value(index: int) -> ReplayReport:
+    """One value of a parallel sweep, in a forked worker; the report goes back pickled.
+
+    Only the first value's run reports skipped packets (every run meets the same ones).
+    """
+    assert _sweep_work is not None
+    paths, configs, ports, prog = _sweep_work
+    problems = ProblemPrinter(prog, sys.stderr) if index == 0 else None
+    report = replay(paths, configs[index], ports=ports, problems=problems)
+    sys.stderr.flush()
+    return report
+
+
+def _sweep_reports(
+    prog: str, paths: list[str], configs: list[Config], ports: frozenset[int], jobs: int,
+) -> Iterator[ReplayReport]:
+    """The sweep's reports in value order, ``jobs`` runs at a time in forked processes.
+
+    A worker replays one value and exits (its run's memory goes with it), so at most
+    ``jobs`` runs' state is alive at once.
+    """
+    global _sweep_work
+    _sweep_work = (paths, configs, ports, prog)
+    try:
+        context = multiprocessing.get_context("fork")
+        with context.Pool(jobs, maxtasksperchild=1) as pool:
+            yield from pool.imap(_sweep_value, range(len(configs)))
+    finally:
+        _sweep_work = None
+
+
 def _run_sweep(prog: str, args: argparse.Namespace, config: Config, ports: frozenset[int],
                problems: ProblemPrinter, enabled: bool | None) -> int:
     key, sep, values_text = args.sweep.partition("=")
@@ -840,31 +888,43 @@ def _run_sweep(prog: str, args: argparse.Namespace, config: Config, ports: froze
         print(f"{prog}: --sweep: expected KEY=V1,V2,..., got {args.sweep!r}", file=sys.stderr)
         return 2
     values = [yaml.safe_load(v) for v in values_text.split(",") if v.strip()]
+    given: int | None = getattr(args, "jobs", None)
+    if given is not None and given < 1:
+        print(f"{prog}: --jobs: expected 1 or more, got {given}", file=sys.stderr)
+        return 2
     try:
         labels = load_labels(args.labels) if args.labels else None
     except (OSError, ValueError) as exc:
         print(f"{prog}: --labels: {exc}", file=sys.stderr)
         return 2
-    rows: list[SweepRow] = []
-    reports: list[ReplayReport] = []
+    configs: list[Config] = []
     for value in values:
         try:
-            swept = apply_overrides(config, {key: value})
+            configs.append(apply_overrides(config, {key: value}))
         except SettingsError as exc:
             print(f"{prog}: --sweep {exc.key}: {exc.message}", file=sys.stderr)
             return 2
-        progress = Progress(args.pcaps, sys.stderr, enabled)
-        report = replay(args.pcaps, swept, ports=ports, problems=problems, progress=progress,
-                        label=f"{key}={value} ")
+    jobs = sweep_jobs(given, len(values))
+    if jobs == 1:
+        # Every value meets the same skipped packets: the first value's run reports them.
+        reports: Iterator[ReplayReport] = (
+            replay(args.pcaps, swept, ports=ports, problems=problems if i == 0 else None,
+                   progress=Progress(args.pcaps, sys.stderr, enabled), label=f"{key}={value} ")
+            for i, (value, swept) in enumerate(zip(values, configs, strict=True))
+        )
+    else:
+        reports = _sweep_reports(prog, list(args.pcaps), configs, ports, jobs)
+    rows: list[SweepRow] = []
+    done: list[ReplayReport] = []
+    for value, report in zip(values, reports, strict=True):
         row = SweepRow(value, report.flagged_domains(), seconds=report.seconds)
         if labels is not None:
             row.tp, row.fp, row.fn = score(row.flagged, labels)
         rows.append(row)
-        reports.append(report)
+        done.append(report)
         sys.stderr.write(f"{prog}: {key}={json.dumps(value)}: {len(row.flagged)} flagged domain(s) "
                          f"in {report.seconds:.2f}s\n")
     sys.stdout.write(render_sweep(key, rows, labels))
     if args.report:
-        return _write_report(prog, args.report, lambda: render_sweep_report(key, rows, reports, labels))
+        return _write_report(prog, args.report, lambda: render_sweep_report(key, rows, done, labels))
     return 0
-

@@ -393,3 +393,61 @@ def test_the_console_command_keeps_only_the_last_run_until_it_exits(monkeypatch:
         monkeypatch.setattr(replay_mod, "_last_run", None)
         if was:
             gc.enable()
+
+
+def test_a_sweep_over_several_processes_prints_what_one_process_prints() -> None:
+    """``--jobs 2`` replays the values in two forked workers: the same table, the same
+    per-value lines in value order, as ``--jobs 1`` replaying them one after the other."""
+    pcaps = sorted(str(p) for p in TUNNELS.glob("*.pcap"))
+    labels = str(TUNNELS / "LABELS.txt")
+    runs = []
+    for jobs in ("1", "2"):
+        out = dnsgate("replay", *pcaps, "--sweep", "alert_points=2,3,8,1000", "--labels", labels, "--jobs", jobs)
+        assert out.returncode == 0, out.stderr
+        per_value = [re.sub(r" in [\d.]+s$", "", line) for line in out.stderr.splitlines() if "flagged domain" in line]
+        runs.append((out.stdout, per_value))
+    assert runs[0] == runs[1]
+    table, per_value = runs[1]
+    assert [line.split(": ")[1] for line in per_value] == [
+        "alert_points=2", "alert_points=3", "alert_points=8", "alert_points=1000"
+    ]
+    assert table.splitlines()[4].split()[:2] == ["1000", "0"]
+
+
+def test_a_parallel_sweep_runs_in_worker_processes() -> None:
+    """The reports come back from forked workers, each replaying one value, in value order."""
+    import multiprocessing
+
+    from resolver.offline import replay as replay_mod
+
+    pcaps = sorted(str(p) for p in TUNNELS.glob("*.pcap"))
+    configs = [apply_overrides(replay_config(None), {"alert_points": v}) for v in (3, 1000, 3)]
+    workers: list[int] = []
+    reports = []
+    for report in replay_mod._sweep_reports("dnsgate replay", pcaps, configs, frozenset({53}), 2):
+        workers.append(len(multiprocessing.active_children()))
+        reports.append(report)
+    assert workers[0] >= 1  # a pool of worker processes was running
+    assert not multiprocessing.active_children()  # and is gone afterwards
+    assert replay_mod._sweep_work is None
+    alone = replay(pcaps, configs[0])
+    assert reports[0].flagged_domains() == reports[2].flagged_domains() == alone.flagged_domains()
+    assert reports[0].queries == alone.queries
+    assert not reports[1].flagged_domains()
+
+
+def test_sweep_jobs_are_checked_and_bounded() -> None:
+    from resolver.offline.replay import sweep_jobs
+
+    cpus = len(os.sched_getaffinity(0))
+    assert sweep_jobs(None, 100) == min(cpus, 100)
+    assert sweep_jobs(None, 1) == 1
+    assert sweep_jobs(8, 3) == 3
+    assert sweep_jobs(1, 5) == 1
+    pcap = str(TUNNELS / "dns2tcp_key.pcap")
+    out = dnsgate("replay", pcap, "--sweep", "alert_points=3,5", "--jobs", "0")
+    assert out.returncode == 2
+    assert out.stderr.strip() == "dnsgate replay: --jobs: expected 1 or more, got 0"
+    out = dnsgate("replay", pcap, "--jobs", "2")
+    assert out.returncode == 2
+    assert out.stderr.strip() == "dnsgate replay: --jobs needs --sweep"
