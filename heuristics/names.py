@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import Any, Final
 
 from publicsuffixlist import PSLFILE, encode_idn
 
@@ -38,6 +38,9 @@ _ESCAPED = tuple(
     f"\\{b:03d}" if b < 0x21 or b > 0x7E else ("\\" + chr(b) if b in _SPECIALS else chr(b))
     for b in range(256)
 )
+# The octets a label holds as they are in presentation format (_ESCAPED[b] == chr(b)).
+_PLAIN: Final = bytes(b for b in range(0x21, 0x7F) if b not in _SPECIALS)
+_PLAIN_OR_DOT: Final = _PLAIN + b"."
 
 
 def label_offsets(qname: bytes) -> list[int]:
@@ -92,6 +95,8 @@ def is_subdomain(name: bytes, domain: bytes) -> bool:
 
 def label_to_text(label: bytes) -> str:
     """Presentation form of one label, non-printable octets as ``\\DDD``."""
+    if not label.translate(None, _PLAIN):
+        return label.decode("ascii")  # nothing to escape: the usual label
     return "".join([_ESCAPED[b] for b in label])
 
 
@@ -105,7 +110,12 @@ def name_to_text(qname: bytes) -> str:
     labels = labels_of(qname)
     if not labels:
         return "."
-    return ".".join(label_to_text(label) for label in labels)
+    joined = b".".join(labels)
+    # Nothing to escape (the usual name): the text is the octets themselves, when the
+    # only dots in them are the ones between labels.
+    if not joined.translate(None, _PLAIN_OR_DOT) and joined.count(b".") == len(labels) - 1:
+        return joined.decode("ascii")
+    return ".".join([label_to_text(label) for label in labels])
 
 
 def wire_of(text: str) -> bytes:

@@ -23,6 +23,7 @@ from heuristics.names import (
     ancestors,
     domain_text,
     is_subdomain,
+    label_to_text,
     labels_of,
     registrable_wire,
     wire_of,
@@ -230,3 +231,34 @@ def test_registrable_domain_agrees_with_the_psl_library(rule: tuple[bytes, ...],
     text = ".".join(part.decode() for part in labels)
     expected = _PSL.privatesuffix(text) or text  # a public suffix is its own domain
     assert registrable_domain(wire_of(text)) == expected
+
+
+def _text_octet_by_octet(qname: bytes) -> str:
+    """name_to_text as RFC 1035 5.1 writes it, one octet at a time (no shortcut)."""
+    labels = labels_of(qname)
+    if not labels:
+        return "."
+    out = []
+    for label in labels:
+        chars = []
+        for b in label:
+            if b < 0x21 or b > 0x7E:
+                chars.append(f"\\{b:03d}")
+            elif b in b'."();\\@$':
+                chars.append("\\" + chr(b))
+            else:
+                chars.append(chr(b))
+        out.append("".join(chars))
+    return ".".join(out)
+
+
+@given(st.lists(st.lists(st.one_of(st.sampled_from(b'.\\"();@$az09-_\x00\x20\x21\x7e\x7f\xff'),
+                                   st.integers(0, 255)), min_size=1, max_size=20).map(bytes),
+                max_size=6))
+def test_the_text_of_a_name_is_its_octets_escaped_one_by_one(labels: list[bytes]) -> None:
+    """The shortcut for names with nothing to escape gives what escaping every octet gives,
+    whatever the labels hold (dots inside labels included)."""
+    qname = b"".join(bytes([len(label)]) + label for label in labels) + b"\x00"
+    assert name_to_text(qname) == _text_octet_by_octet(qname)
+    for label in labels:
+        assert label_to_text(label) == _text_octet_by_octet(bytes([len(label)]) + label + b"\x00")
