@@ -243,10 +243,20 @@ def entry() -> None:
     exits at once: freeing a large capture's detector state object by object
     took over a second and does nothing the kernel does not do at exit. So that
     the last run's state is not freed either as ``replay()`` returns, it is kept
-    until then (``keep_last_run``).
+    until then (``keep_last_run``). Ctrl-C ends any command with one line and
+    status 130.
     """
     keep_last_run()
-    status, command = _main(sys.argv[1:])
+    try:
+        status, command = _main(sys.argv[1:])
+    except KeyboardInterrupt:
+        # Ctrl-C: one line rather than the traceback of wherever a long replay was, and
+        # the shell's status for a SIGINT (128 + 2). What was written so far stays written.
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            sys.stdout.flush()
+        sys.stderr.write("dnsgate: interrupted\n")
+        sys.stderr.flush()
+        os._exit(130)
     if command not in _BIG_STATE:
         sys.exit(status)
     with contextlib.suppress(BrokenPipeError, ValueError):  # a reader that went away: nothing left to say

@@ -22,6 +22,7 @@ import gc
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -874,7 +875,14 @@ def _sweep_reports(
     _sweep_work = (paths, configs, ports, prog)
     try:
         context = multiprocessing.get_context("fork")
-        with context.Pool(jobs, maxtasksperchild=1) as pool:
+        # Ctrl-C reaches the whole process group: the workers are born ignoring it (no
+        # traceback from each), and this process, interrupted, ends them on leaving the pool.
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            pool = context.Pool(jobs, maxtasksperchild=1)
+        finally:
+            signal.signal(signal.SIGINT, interrupt)
+        with pool:
             yield from pool.imap(_sweep_value, range(len(configs)))
     finally:
         _sweep_work = None

@@ -451,3 +451,78 @@ def test_sweep_jobs_are_checked_and_bounded() -> None:
     out = dnsgate("replay", pcap, "--jobs", "2")
     assert out.returncode == 2
     assert out.stderr.strip() == "dnsgate replay: --jobs needs --sweep"
+
+
+def _writer_of(fifo: Path, deadline: float) -> int:
+    """The write end of ``fifo`` once a reader has it open (ENXIO until then)."""
+    import errno
+    import time
+
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise
+
+
+_READ_SYSCALL = {"x86_64": 0, "aarch64": 63}  # read(2)'s number, as /proc/PID/syscall shows it
+
+
+def _waiting_in_read(pids: list[int] | None, parent: int, deadline: float) -> list[int]:
+    """The processes of ``pids`` (or ``parent``'s children) blocked in read(2), once there are any."""
+    import platform
+    import time
+
+    number = _READ_SYSCALL[platform.machine()]
+    while True:
+        candidates = pids
+        if candidates is None:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+            candidates = [int(child) for child in children]
+        waiting = []
+        for pid in candidates:
+            try:
+                if Path(f"/proc/{pid}/syscall").read_text().split()[0] == str(number):
+                    waiting.append(pid)
+            except (OSError, IndexError):
+                continue
+        if waiting or time.monotonic() > deadline:
+            return waiting
+
+
+@pytest.mark.parametrize("sweep", [False, True])
+def test_ctrl_c_ends_a_replay_with_one_line(tmp_path: Path, sweep: bool) -> None:
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) in the middle of a
+    replay, or of a sweep's worker processes: exit 130 and one line, no traceback from
+    dnsgate or any worker, no worker left behind. The capture is a FIFO nothing is written
+    to, so the replay (or each worker) is waiting for its first octets when the signal comes."""
+    import signal
+    import time
+
+    fifo = tmp_path / "capture.pcap"
+    os.mkfifo(fifo)
+    args = [sys.executable, "-m", "resolver.cli", "replay", str(fifo)]
+    if sweep:
+        args += ["--sweep", "alert_points=3,5", "--jobs", "2"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        fd = _writer_of(fifo, deadline)  # a reader has it open
+        # ... and sits in read(2): a signal that came between open and read would wait,
+        # compiled code checking for signals only at calls like that one.
+        readers = _waiting_in_read([proc.pid] if not sweep else None, proc.pid, deadline)
+        assert readers
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        os.close(fd)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err == "dnsgate: interrupted\n"
+    assert out == ""
+    with pytest.raises(ProcessLookupError):  # nothing of the process group is left
+        os.killpg(proc.pid, 0)
