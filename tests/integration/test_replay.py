@@ -505,8 +505,11 @@ def test_ctrl_c_ends_a_replay_with_one_line(tmp_path: Path, sweep: bool) -> None
     args = [sys.executable, "-m", "resolver.cli", "replay", str(fifo)]
     if sweep:
         args += ["--sweep", "alert_points=3,5", "--jobs", "2"]
+    # SIGINT as a terminal leaves it (whoever started pytest may have it ignored: a
+    # background job does, and a Python started so never turns it into KeyboardInterrupt).
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         fd = _writer_of(fifo, deadline)  # a reader has it open
