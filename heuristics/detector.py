@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from .features import FeatureCache, NameFeatures, case_bits
 from .names import DEFAULT_EXEMPTIONS, domain_text, name_to_text, wire_of
 from .settings import DetectorSettings
-from .spread import all_fresh, concentration, first_name_charge, note_client, slow_drip
+from .spread import (
+    all_fresh,
+    concentration,
+    effective_clients,
+    first_name_charge,
+    note_client,
+    note_recent_client,
+    slow_drip,
+)
 from .state import Geometry, State
 from .windows import Field, PairWindows, Pending, Window
 
@@ -175,10 +183,12 @@ class _Score:
     rule: str = ""  # which budget: "window", "slow" (spread over time)
     share: float | None = None  # namespace scope: share of the largest clients
     fresh: bool = False  # namespace scope: counted because nearly all its names are fresh
+    clients: float | None = None  # namespace_first_names scope: clients' worth carrying it
 
     def __init__(
         self, points: int, reasons: list[str], scope: str, scale: str, window: Window, seconds: float,
         budget: int = 0, rule: str = "", share: float | None = None, fresh: bool = False,
+        clients: float | None = None,
     ) -> None:
         self.points = points
         self.reasons = reasons
@@ -190,6 +200,7 @@ class _Score:
         self.rule = rule
         self.share = share
         self.fresh = fresh
+        self.clients = clients
 
 
 class Detector:
@@ -285,6 +296,7 @@ class Detector:
         new = state.first_sight((namespace, feats.digest))
         spread = False
         free = 0  # what the name carries free in the all-domain meters
+        first = False  # one of the domain's first names (spread_skip_names)
         case = 0
         if new:
             deltas.append((Field.NEW_NAMES, 1))
@@ -309,6 +321,7 @@ class Detector:
                     # over domains with a few names each is metered; a site's www, cdn,
                     # _dmarc or DKIM selector carries less and costs nothing here.
                     free = lim.spread_free_bytes
+                    first = True
                     spread = first_name_charge(feats, case, free) > 0
             if feats.non_ldh:
                 deltas.append((Field.NON_LDH, 1))
@@ -369,10 +382,10 @@ class Detector:
                 return None
             self._promote(tag, ns_pair, client_pair, client, derived)
         spread_pairs = (
-            self._spread(namespace, client, feats, case, free, now, derived.geometry) if spread else []
+            self._spread(namespace, client, feats, case, free, first, now, derived.geometry) if spread else []
         )
 
-        best = self._score(ns_pair, client_pair, client_rare, lim, now, spread_pairs, tag)
+        best = self._score(ns_pair, client_pair, client_rare, lim, now, spread_pairs, tag, namespace)
         if best is None:
             return None
         verdict = self._verdict(namespace, client, qname, qtype, feats, best, lim, now)
@@ -719,13 +732,15 @@ class Detector:
                 state.record(tag, pair_key, pair, frozen, member)
 
     def _spread(
-        self, namespace: str, client: str, feats: NameFeatures, case: int, free: int, now: float,
-        geometry: Geometry,
+        self, namespace: str, client: str, feats: NameFeatures, case: int, free: int, first: bool,
+        now: float, geometry: Geometry,
     ) -> list[PairWindows]:
         """Charge a rare domain's new name to the all-domain meters of the client and the
         namespace, each against its own recent text (rotating domains share no context),
         so that rotating over domains does not reset the meter. ``free``: bytes of the
-        charge left out (one of the domain's first names)."""
+        charge left out. A domain's ``first`` names are also charged to the namespace's
+        first-names meter, which remembers the clients that sent them (the third pair
+        returned)."""
         sub = feats.subdomain
         labels = feats.sub_labels
         spread_pairs = []
@@ -744,6 +759,17 @@ class Detector:
             if state.shares:
                 state.record(tag, pair_key, pair, deltas, None)
             spread_pairs.append(pair)
+        if first:
+            # The charge the namespace meter just took (the last one), for a domain's first
+            # name: where a rotation over domains puts everything it sends, and a fleet's
+            # first names (www, _dmarc, DKIM selectors) nothing.
+            pair = state.pair(f"{namespace}||*|first", geometry, unique=False)
+            note_recent_client(pair, client)
+            deltas = ((Field.QUERIES, 1), (Field.NEW_NAMES, 1), (Field.INFO, cost))
+            _apply(pair, now, deltas)
+            if state.shares:
+                state.record(tag, "f", pair, deltas, None)
+            spread_pairs.append(pair)
         return spread_pairs
 
     def _score(
@@ -755,14 +781,16 @@ class Detector:
         _now: float,
         spread_pairs: list[PairWindows] | None = None,
         tag: str = "",
+        namespace: str = "",
     ) -> _Score | None:
         best: _Score | None = None
         scopes: list[tuple[str, PairWindows, int, int]] = [
             ("client", client_pair, s.client_budget_short_bytes, s.client_budget_long_bytes),
             ("namespace", ns_pair, s.namespace_budget_short_bytes, s.namespace_budget_long_bytes),
         ]
+        few: float | None = None
         if spread_pairs:
-            client_all, namespace_all = spread_pairs
+            client_all, namespace_all = spread_pairs[0], spread_pairs[1]
             scopes.append(
                 ("client_domains", client_all, s.client_budget_short_bytes, s.client_budget_long_bytes)
             )
@@ -770,6 +798,18 @@ class Detector:
                 ("namespace_domains", namespace_all, s.namespace_budget_short_bytes,
                  s.namespace_budget_long_bytes)
             )
+            if len(spread_pairs) > 2:
+                # The namespace's first-names meter, when few clients carry it, is judged like
+                # one client's meter: a rotation split over them is one channel
+                # (spread.effective_clients); over a fleet it is left to namespace_domains.
+                first_all = spread_pairs[2]
+                few = self._few_clients(first_all, namespace, s)
+                if few is not None:
+                    scopes.append(
+                        ("namespace_first_names", first_all,
+                         min(s.client_budget_short_bytes, s.namespace_budget_short_bytes),
+                         min(s.client_budget_long_bytes, s.namespace_budget_long_bytes))
+                    )
         share: float | None = None
         # Many clients' names all asked once (no re-asked names, one type a name): a channel
         # spread over a fleet, not telemetry (spread.all_fresh); the namespace budgets then
@@ -843,7 +883,8 @@ class Detector:
                     continue
                 if best is None or points > best.points:
                     best = _Score(points, reasons, scope, scale, window, seconds, crossed, rule,
-                                  share if scope == "namespace" else None, fresh and scope == "namespace")
+                                  share if scope == "namespace" else None, fresh and scope == "namespace",
+                                  few if scope == "namespace_first_names" else None)
         if best is None:
             return None
         # Supporting evidence only: a client fanning out to many never-seen domains.
@@ -855,6 +896,31 @@ class Detector:
         if best.points < s.alert_points:
             return None
         return best
+
+    def _few_clients(self, meter: PairWindows, namespace: str, s: _Limits) -> float | None:
+        """How many clients' worth carry the namespace's first-names meter, when at most
+        ``spread_clients`` (None: more, or nothing the client budgets could flag yet).
+
+        Read from the all-domain meters of the clients that charged it last, asked
+        only once the meter holds what the lowest client budget needs, and kept until
+        the meter grew by an eighth or its long window moved on (as the concentration
+        test of a namespace pair is).
+        """
+        info = meter.long.total(Field.INFO)
+        if info < min(s.client_budget_short_bytes, s.client_budget_long_bytes, s.slow_budget_bytes):
+            return None
+        cached = meter.share
+        if cached is None or cached[0] != meter.long.head or info > cached[1] * 1.125:
+            find = self.state.find
+            client_info = []
+            for client in meter.clients:
+                pair = find(f"{namespace}||{client}|domains")
+                if pair is not None:
+                    client_info.append(pair.long.total(Field.INFO))
+            cached = (meter.long.head, info, effective_clients(client_info))
+            meter.share = cached
+        clients = cached[2]
+        return clients if 0 < clients <= s.spread_clients else None
 
     def _concentration(self, ns_pair: PairWindows, tag: str, s: _Limits) -> float:
         """Share of the namespace pair's information sent by its largest clients.
@@ -939,6 +1005,9 @@ class Detector:
             evidence["active_buckets"] = sum(1 for row in w.counts.values() if row[Field.NEW_NAMES])
         if best.share is not None:
             evidence["top_clients_share"] = round(best.share, 3)
+        if best.clients is not None:
+            # The namespace's first-names meter, judged like one client's: few clients carry it.
+            evidence["effective_clients"] = round(best.clients, 1)
         if best.fresh:
             # Counted whatever the concentration: the namespace pair's names are nearly all fresh.
             evidence["new_names_per_query"] = round(w.total(Field.NEW_NAMES) / max(1, w.total(Field.QUERIES)), 3)

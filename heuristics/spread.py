@@ -30,6 +30,13 @@ because it is asked only about never-seen names:
   per sender carry a few bytes and are free; a channel rotating over many
   domains with one or two names each carries a hundred bytes a name and pays
   for all but the allowance.
+* **Over domains and clients**: a rotation split over a few clients of the
+  namespace fills each client's meter only by its share. The namespace's
+  first-names meter takes what the domains' first names are charged beyond the
+  allowance, from every client, and is judged like one client's meter when at
+  most ``spread_clients`` clients' worth carry it (:func:`effective_clients`,
+  read from those clients' meters). A rotation puts everything it sends in
+  first names; a fleet's first names are free and leave it empty.
 
 :func:`content_bytes` bounds the charge of a name by what its alphabet can
 carry: a GUID is 16 bytes of information, not the ~28 its 36 hex-and-dash
@@ -39,7 +46,7 @@ characters deflate to, so unique-ID telemetry is charged what it carries.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from .features import NameFeatures, content_prefix, unpredicted
 from .windows import Field, PairWindows, Window
@@ -50,8 +57,10 @@ __all__ = [
     "all_fresh",
     "concentration",
     "content_bytes",
+    "effective_clients",
     "first_name_charge",
     "note_client",
+    "note_recent_client",
     "slow_drip",
 ]
 
@@ -104,6 +113,43 @@ def note_client(pair: PairWindows, client: str) -> int:
         return len(clients)
     pair.clients = (*clients, client)
     return len(pair.clients)
+
+
+def note_recent_client(pair: PairWindows, client: str) -> None:
+    """Remember that ``client`` charged the meter ``pair``: the ``MAX_CLIENTS`` latest, oldest first.
+
+    Unlike :func:`note_client` (a namespace pair's clients, counted once and
+    then "many"), the list moves on: a client that charged long ago makes room
+    for the one charging now, so the namespace's first-names meter, which lives
+    as long as the namespace, still lists the clients of a channel that starts
+    late in a busy namespace.
+    """
+    clients = pair.clients
+    if clients and clients[-1] == client:
+        return
+    if client in clients:
+        clients = tuple(c for c in clients if c != client)
+    elif len(clients) >= MAX_CLIENTS:
+        clients = clients[1:]
+    pair.clients = (*clients, client)
+
+
+def effective_clients(client_info: Iterable[int]) -> float:
+    """How many clients' worth the information is spread over: (sum x)^2 / sum x^2.
+
+    The inverse Simpson index of the clients' shares: k for k clients carrying
+    equal parts, ~1 when one client carries nearly all of it, 0 when none
+    carries anything.
+    """
+    total = 0
+    squares = 0
+    for info in client_info:
+        if info > 0:
+            total += info
+            squares += info * info
+    if squares == 0:
+        return 0.0
+    return total * total / squares
 
 
 def concentration(pair: PairWindows, client_info: dict[str, int], top: int) -> float:

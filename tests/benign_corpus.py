@@ -302,17 +302,21 @@ _B32 = string.ascii_lowercase + "234567"
 
 
 def first_names(seed: int = 29, start: float = 1_795_300_000.0, sites: int = 3000, senders: int = 2000,
-                hours: float = 24.0) -> list[tuple[float, str, bytes, int, int]]:
-    """The first names of many never-seen domains, from two clients of one namespace, over ``hours``.
+                hours: float = 24.0, browsers: int = 1, mail_servers: int = 1, names_per_site: int = 3,
+                ) -> list[tuple[float, str, bytes, int, int]]:
+    """The first names of many never-seen domains, from a few clients of one namespace, over ``hours``.
 
-    A browser visits ``sites`` sites once each and asks 1-3 of their ordinary host names
-    (``www``, ``cdn``, ``api`` ...), A and AAAA. A mail server checks ``senders`` sender
-    domains once each: the DKIM key (a named selector, or a third of the time a 32-character
-    token of the kind a bulk-mail service publishes), ``_dmarc`` and SPF (TXT), MX. Each
-    domain gets at most three never-seen names: what a channel rotating over domains looks
-    like by count, but each name carries a few bytes (a token ~20), not a hundred."""
+    A browser visits ``sites`` sites once each and asks 1-``names_per_site`` of their ordinary
+    host names (``www``, ``cdn``, ``api`` ...), A and AAAA. A mail server checks ``senders``
+    sender domains once each: the DKIM key (a named selector, or a third of the time a
+    32-character token of the kind a bulk-mail service publishes), ``_dmarc`` and SPF (TXT), MX.
+    With the defaults each domain gets at most three never-seen names: what a channel rotating
+    over domains looks like by count, but each name carries a few bytes (a token ~20), not a
+    hundred. ``browsers`` and ``mail_servers`` share the sites and senders out in turn (several
+    clients of the namespace each visiting its own sites, as a rotation split over clients would)."""
     rng = random.Random(seed)
-    browser, mail_server = "10.63.0.10", "10.63.0.25"
+    browser_hosts = ["10.63.0.10", *(f"10.63.1.{i + 10}" for i in range(browsers - 1))]
+    mail_hosts = ["10.63.0.25", *(f"10.63.2.{i + 25}" for i in range(mail_servers - 1))]
     tlds = ("com", "net", "org", "io", "de", "co.uk", "fr", "nl")
     domains: set[str] = set()
     while len(domains) < sites + senders:
@@ -320,13 +324,15 @@ def first_names(seed: int = 29, start: float = 1_795_300_000.0, sites: int = 300
     ordered = sorted(domains)
     rng.shuffle(ordered)
     out = []
-    for site in ordered[:sites]:
+    for i, site in enumerate(ordered[:sites]):
+        browser = browser_hosts[i % browsers]
         ts = start + rng.random() * hours * 3600
-        for host in rng.sample(_SITE_NAMES, rng.randint(1, 3)):
+        for host in rng.sample(_SITE_NAMES, rng.randint(1, names_per_site)):
             for qtype in (A, AAAA):
                 out.append((ts, browser, wire(f"{host}.{site}"), qtype, NOERROR))
             ts += rng.uniform(0.05, 2.0)
-    for sender in ordered[sites:]:
+    for i, sender in enumerate(ordered[sites:]):
+        mail_server = mail_hosts[i % mail_servers]
         ts = start + rng.random() * hours * 3600
         selector = _rand(rng, 32, _B32) if rng.random() < 1 / 3 else rng.choice(_SELECTORS)
         for name, qtype in ((f"{selector}._domainkey.{sender}", TXT), (f"_dmarc.{sender}", TXT),
@@ -364,4 +370,8 @@ def cloud_shapes(start: float = 1_795_300_000.0) -> dict[str, list[tuple[float, 
     shapes["sdk telemetry 1, 0x20 case"] = case_randomised(shapes["sdk telemetry 1"])
     shapes["unique-id beacons, 0x20 case"] = case_randomised(shapes["unique-id beacons"])
     shapes["first names of many domains"] = first_names(start=start)
+    # Six browsers and two mail servers: few enough clients that the namespace's all-domain
+    # meter is judged like one client's (heuristics/spread.py, effective_clients).
+    shapes["first names of many domains, 8 clients"] = first_names(
+        seed=31, start=start, sites=6000, senders=2000, browsers=6, mail_servers=2)
     return shapes

@@ -97,3 +97,16 @@ def test_a_handful_of_draws_per_family_is_caught_within_4kb_and_a_day() -> None:
             assert outcome.bytes_sent <= 4096, f"{family}#{seed}: {outcome.bytes_sent} B: {channel.describe()}"
             assert outcome.seconds <= 86400, f"{family}#{seed}: {outcome.seconds / 3600:.1f} h"
             assert outcome.other_flagged == []
+
+
+def test_a_rotation_split_over_clients_is_caught_as_from_one() -> None:
+    """rotation#15: 24 domains x 2 names over 2 clients of the namespace; each client's meter
+    sees half of it, the namespace's all-domain meter all of it (heuristics/spread.py,
+    effective_clients)."""
+    channel = draw(15, ROTATION)
+    assert len(channel.clients) == 2
+    outcome = score(channel)
+    assert outcome.detected, channel.describe()
+    assert "info_budget" in outcome.reasons
+    assert outcome.bytes_sent <= 4096
+    assert outcome.other_flagged == []

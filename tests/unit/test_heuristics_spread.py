@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 
 from heuristics import Detector, DetectorSettings, Verdict
 from heuristics.features import NameFeatures
-from heuristics.spread import all_fresh, concentration, content_bytes, first_name_charge, slow_drip
+from heuristics.spread import (
+    all_fresh,
+    concentration,
+    content_bytes,
+    effective_clients,
+    first_name_charge,
+    note_recent_client,
+    slow_drip,
+)
 from heuristics.state import MemoryState
 from heuristics.windows import Field, PairWindows, Window
 from tests.benign_corpus import first_names, sdk_telemetry, wire
@@ -265,6 +273,78 @@ def test_a_first_name_is_charged_only_what_it_carries_beyond_the_allowance() -> 
     assert first_name_charge(www, 0, 24) == first_name_charge(dkim, 0, 24) == 0
     assert first_name_charge(token, 0, 24) <= 4  # a 32-character token: 20 bytes and a label
     assert first_name_charge(channel, 0, 24) == 90 - 24
+
+
+# --- rotation split over a few clients of the namespace ----------------------------------
+
+
+def _split_rotation(rng: random.Random, clients: int, every: float, domains: int = 60
+                    ) -> list[tuple[float, str, bytes, int, int]]:
+    """A rotation over ``domains`` never-seen domains, 2 names each (2 labels of 24 bytes in
+    base32: ~25 bytes a name beyond the allowance), the domains shared out over ``clients``
+    clients of the namespace in turn, as the adaptive generator's ``rotation`` does."""
+    hosts = [f"10.8.1.{i + 10}" for i in range(clients)]
+    rows = []
+    for i in range(domains * 2):
+        data = ".".join(_b32(rng, 24) for _ in range(2))
+        rows.append((T0 + every * i, hosts[(i // 2) % clients], wire(f"{data}.sync{i // 2}-relay.net"), 1, 0))
+    return rows
+
+
+def test_effective_clients_is_how_many_equal_parts() -> None:
+    assert effective_clients([]) == effective_clients([0, 0]) == 0.0
+    assert effective_clients([500]) == 1.0
+    assert effective_clients([300, 300, 300]) == 3.0
+    assert 1.0 < effective_clients([1000, 10, 10, 10]) < 1.1  # one client carries nearly all
+    assert effective_clients([40] * 30) == 30.0
+
+
+def test_the_namespace_meter_lists_its_latest_clients() -> None:
+    pair = PairWindows(60, 6, 86400, 24, 1024, unique=False)
+    for i in range(100):
+        note_recent_client(pair, f"10.0.0.{i}")
+    note_recent_client(pair, "10.0.0.50")
+    assert len(pair.clients) == 64
+    assert pair.clients[-1] == "10.0.0.50"  # a client charging again moves to the end
+    assert pair.clients.count("10.0.0.50") == 1
+    assert "10.0.0.0" not in pair.clients  # the oldest made room
+
+
+@pytest.mark.parametrize("clients", [2, 3, 8])
+@pytest.mark.parametrize("every", [0.25, 600.0])
+def test_a_rotation_split_over_a_few_clients_is_one_channel(clients: int, every: float) -> None:
+    """Each client's all-domain meter sees its share only (a bulk split: under the client's
+    short budget; a paced one: 10 or 15 hours to its slow-drip bar); the namespace's
+    first-names meter, carried by that many clients' worth, is judged like one client's and
+    alerts as a single client sending it all would."""
+    det, s = _detector()
+    index, ts, verdict = _first(_feed(det, s, _split_rotation(random.Random(5), clients, every)))
+    alone = _first(_feed(*_detector(), _split_rotation(random.Random(5), 1, every)))
+    assert verdict.evidence["scope"] == "namespace_first_names"
+    assert "info_budget" in verdict.reasons
+    assert verdict.evidence["effective_clients"] == pytest.approx(clients, abs=0.2)
+    assert index == alone[0]  # as soon as from one client
+    assert 48 * (index + 1) <= 4096
+    assert ts - T0 < 86400
+    if every > 1:
+        assert verdict.evidence["budget_rule"] == "slow"
+
+
+def test_a_rotation_split_over_more_clients_keeps_the_namespace_budgets() -> None:
+    """Over more than ``spread_clients`` clients' worth, the namespace's first-names meter is
+    not judged like a client's: the namespace meter's budgets and no slow drip are left."""
+    det, s = _detector()
+    assert _feed(det, s, _split_rotation(random.Random(5), 9, 600.0)) == {}
+
+
+def test_first_names_of_many_sites_from_eight_clients_are_free() -> None:
+    """Six browsers' first names of 6,000 sites and two mail servers' DKIM (named selectors,
+    bulk-mail tokens) and DMARC look-ups for 2,000 senders, in one day: few enough clients for
+    the namespace's first-names meter to be judged like one client's, and no verdict."""
+    det, s = _detector()
+    rows = first_names(seed=31, sites=6000, senders=2000, browsers=6, mail_servers=2)
+    assert len({row[1] for row in rows}) == 8
+    assert _feed(det, s, rows) == {}
 
 
 @settings(max_examples=300, deadline=None)
