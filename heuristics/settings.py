@@ -152,7 +152,7 @@ class DetectorSettings:
     spread_clients: Count = 8  # the largest contributors a namespace budget looks at
     concentration: Ratio = 0.5  # their share of the information for the namespace budget to count
     spread_fresh_ratio: Ratio = 0.9  # ... or without it, when new names / queries is at least this
-    spread_skip_names: Count = 3  # a domain's first new names, charged to the all-domain meters...
+    spread_skip_names: Count = 6  # a domain's first new names, charged to the all-domain meters...
     spread_free_bytes: Count = 24  # ... only beyond this many bytes each (www, _dmarc, DKIM selectors: free)
 
     # --- name shape -------------------------------------------------------

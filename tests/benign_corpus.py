@@ -370,6 +370,8 @@ def cloud_shapes(start: float = 1_795_300_000.0) -> dict[str, list[tuple[float, 
     shapes["sdk telemetry 1, 0x20 case"] = case_randomised(shapes["sdk telemetry 1"])
     shapes["unique-id beacons, 0x20 case"] = case_randomised(shapes["unique-id beacons"])
     shapes["first names of many domains"] = first_names(start=start)
+    # A site's page load asks up to six of its host names (www, static, api, cdn, img ...).
+    shapes["first names of many domains, 1-6 a site"] = first_names(seed=37, start=start, names_per_site=6)
     # Six browsers and two mail servers: few enough clients that the namespace's all-domain
     # meter is judged like one client's (heuristics/spread.py, effective_clients).
     shapes["first names of many domains, 8 clients"] = first_names(
