@@ -846,7 +846,7 @@ def sweep_jobs(given: int | None, values: int) -> int:
 
 
 # A parallel sweep's work, set in the parent before its workers fork (so nothing of it is
-# pickled): the captures, one config per value, the ports, the progress setting.
+# pickled): the captures, one config per value, the ports, the name errors are signed with.
 _sweep_work: tuple[list[str], list[Config], frozenset[int], str] | None = None
 
 
