@@ -395,19 +395,24 @@ def test_the_console_command_keeps_only_the_last_run_until_it_exits(monkeypatch:
             gc.enable()
 
 
-def test_a_sweep_over_several_processes_prints_what_one_process_prints() -> None:
+def test_a_sweep_over_several_processes_prints_what_one_process_prints(tmp_path: Path) -> None:
     """``--jobs 2`` replays the values in two forked workers: the same table, the same
-    per-value lines in value order, as ``--jobs 1`` replaying them one after the other."""
+    per-value lines in value order and the same HTML page, as ``--jobs 1`` replaying them
+    one after the other."""
     pcaps = sorted(str(p) for p in TUNNELS.glob("*.pcap"))
     labels = str(TUNNELS / "LABELS.txt")
     runs = []
     for jobs in ("1", "2"):
-        out = dnsgate("replay", *pcaps, "--sweep", "alert_points=2,3,8,1000", "--labels", labels, "--jobs", jobs)
+        page = tmp_path / f"sweep-{jobs}.html"
+        out = dnsgate("replay", *pcaps, "--sweep", "alert_points=2,3,8,1000", "--labels", labels, "--jobs", jobs,
+                      "--report", str(page))
         assert out.returncode == 0, out.stderr
         per_value = [re.sub(r" in [\d.]+s$", "", line) for line in out.stderr.splitlines() if "flagged domain" in line]
-        runs.append((out.stdout, per_value))
+        # The page's plots and table come from the reports the workers sent back.
+        runs.append((out.stdout, per_value, page.read_text()))
     assert runs[0] == runs[1]
-    table, per_value = runs[1]
+    assert "alert_points" in runs[1][2]
+    table, per_value, _ = runs[1]
     assert [line.split(": ")[1] for line in per_value] == [
         "alert_points=2", "alert_points=3", "alert_points=8", "alert_points=1000"
     ]
