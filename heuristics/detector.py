@@ -902,47 +902,50 @@ class Detector:
         ``spread_clients`` (None: more, or nothing the client budgets could flag yet).
 
         Read from the all-domain meters of the clients that charged it last, asked
-        only once the meter holds what the lowest client budget needs, and kept until
-        the meter grew by an eighth or its long window moved on (as the concentration
-        test of a namespace pair is).
+        only once the meter holds what the lowest client budget needs (and kept as
+        :meth:`_kept_reading` says).
         """
         info = meter.long.total(Field.INFO)
         if info < min(s.client_budget_short_bytes, s.client_budget_long_bytes, s.slow_budget_bytes):
             return None
-        cached = meter.share
-        if cached is None or cached[0] != meter.long.head or info > cached[1] * 1.125:
-            find = self.state.find
-            client_info = []
-            for client in meter.clients:
-                pair = find(f"{namespace}||{client}|domains")
-                if pair is not None:
-                    client_info.append(pair.long.total(Field.INFO))
-            cached = (meter.long.head, info, effective_clients(client_info))
-            meter.share = cached
-        clients = cached[2]
+        clients = self._kept_reading(meter, info)
+        if clients is None:
+            clients = effective_clients(self._clients_info(meter, f"{namespace}||", "|domains").values())
+            meter.share = (meter.long.head, info, clients)
         return clients if 0 < clients <= s.spread_clients else None
 
     def _concentration(self, ns_pair: PairWindows, tag: str, s: _Limits) -> float:
-        """Share of the namespace pair's information sent by its largest clients.
-
-        Reading every client's pair costs; the share is kept until the pair's
-        information grew by an eighth or its long window moved on.
-        """
+        """Share of the namespace pair's information sent by its largest clients
+        (kept as :meth:`_kept_reading` says)."""
         if len(ns_pair.clients) <= s.spread_clients:
             return 1.0
         info = ns_pair.long.totals[Field.INFO]
-        cached = ns_pair.share
-        if cached is not None and cached[0] == ns_pair.long.head and info <= cached[1] * 1.125:
-            return cached[2]
-        find = self.state.find
-        client_info = {}
-        for client in ns_pair.clients:
-            pair = find(f"{tag}|{client}")
-            if pair is not None:
-                client_info[client] = pair.long.total(Field.INFO)
-        share = concentration(ns_pair, client_info, s.spread_clients)
-        ns_pair.share = (ns_pair.long.head, info, share)
+        share = self._kept_reading(ns_pair, info)
+        if share is None:
+            share = concentration(ns_pair, self._clients_info(ns_pair, f"{tag}|", ""), s.spread_clients)
+            ns_pair.share = (ns_pair.long.head, info, share)
         return share
+
+    @staticmethod
+    def _kept_reading(pair: PairWindows, info: int) -> float | None:
+        """What was last read from the client pairs behind ``pair`` (``pair.share``), while
+        it holds: reading every client's pair costs, so a reading is kept until the
+        pair's information (``info`` now) grew by an eighth or its long window moved on."""
+        kept = pair.share
+        if kept is not None and kept[0] == pair.long.head and info <= kept[1] * 1.125:
+            return kept[2]
+        return None
+
+    def _clients_info(self, pair: PairWindows, prefix: str, suffix: str) -> dict[str, int]:
+        """Long-window information of the pair ``prefix + client + suffix`` of each client
+        ``pair`` lists (those whose pair still exists), in the list's order."""
+        find = self.state.find
+        info: dict[str, int] = {}
+        for client in pair.clients:
+            found = find(prefix + client + suffix)
+            if found is not None:
+                info[client] = found.long.total(Field.INFO)
+        return info
 
     def _verdict(
         self,

@@ -13,6 +13,7 @@ import sys
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
 from resolver.native import stale, stale_message
 
@@ -252,13 +253,15 @@ def entry() -> None:
     except KeyboardInterrupt:
         # Ctrl-C: one line rather than the traceback of wherever a long replay was, and
         # the shell's status for a SIGINT (128 + 2). What was written so far stays written.
-        with contextlib.suppress(BrokenPipeError, ValueError):
-            sys.stdout.flush()
         sys.stderr.write("dnsgate: interrupted\n")
-        sys.stderr.flush()
-        os._exit(130)
+        _exit_now(130)
     if command not in _BIG_STATE:
         sys.exit(status)
+    _exit_now(status)
+
+
+def _exit_now(status: int) -> NoReturn:
+    """Flush what was written and leave at once, freeing nothing object by object."""
     with contextlib.suppress(BrokenPipeError, ValueError):  # a reader that went away: nothing left to say
         sys.stdout.flush()
     sys.stderr.flush()
