@@ -1,6 +1,13 @@
 # dnsgate: `make serve` runs the resolver on the bundled example policy,
 # `make test` installs what the tests need and runs the whole suite.
-PYTHON ?= python3
+# The venv's interpreter: the distribution's python3 when it can make a venv and has its
+# headers (Debian builds it with profile-guided optimisation and link-time optimisation,
+# as the official container images do: the same code runs ~10 % faster than on a build
+# without them, such as pyenv's default), else python3 from PATH. `make PYTHON=...` picks one.
+DISTRO_PYTHON := $(shell /usr/bin/python3 -c 'import ensurepip, os, sys, sysconfig; \
+  sys.exit(sys.version_info < (3, 11) or not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+  2>/dev/null && echo /usr/bin/python3)
+PYTHON ?= $(or $(DISTRO_PYTHON),python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 APT_PACKAGES := zlib1g-dev unbound nsd dnsutils dnsperf redis-server iproute2 tcpdump tshark iodine dns2tcp prometheus prometheus-alertmanager rsyslog chromium
