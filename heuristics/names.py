@@ -181,7 +181,10 @@ def _build_trie() -> _Node:
         for rule in rules:
             node = root
             for label in reversed(rule):
-                node = node[0].setdefault(label, [{}, 0])
+                child = node[0].get(label)
+                if child is None:  # not setdefault: that builds a node for every label it finds
+                    child = node[0][label] = [{}, 0]
+                node = child
             node[1] |= flag
     return root
 

@@ -20,7 +20,6 @@ import asyncio
 import dataclasses
 import gc
 import json
-import multiprocessing
 import os
 import signal
 import sys
@@ -42,8 +41,6 @@ from heuristics.names import is_subdomain, wire_of
 from resolver import config as config_mod
 from resolver.config import Config, ConfigError
 from resolver.offline.capture import ANY_PORT, CaptureError, CaptureProblem, DnsPacket, read_many
-from resolver.offline.report import Timeline, evidence_text, render_report, render_sweep_report
-from resolver.offline.report import write as write_page
 from resolver.pipeline.alerts import SEVERITIES, Alert, JsonlSink, Sink
 from resolver.pipeline.chain import Engine, Pipeline
 from resolver.pipeline.query import Query, Reply
@@ -572,6 +569,8 @@ def replay(
 
 def render_table(report: ReplayReport, top: int = 10) -> str:
     """The human summary: per namespace, queries, denied and unique names, flagged domains."""
+    from resolver.offline.report import evidence_text  # the HTML page's module: a jsonl replay never loads it
+
     out: list[str] = []
     span = report.last_ts - report.first_ts if report.first_ts else 0.0
     out.append(
@@ -801,8 +800,11 @@ def run_replay(args: argparse.Namespace) -> int:
         sinks: list[Sink] = []
         if args.format == "jsonl":
             sinks.append(StdoutAlerts())
-        timeline = Timeline()
+        timeline = None
         if args.report:
+            from resolver.offline.report import Timeline, render_report  # the HTML page's module, for --report only
+
+            timeline = Timeline()
             sinks.append(timeline)
         progress = Progress(args.pcaps, sys.stderr, enabled)
         report = replay(args.pcaps, config, sinks=sinks, ports=ports, problems=problems,
@@ -820,7 +822,7 @@ def run_replay(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         sys.stderr.write(render_summary(report))
     sys.stderr.write(port_hint(prog, report, ports))
-    if args.report:
+    if timeline is not None:
         status = _write_report(prog, args.report, lambda: render_report(report, timeline, args.top))
         if status:
             return status
@@ -828,6 +830,8 @@ def run_replay(args: argparse.Namespace) -> int:
 
 
 def _write_report(prog: str, path: str, render: Callable[[], str]) -> int:
+    from resolver.offline.report import write as write_page  # the HTML page's module, for --report only
+
     try:
         write_page(path, render())
     except OSError as exc:
@@ -871,6 +875,8 @@ def _sweep_reports(
     A worker replays one value and exits (its run's memory goes with it), so at most
     ``jobs`` runs' state is alive at once.
     """
+    import multiprocessing  # ~2 ms of imports that only a parallel sweep needs
+
     global _sweep_work
     _sweep_work = (paths, configs, ports, prog)
     try:
@@ -934,5 +940,7 @@ def _run_sweep(prog: str, args: argparse.Namespace, config: Config, ports: froze
                          f"in {report.seconds:.2f}s\n")
     sys.stdout.write(render_sweep(key, rows, labels))
     if args.report:
+        from resolver.offline.report import render_sweep_report  # the HTML page's module, for --report only
+
         return _write_report(prog, args.report, lambda: render_sweep_report(key, rows, done, labels))
     return 0
