@@ -9,6 +9,7 @@ already support: alone they never reach ``alert_points``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 from .features import FeatureCache, NameFeatures, case_bits
 from .names import DEFAULT_EXEMPTIONS, domain_text, name_to_text, wire_of
@@ -29,7 +30,11 @@ __all__ = ["SEVERITIES", "Detector", "Verdict"]
 
 SEVERITIES = ("info", "warning", "high", "critical")
 _NX = 3  # RCODE NXDOMAIN
-_RARE_DOMAIN = ((Field.NEW_NAMES, 1),)  # a client's first name under a domain new to the namespace
+_RARE_DOMAIN: Final = ((Field.NEW_NAMES, 1),)  # a client's first name under a domain new to the namespace
+_ANSWER: Final = ((Field.RESPONSES, 1),)  # the deltas of an answer, and of an NXDOMAIN one
+_NX_ANSWER: Final = ((Field.RESPONSES, 1), (Field.NXDOMAIN, 1))
+# (field, 1) for every counter, made once: a query's deltas are picked from these, not built.
+_ONE: Final[tuple[tuple[int, int], ...]] = tuple([(i, 1) for i in range(Field.COUNT)])
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -73,7 +78,8 @@ class _Limits:
         "alert_points", "client_budget_long_bytes", "client_budget_short_bytes", "concentration",
         "data_qtype_names_long", "data_qtype_names_short", "encoded_label_min", "encoded_names_long",
         "encoded_names_short", "entropy_ratio", "fresh_ratio", "long_label", "long_label_names",
-        "long_window_seconds", "namespace_budget_long_bytes", "namespace_budget_short_bytes", "non_ldh_names",
+        "long_window_seconds", "lowest_budget_bytes", "namespace_budget_long_bytes",
+        "namespace_budget_short_bytes", "non_ldh_names",
         "nxdomain_min_responses", "nxdomain_ratio", "rare_domains_per_hour", "rare_qtype_names",
         "short_window_seconds", "slow_budget_bytes", "slow_min_buckets", "spread_clients",
         "spread_free_bytes", "spread_fresh_ratio", "spread_skip_names", "suppress_seconds", "unique_short",
@@ -109,6 +115,7 @@ class _Limits:
     rare_domains_per_hour: int
     alert_points: int
     suppress_seconds: float
+    lowest_budget_bytes: int  # the lowest of the five budgets: any window's first bar
 
     def __init__(self, s: DetectorSettings) -> None:
         self.short_window_seconds = float(s.short_window_seconds)
@@ -141,6 +148,10 @@ class _Limits:
         self.rare_domains_per_hour = int(s.rare_domains_per_hour)
         self.alert_points = int(s.alert_points)
         self.suppress_seconds = float(s.suppress_seconds)
+        self.lowest_budget_bytes = min(
+            self.client_budget_short_bytes, self.client_budget_long_bytes, self.namespace_budget_short_bytes,
+            self.namespace_budget_long_bytes, self.slow_budget_bytes,
+        )
 
 
 @dataclass(slots=True)
@@ -292,14 +303,14 @@ class Detector:
         client_rare = state.pair(f"{namespace}||{client}", geometry, unique=False)
 
         # Tier 1: counters any query can pay for.
-        deltas: list[tuple[int, int]] = [(Field.QUERIES, 1)]
+        deltas: list[tuple[int, int]] = [_ONE[Field.QUERIES]]
         new = state.first_sight((namespace, feats.digest))
         spread = False
         free = 0  # what the name carries free in the all-domain meters
         first = False  # one of the domain's first names (spread_skip_names)
         case = 0
         if new:
-            deltas.append((Field.NEW_NAMES, 1))
+            deltas.append(_ONE[Field.NEW_NAMES])
             if raw is not None:
                 case = case_bits(raw, feats)
             # As they were before this query, every replica's names included.
@@ -324,15 +335,15 @@ class Detector:
                     first = True
                     spread = first_name_charge(feats, case, free) > 0
             if feats.non_ldh:
-                deltas.append((Field.NON_LDH, 1))
+                deltas.append(_ONE[Field.NON_LDH])
             if feats.max_label >= lim.long_label:
-                deltas.append((Field.LONG_LABEL, 1))
+                deltas.append(_ONE[Field.LONG_LABEL])
         # Rare and data qtypes count distinct (name, qtype): retries of one name don't.
         if (qtype in derived.rare_qtypes or qtype in derived.data_qtypes) and state.first_sight(
             (namespace, feats.digest + qtype.to_bytes(2, "big"))
         ):
             kind = Field.RARE_QTYPE if qtype in derived.rare_qtypes else Field.DATA_QTYPE
-            deltas.append((kind, 1))
+            deltas.append(_ONE[kind])
         frozen = tuple(deltas)
         _apply(ns_pair, now, frozen)
         _apply(client_pair, now, frozen)
@@ -418,9 +429,7 @@ class Detector:
         if self._exempt(feats, derived):
             return
         tag = feats.tag(namespace)
-        deltas: tuple[tuple[int, int], ...] = ((Field.RESPONSES, 1),)
-        if rcode == _NX:
-            deltas = ((Field.RESPONSES, 1), (Field.NXDOMAIN, 1))
+        deltas = _NX_ANSWER if rcode == _NX else _ANSWER
         state = self.state
         ns_pair = state.pair(tag, derived.geometry)
         client_pair = state.pair(f"{tag}|{client}", derived.geometry)
@@ -608,10 +617,7 @@ class Detector:
         win = ns_pair.long
         rare_types = win.total(Field.RARE_QTYPE)
         points = 0
-        if win.total(Field.INFO) + pending_bytes >= min(
-            s.client_budget_short_bytes, s.client_budget_long_bytes,
-            s.namespace_budget_short_bytes, s.namespace_budget_long_bytes, s.slow_budget_bytes,
-        ):
+        if win.total(Field.INFO) + pending_bytes >= s.lowest_budget_bytes:
             points += 4
         encoded_min = min(s.encoded_names_short, s.encoded_names_long)
         if rare_types >= s.rare_qtype_names:
@@ -629,43 +635,18 @@ class Detector:
             points += 2
         if not points or points + 1 < s.alert_points:  # +1: the rare_domains support point
             return False
-        best = 0
-        for pair, short_budget, long_budget in (
-            (client_pair, s.client_budget_short_bytes, s.client_budget_long_bytes),
-            (ns_pair, s.namespace_budget_short_bytes, s.namespace_budget_long_bytes),
-        ):
-            for short, window, budget, encoded_min, data_min in (
-                (True, pair.short, short_budget, s.encoded_names_short, s.data_qtype_names_short),
-                (False, pair.long, long_budget, s.encoded_names_long, s.data_qtype_names_long),
-            ):
-                points = 0
-                info = window.total(Field.INFO) + pending_bytes
-                if not short:
-                    budget = min(budget, s.slow_budget_bytes)  # the slow-drip rule's bar
-                if info >= budget:
-                    points += 4 if info >= 4 * budget else 3
-                rare_types = window.total(Field.RARE_QTYPE)
-                if rare_types >= s.rare_qtype_names:
-                    encoded_min = min(encoded_min, s.rare_qtype_names)
-                    points += 2
-                elif window.total(Field.DATA_QTYPE) >= data_min:
-                    points += 1
-                if (window.total(Field.ENCODED) + pending_names >= encoded_min
-                        or window.total(Field.NON_LDH) >= s.non_ldh_names):
-                    points += 2
-                if window.total(Field.LONG_LABEL) >= s.long_label_names:
-                    points += 1
-                responses = window.total(Field.RESPONSES)
-                if (responses >= s.nxdomain_min_responses
-                        and window.total(Field.NXDOMAIN) >= s.nxdomain_ratio * responses):
-                    points += 1
-                if short and (
-                    window.total(Field.NEW_NAMES) + window.total(Field.RARE_QTYPE) + window.total(Field.DATA_QTYPE)
-                    >= s.unique_short // 2
-                ):
-                    points += 2
-                if points > best:
-                    best = points
+        # Then each of the four windows: the best of their bounds.
+        best = _bound(client_pair.short, s.client_budget_short_bytes, s.encoded_names_short,
+                      s.data_qtype_names_short, True, pending_bytes, pending_names, s)
+        points = _bound(client_pair.long, min(s.client_budget_long_bytes, s.slow_budget_bytes),
+                        s.encoded_names_long, s.data_qtype_names_long, False, pending_bytes, pending_names, s)
+        best = points if points > best else best
+        points = _bound(ns_pair.short, s.namespace_budget_short_bytes, s.encoded_names_short,
+                        s.data_qtype_names_short, True, pending_bytes, pending_names, s)
+        best = points if points > best else best
+        points = _bound(ns_pair.long, min(s.namespace_budget_long_bytes, s.slow_budget_bytes),
+                        s.encoded_names_long, s.data_qtype_names_long, False, pending_bytes, pending_names, s)
+        best = points if points > best else best
         if best and client_rare.long.total(Field.NEW_NAMES) >= s.rare_domains_per_hour * (
             s.long_window_seconds / 3600.0
         ):
@@ -715,21 +696,16 @@ class Detector:
             ns_pair.last_new = feats.sub_labels
             deltas.append((Field.INFO, min(ns_pair.estimator.charge(sub), bound) + (entry.case_bits + 7) // 8))
             if feats.encoded_shape(s.encoded_label_min, s.entropy_ratio):
-                deltas.append((Field.ENCODED, 1))
+                deltas.append(_ONE[Field.ENCODED])
         frozen = tuple(deltas)
         name_hash = int.from_bytes(feats.digest, "little")
         ns_short, ns_long, c_short, c_long = entry.heads
+        _apply_at(ns_pair, ns_short, ns_long, frozen, name_hash)
+        _apply_at(client_pair, c_short, c_long, frozen, name_hash)
         state = self.state
-        for pair_key, pair, short_head, long_head in (
-            ("n", ns_pair, ns_short, ns_long),
-            ("c|" + entry.client, client_pair, c_short, c_long),
-        ):
-            for field_index, amount in frozen:
-                pair.short.add_at(short_head, field_index, amount)
-                pair.long.add_at(long_head, field_index, amount)
-            pair.short.add_name_at(short_head, name_hash)
-            if state.shares and (frozen or member is not None):
-                state.record(tag, pair_key, pair, frozen, member)
+        if state.shares and (frozen or member is not None):
+            state.record(tag, "n", ns_pair, frozen, member)
+            state.record(tag, "c|" + entry.client, client_pair, frozen, member)
 
     def _spread(
         self, namespace: str, client: str, feats: NameFeatures, case: int, free: int, first: bool,
@@ -741,36 +717,33 @@ class Detector:
         charge left out. A domain's ``first`` names are also charged to the namespace's
         first-names meter, which remembers the clients that sent them (the third pair
         returned)."""
-        sub = feats.subdomain
-        labels = feats.sub_labels
-        spread_pairs = []
         state = self.state
+        shares = state.shares
         # The meters are shared through the state backend like the pairs (only their
         # counters: each replica prices names against its own recent text), so a
         # client whose queries the Service spreads over replicas fills one meter.
-        tag = f"{namespace}||domains"
-        for pair_key, key in (("c|" + client, f"{namespace}||{client}|domains"), ("n", f"{namespace}||*|domains")):
-            pair = state.pair(key, geometry, unique=False)
-            cost = min(pair.estimator.charge(sub), feats.content_bound(pair.last_new)) + (case + 7) // 8
-            cost = max(0, cost - free)
-            pair.last_new = labels
-            deltas = ((Field.QUERIES, 1), (Field.NEW_NAMES, 1), (Field.INFO, cost))
-            _apply(pair, now, deltas)
-            if state.shares:
-                state.record(tag, pair_key, pair, deltas, None)
-            spread_pairs.append(pair)
-        if first:
-            # The charge the namespace meter just took (the last one), for a domain's first
-            # name: where a rotation over domains puts everything it sends, and a fleet's
-            # first names (www, _dmarc, DKIM selectors) nothing.
-            pair = state.pair(f"{namespace}||*|first", geometry, unique=False)
-            note_recent_client(pair, client)
-            deltas = ((Field.QUERIES, 1), (Field.NEW_NAMES, 1), (Field.INFO, cost))
-            _apply(pair, now, deltas)
-            if state.shares:
-                state.record(tag, "f", pair, deltas, None)
-            spread_pairs.append(pair)
-        return spread_pairs
+        tag = f"{namespace}||domains" if shares else ""
+        client_all = state.pair(f"{namespace}||{client}|domains", geometry, unique=False)
+        deltas = _meter_deltas(client_all, feats, case, free)
+        _apply(client_all, now, deltas)
+        if shares:
+            state.record(tag, "c|" + client, client_all, deltas, None)
+        namespace_all = state.pair(f"{namespace}||*|domains", geometry, unique=False)
+        deltas = _meter_deltas(namespace_all, feats, case, free)
+        _apply(namespace_all, now, deltas)
+        if shares:
+            state.record(tag, "n", namespace_all, deltas, None)
+        if not first:
+            return [client_all, namespace_all]
+        # The charge the namespace meter just took, for a domain's first name: where a
+        # rotation over domains puts everything it sends, and a fleet's first names
+        # (www, _dmarc, DKIM selectors) nothing.
+        first_names = state.pair(f"{namespace}||*|first", geometry, unique=False)
+        note_recent_client(first_names, client)
+        _apply(first_names, now, deltas)
+        if shares:
+            state.record(tag, "f", first_names, deltas, None)
+        return [client_all, namespace_all, first_names]
 
     def _score(
         self,
@@ -817,12 +790,17 @@ class Detector:
         many = len(ns_pair.clients) > s.spread_clients
         fresh = many and all_fresh(ns_pair.long, s.spread_fresh_ratio)
         for scope, pair, short_budget, long_budget in scopes:
-            for scale, window, budget, encoded_min, data_min, seconds in (
-                ("short", pair.short, short_budget, s.encoded_names_short,
-                 s.data_qtype_names_short, s.short_window_seconds),
-                ("long", pair.long, long_budget, s.encoded_names_long,
-                 s.data_qtype_names_long, s.long_window_seconds),
-            ):
+            for long in range(2):  # the short window, then the long one (no tuple built per scope)
+                if long:
+                    scale, window, budget, encoded_min, data_min, seconds = (
+                        "long", pair.long, long_budget, s.encoded_names_long, s.data_qtype_names_long,
+                        s.long_window_seconds,
+                    )
+                else:
+                    scale, window, budget, encoded_min, data_min, seconds = (
+                        "short", pair.short, short_budget, s.encoded_names_short, s.data_qtype_names_short,
+                        s.short_window_seconds,
+                    )
                 points = 0
                 reasons: list[str] = []
                 info = window.total(Field.INFO)
@@ -1051,6 +1029,63 @@ class Detector:
 
 
 def _apply(pair: PairWindows, now: float, deltas: tuple[tuple[int, int], ...]) -> None:
-    for window in (pair.short, pair.long):
-        window.advance(now)
-        window.add_all(deltas)
+    # Each window named, not a loop over (short, long): compiled, that loop builds a
+    # tuple and an iterator for every pair of every query.
+    short = pair.short
+    short.advance(now)
+    short.add_all(deltas)
+    long = pair.long
+    long.advance(now)
+    long.add_all(deltas)
+
+
+def _bound(
+    window: Window, budget: int, encoded_min: int, data_min: int, short: bool, pending_bytes: int,
+    pending_names: int, s: _Limits,
+) -> int:
+    """The most points one window could give once its pair's pending names are estimated
+    (:meth:`Detector._could_alert`); ``budget`` is already the lowest bar of its rules."""
+    points = 0
+    info = window.total(Field.INFO) + pending_bytes
+    if info >= budget:
+        points += 4 if info >= 4 * budget else 3
+    rare_types = window.total(Field.RARE_QTYPE)
+    if rare_types >= s.rare_qtype_names:
+        encoded_min = min(encoded_min, s.rare_qtype_names)
+        points += 2
+    elif window.total(Field.DATA_QTYPE) >= data_min:
+        points += 1
+    if (window.total(Field.ENCODED) + pending_names >= encoded_min
+            or window.total(Field.NON_LDH) >= s.non_ldh_names):
+        points += 2
+    if window.total(Field.LONG_LABEL) >= s.long_label_names:
+        points += 1
+    responses = window.total(Field.RESPONSES)
+    if responses >= s.nxdomain_min_responses and window.total(Field.NXDOMAIN) >= s.nxdomain_ratio * responses:
+        points += 1
+    if short and window.total(Field.NEW_NAMES) + rare_types + window.total(Field.DATA_QTYPE) >= s.unique_short // 2:
+        points += 2
+    return points
+
+
+def _meter_deltas(
+    pair: PairWindows, feats: NameFeatures, case: int, free: int
+) -> tuple[tuple[int, int], ...]:
+    """A never-seen name's counts in an all-domain meter: priced against the meter's own
+    recent text (rotating domains share no context), less the ``free`` bytes."""
+    cost = min(pair.estimator.charge(feats.subdomain), feats.content_bound(pair.last_new)) + (case + 7) // 8
+    pair.last_new = feats.sub_labels
+    return ((Field.QUERIES, 1), (Field.NEW_NAMES, 1), (Field.INFO, max(0, cost - free)))
+
+
+def _apply_at(
+    pair: PairWindows, short_head: int, long_head: int, deltas: tuple[tuple[int, int], ...], name_hash: int
+) -> None:
+    """:func:`_apply` into the buckets a query was counted in (see ``Pending.heads``), and its
+    name into the short window's sketch."""
+    short = pair.short
+    long = pair.long
+    for field_index, amount in deltas:
+        short.add_at(short_head, field_index, amount)
+        long.add_at(long_head, field_index, amount)
+    short.add_name_at(short_head, name_hash)
