@@ -318,6 +318,7 @@ _label_shape: Final = _label_extension()
 
 
 _DIGIT_BYTES = bytes(sorted(_DIGITS))
+_blake2b: Final = hashlib.blake2b  # bound once: compiled code looks a module attribute up on every use
 
 
 class NameFeatures:
@@ -371,10 +372,14 @@ class NameFeatures:
         # information estimate deflates (an amount, not a decision key).
         self.subdomain = b".".join(sub_labels)
         self.sub_labels = sub_labels  # the labels left of the registrable domain, in order
-        self.digest = hashlib.blake2b(qname, digest_size=8).digest()  # HLL member, seen-set key
+        self.digest = _blake2b(qname, digest_size=8).digest()  # HLL member, seen-set key
         self.total_length = len(qname)  # wire length
         self.label_count = len(offsets)
-        self.max_label = max((qname[i] for i in offsets), default=0)
+        longest = 0
+        for i in offsets:  # a loop, not max() over a generator: compiled, it stays in C
+            if qname[i] > longest:
+                longest = qname[i]
+        self.max_label = longest
         joined = b"".join(sub_labels)
         self.non_ldh = bool(joined.translate(None, _LDH_BYTES))  # any octet outside LDH and '_'
         self._shapes: tuple[LabelShape, ...] | None = None
