@@ -23,8 +23,8 @@ from .spread import (
     note_recent_client,
     slow_drip,
 )
-from .state import Geometry, State
-from .windows import Field, PairWindows, Pending, Window
+from .state import State
+from .windows import Field, Geometry, PairWindows, Pending, Window
 
 __all__ = ["SEVERITIES", "Detector", "Verdict"]
 
@@ -523,7 +523,7 @@ class Detector:
             settings=settings,
             limits=_Limits(settings),
             exempt=frozenset(exempt),
-            geometry=(
+            geometry=Geometry(
                 settings.short_window_seconds,
                 settings.short_buckets,
                 settings.long_window_seconds,

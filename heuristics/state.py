@@ -18,14 +18,11 @@ from typing import Any
 
 from .client_quarantine import ClientQuarantines
 from .lru import LRU
-from .windows import Field, PairWindows, Window
+from .windows import Field, Geometry, PairWindows, Window
 
 __all__ = ["Geometry", "MemoryState", "RedisState", "State"]
 
 log = logging.getLogger(__name__)
-
-# (short seconds, short buckets, long seconds, long buckets, compression context bytes)
-Geometry = tuple[float, int, float, int, int]
 
 SHORT, LONG = "s", "l"
 ANNOUNCE_OVERLAP = 30.0  # seconds of the shared-pairs index read again each flush (clock skew)
@@ -71,7 +68,7 @@ class State:
             pairs.move_to_end(key)
             windows: PairWindows = found[1]
             return windows
-        windows = PairWindows(*geometry[:4], context_bytes=geometry[4], unique=unique)
+        windows = geometry.windows(unique)
         if found is None:
             _add(pairs, key, (geometry, windows))
         else:

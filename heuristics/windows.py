@@ -16,6 +16,7 @@ from .hll import HyperLogLog
 
 __all__ = [
     "Field",
+    "Geometry",
     "InformationEstimator",
     "PairWindows",
     "Pending",
@@ -362,6 +363,45 @@ class InformationEstimator:
         recent = self.recent + b"." + text
         self.recent = recent[-self.context_bytes :]
         return size
+
+
+class Geometry:
+    """The shape of a pair's windows and its compression context, from the settings.
+
+    Made once per settings (the detector keeps it), so the state's check that a
+    pair was made under the settings in force is one identity test; a pair made
+    under other settings (a reload changed them) is made again.
+    """
+
+    __slots__ = ("context_bytes", "long_buckets", "long_seconds", "short_buckets", "short_seconds")
+
+    def __init__(
+        self, short_seconds: float, short_buckets: int, long_seconds: float, long_buckets: int, context_bytes: int
+    ) -> None:
+        self.short_seconds = short_seconds
+        self.short_buckets = short_buckets
+        self.long_seconds = long_seconds
+        self.long_buckets = long_buckets
+        self.context_bytes = context_bytes
+
+    def _fields(self) -> tuple[float, int, float, int, int]:
+        return (self.short_seconds, self.short_buckets, self.long_seconds, self.long_buckets, self.context_bytes)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Geometry) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return f"Geometry{self._fields()}"
+
+    def windows(self, unique: bool = True) -> PairWindows:
+        """New windows of this shape (``unique``: the short window counts distinct names)."""
+        return PairWindows(
+            self.short_seconds, self.short_buckets, self.long_seconds, self.long_buckets,
+            context_bytes=self.context_bytes, unique=unique,
+        )
 
 
 class PairWindows:
