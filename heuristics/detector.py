@@ -1075,7 +1075,7 @@ def _meter_deltas(
     recent text (rotating domains share no context), less the ``free`` bytes."""
     cost = min(pair.estimator.charge(feats.subdomain), feats.content_bound(pair.last_new)) + (case + 7) // 8
     pair.last_new = feats.sub_labels
-    return ((Field.QUERIES, 1), (Field.NEW_NAMES, 1), (Field.INFO, max(0, cost - free)))
+    return (_ONE[Field.QUERIES], _ONE[Field.NEW_NAMES], (Field.INFO, max(0, cost - free)))
 
 
 def _apply_at(
