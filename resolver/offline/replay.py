@@ -41,7 +41,7 @@ from heuristics.names import is_subdomain, wire_of
 from resolver import config as config_mod
 from resolver.config import Config, ConfigError
 from resolver.offline.capture import ANY_PORT, CaptureError, CaptureProblem, DnsPacket, read_many
-from resolver.pipeline.alerts import SEVERITIES, Alert, JsonlSink, Sink
+from resolver.pipeline.alerts import SEVERITY_RANK, Alert, JsonlSink, Sink
 from resolver.pipeline.chain import Engine, Pipeline
 from resolver.pipeline.query import Query, Reply
 from resolver.wire.message import HEADER, QR, MalformedMessage, parse_query, read_name
@@ -134,7 +134,7 @@ class FlaggedDomain:
         self.reasons.update(alert.reasons)
         if len(self.clients) < 16:
             self.clients.add(alert.client)
-        if SEVERITIES.index(alert.severity) >= SEVERITIES.index(self.severity):
+        if SEVERITY_RANK[alert.severity] >= SEVERITY_RANK[self.severity]:
             self.severity = alert.severity
             self.evidence = alert.evidence
 
@@ -163,7 +163,7 @@ class NamespaceSummary:
     def top_flagged(self, n: int = 10) -> list[FlaggedDomain]:
         return sorted(
             self.flagged.values(),
-            key=lambda f: (-SEVERITIES.index(f.severity), -f.alerts, f.domain),
+            key=lambda f: (-SEVERITY_RANK[f.severity], -f.alerts, f.domain),
         )[:n]
 
 

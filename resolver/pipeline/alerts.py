@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from json.encoder import encode_basestring_ascii
+from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 
 import dns.rdatatype
 
@@ -23,8 +25,69 @@ if TYPE_CHECKING:
 log = logging.getLogger("dnsgate.alerts")
 
 SEVERITIES = ("info", "warning", "high", "critical")
+SEVERITY_RANK: Final = {name: rank for rank, name in enumerate(SEVERITIES)}  # "info" 0 ... "critical" 3
 # One encoder for every alert line: json.dumps with options builds a new one per call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+# Alert.to_json writes the usual parts of a line itself, byte for byte as this would.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), default=str)
+# Its escaping of a string ('"a\\u00e9"' for 'a\xe9'): the C encoder's own function.
+_STRING: Final = encode_basestring_ascii
+# Strings from small sets (kinds, severities, actions, reasons, qtypes, namespaces) as the
+# encoder writes them, and evidence keys as ',"qname":'; bounded against odd qtypes.
+_KNOWN_TEXT: Final[dict[str, str]] = {}
+_KEY_TEXT: Final[dict[str, str]] = {}
+_REMEMBERED_MAX: Final = 1024
+
+
+def _known_text(text: str) -> str:
+    """``text``, one of a few values seen again and again, as the encoder writes it."""
+    out = _KNOWN_TEXT.get(text)
+    if out is None:
+        out = _STRING(text)
+        if len(_KNOWN_TEXT) < _REMEMBERED_MAX:
+            _KNOWN_TEXT[text] = out
+    return out
+
+
+def _json_value(value: object) -> str:
+    """``value`` as ``_ENCODER`` writes it.
+
+    The scalars evidence is made of are written here the way the C encoder
+    writes them; anything else (a subclass, NaN, a list, an object written
+    through ``str``) goes to the encoder itself.
+    """
+    if type(value) is str:
+        return _STRING(value)
+    if type(value) is int:
+        return str(value)
+    if type(value) is float and not (math.isinf(value) or math.isnan(value)):
+        return repr(value)
+    if value is None:
+        return "null"
+    return _ENCODER.encode(value)
+
+
+def _json_object(obj: dict[Any, Any]) -> str:
+    """``obj`` as ``_ENCODER`` writes it, without escaping the same keys for every alert.
+
+    The encoder escapes every key of every object it writes; an alert's
+    evidence has the same few keys each time, so they are kept escaped.
+    """
+    parts = ["{"]
+    for key, value in obj.items():
+        if type(key) is not str:
+            return _ENCODER.encode(obj)
+        name = _KEY_TEXT.get(key)
+        if name is None:
+            name = "," + _STRING(key) + ":"
+            if len(_KEY_TEXT) < _REMEMBERED_MAX:
+                _KEY_TEXT[key] = name
+        parts.append(name)
+        parts.append(_json_value(value))
+    if len(parts) == 1:
+        return "{}"
+    parts[1] = parts[1][1:]  # no comma before the first key
+    parts.append("}")
+    return "".join(parts)
 
 
 @dataclass(slots=True, init=False)
@@ -85,7 +148,19 @@ class Alert:
         return out
 
     def to_json(self) -> str:
-        return _ENCODER.encode(self.to_dict())
+        """``to_dict()`` as one line of JSON: the bytes ``_ENCODER.encode(self.to_dict())`` gives, without the dict."""
+        text = _STRING
+        reasons = ",".join([_known_text(reason) for reason in self.reasons])
+        line = (
+            f'{{"ts":{_json_value(round(self.ts, 6))},"kind":{_known_text(self.kind)},'
+            f'"severity":{_known_text(self.severity)},"namespace":{_known_text(self.namespace)},'
+            f'"client":{text(self.client)},"qname":{text(self.qname)},"qtype":{_known_text(self.qtype)},'
+            f'"domain":{text(self.domain)},"reasons":[{reasons}],"action":{_known_text(self.action)},'
+            f'"evidence":{_json_object(self.evidence)},"count":{_json_value(self.count)}'
+        )
+        if self.pod:
+            return f'{line},"pod":{text(self.pod)},"service_account":{text(self.service_account)}}}'
+        return line + "}"
 
 
 class Sink(Protocol):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import enum
 import io
+import ipaddress
 import json
 
-from resolver.pipeline.alerts import AlertHub, JsonlSink
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from resolver.pipeline.alerts import Alert, AlertHub, JsonlSink
 from resolver.wire.message import name_from_text
 
 
@@ -54,3 +59,49 @@ def test_alert_lines_per_client_are_bounded_per_window() -> None:
     # a new window: the client gets its budget back
     hub.policy(1200.0, "agents", "10.0.0.5", name_from_text("later.evil.test"), 1, "blocked", ["not_allowed"], {})
     assert json.loads(out.getvalue().splitlines()[-1])["qname"] == "later.evil.test"
+
+
+# Any text: control characters, quotes, backslashes, DEL, non-ASCII and lone surrogates
+# (a qname's hostile octets arrive as \DDD escapes, but no field is trusted to).
+_TEXT = st.text(st.characters(exclude_categories=()), max_size=40)
+
+
+class _Code(enum.IntEnum):
+    A = 1
+
+
+class _Label(str):
+    pass
+
+
+_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(-(2**70), 2**70), st.floats(), _TEXT,
+    st.just(_Code.A), _TEXT.map(_Label), st.just(ipaddress.ip_address("10.0.0.1")),
+)
+_EVIDENCE = st.dictionaries(
+    st.one_of(_TEXT, st.sampled_from(["qname", "window", "entropy", "scope"])),
+    st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3)),
+    max_size=8,
+) | st.dictionaries(st.one_of(_TEXT, st.integers(), st.floats(), st.booleans(), st.none()), _SCALARS, max_size=4)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    ts=st.one_of(st.floats(), st.floats(1e9, 2e9)),
+    texts=st.lists(_TEXT, min_size=8, max_size=8),
+    reasons=st.lists(_TEXT, max_size=4),
+    evidence=_EVIDENCE,
+    count=st.integers(0, 2**64),
+    pod=st.one_of(st.just(""), _TEXT),
+)
+def test_the_alert_line_is_what_json_dumps_writes(
+    ts: float, texts: list[str], reasons: list[str], evidence: dict[object, object], count: int, pod: str,
+) -> None:
+    """``to_json`` writes its line itself (evidence keys kept escaped); the bytes are json.dumps's."""
+    kind, severity, namespace, client, qname, qtype, domain, action = texts
+    alert = Alert(
+        ts, kind, severity, namespace, client, qname, qtype, domain, reasons, action, evidence, count,  # type: ignore[arg-type]
+        pod=pod, service_account=qname,
+    )
+    for _ in range(2):  # the second time with the keys remembered
+        assert alert.to_json() == json.dumps(alert.to_dict(), separators=(",", ":"), default=str)
