@@ -287,7 +287,7 @@ class RedisState(State):
                 counts = self._pending[slot] = [0] * Field.COUNT
                 self._ttl[scale] = int(window.width * (window.size + 1)) + 1
             for field, amount in deltas:
-                counts[field] += amount
+                counts[field] = counts[field] + amount  # not +=: see Window.add()
         if member is not None and windows.short.sketches is not None:
             self._pending_members.setdefault((base, windows.short.head), set()).add(member)
         self._touched[base] = (windows, self.merge_rounds)
@@ -315,7 +315,7 @@ class RedisState(State):
             for bucket, row in window.counts.items():
                 counts = self._pending.setdefault((base, scale, bucket), [0] * Field.COUNT)
                 for field, amount in enumerate(row):
-                    counts[field] += amount
+                    counts[field] = counts[field] + amount  # not +=: see Window.add()
         self._touched[base] = (windows, self.merge_rounds)
         if len(self._touched) > self.max_keys:
             del self._touched[next(iter(self._touched))]

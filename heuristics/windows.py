@@ -134,7 +134,7 @@ class Window:
                 for b in stale:
                     old = counts.pop(b)
                     for i in range(Field.COUNT):
-                        totals[i] -= old[i]
+                        totals[i] = totals[i] - old[i]
                 if not counts:
                     self.totals = [0] * Field.COUNT  # everything expired: exactly zero again
         sketches = self.sketches
@@ -157,8 +157,11 @@ class Window:
         row = self.counts.get(self.head)
         if row is None:
             row = self._row(self.head)
-        row[field] += amount
-        self.totals[field] += amount
+        # x[i] = x[i] + n, not x[i] += n: compiled, the augmented form is a generic
+        # object addition, this one adds the unboxed ints.
+        row[field] = row[field] + amount
+        totals = self.totals
+        totals[field] = totals[field] + amount
 
     def add_all(self, deltas: tuple[tuple[int, int], ...]) -> None:
         """:meth:`add` for several counters at once (one row lookup)."""
@@ -167,8 +170,8 @@ class Window:
             row = self._row(self.head)
         totals = self.totals
         for field, amount in deltas:
-            row[field] += amount
-            totals[field] += amount
+            row[field] = row[field] + amount  # not +=: see add()
+            totals[field] = totals[field] + amount
 
     def _row(self, bucket: int) -> list[int]:
         """A new bucket's counters."""
@@ -203,8 +206,9 @@ class Window:
         row = self.counts.get(bucket)
         if row is None:
             row = self._row(bucket)
-        row[field] += amount
-        self.totals[field] += amount
+        row[field] = row[field] + amount  # not +=: see add()
+        totals = self.totals
+        totals[field] = totals[field] + amount
 
     def add_name_at(self, bucket: int, h: int) -> None:
         """:meth:`add_name` into an earlier bucket, if it is still inside the window."""
