@@ -44,7 +44,7 @@ from resolver.offline.capture import ANY_PORT, CaptureError, CaptureProblem, Dns
 from resolver.pipeline.alerts import SEVERITY_RANK, Alert, JsonlSink, Sink
 from resolver.pipeline.chain import Engine, Pipeline
 from resolver.pipeline.query import Query, Reply
-from resolver.wire.message import HEADER, QR, MalformedMessage, parse_query, read_name
+from resolver.wire.message import MalformedMessage, parse_query, question_name
 
 __all__ = [
     "FlaggedDomain",
@@ -345,10 +345,7 @@ class Replay:
         if self.on_query is not None:
             self.on_query(query, reply)
         ns = query.namespace
-        name = ns.name if ns is not None else None
-        s = self._summaries.get(name)
-        if s is None:
-            s = self._summaries[name] = self.summary(name if name is not None else "(refused)")
+        s = self._namespace_summary(ns.name if ns is not None else None)
         s.queries += 1
         # A keyed-per-process hash() would make the count differ from run to run.
         s.unique.add(int.from_bytes(blake2b(q.qname, digest_size=8).digest(), "little"))
@@ -361,22 +358,31 @@ class Replay:
             del pending[next(iter(pending))]  # oldest: its response was never captured
         pending[(pkt.src, pkt.sport, (wire[0] << 8) | wire[1], q.qname)] = query
 
+    def _namespace_summary(self, name: str | None) -> NamespaceSummary:
+        """:meth:`summary` kept by namespace name (None: refused), for every packet."""
+        s = self._summaries.get(name)
+        if s is None:
+            s = self._summaries[name] = self.summary(name if name is not None else "(refused)")
+        return s
+
     def _response(self, pkt: DnsPacket) -> None:
         self.report.responses += 1
-        wire = pkt.wire
-        msg_id, flags, qdcount = HEADER.unpack_from(wire)[:3]
-        if not qdcount or not flags & QR:
+        wire = pkt.wire  # a DnsPacket holds at least the 12 octets of a header
+        if not (wire[4] or wire[5]) or not wire[2] & 0x80:  # no question, or QR clear
             return
         try:
-            qname = read_name(wire, 12)[0].lower()
+            qname = question_name(wire)[0].lower()
         except (MalformedMessage, IndexError):
             return
-        query = self._pending.pop((pkt.dst, pkt.dport, msg_id, qname), None)
-        if query is None or query.namespace is None:
+        query = self._pending.pop((pkt.dst, pkt.dport, (wire[0] << 8) | wire[1], qname), None)
+        if query is None:
+            return
+        ns = query.namespace
+        if ns is None:
             return
         self.report.matched += 1
-        self.summary(query.namespace.name).responses += 1
-        self.pipeline.observe_reply(query, flags & 0xF)
+        self._namespace_summary(ns.name).responses += 1
+        self.pipeline.observe_reply(query, wire[3] & 0xF)
 
     def finish(self) -> ReplayReport:
         self._pending.clear()

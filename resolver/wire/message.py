@@ -141,8 +141,10 @@ def skip_name(wire: bytes, pos: int) -> int:
         pos += 1 + length
 
 
-def _question_name(wire: bytes) -> tuple[bytes, int]:
-    """The question's name: a straight run of labels, sliced once (no pointers at offset 12)."""
+def question_name(wire: bytes) -> tuple[bytes, int]:
+    """The name of a message's question at offset 12 and the offset after it, as
+    :func:`read_name` gives them: a straight run of labels is sliced once (a question
+    name has no pointer to point back to); anything else takes read_name's path."""
     pos = 12
     try:
         length = wire[pos]
@@ -175,7 +177,7 @@ def parse_query(wire: bytes) -> Question:
     if (ancount or nscount) and not flags & OPCODE_MASK:
         # A lookup carries nothing but its question and EDNS; other opcodes get NOTIMP later.
         raise MalformedMessage(f"ANCOUNT {ancount}, NSCOUNT {nscount} in a query, expected 0")
-    qname, pos = _question_name(wire)
+    qname, pos = question_name(wire)
     if pos + 4 > len(wire):
         raise MalformedMessage("question truncated")
     qtype, qclass = struct.unpack_from("!HH", wire, pos)
