@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Final
+from typing import Final
 
 from publicsuffixlist import PSLFILE, encode_idn
 
@@ -170,22 +170,33 @@ _EXACT, _WILD, _EXCEPTION, _MAX_RULE = _load_rules()
 # The rules as a trie of labels read from the TLD down: a name is matched by
 # walking its labels from the right until no rule goes deeper, a few dict
 # look-ups, whatever the name's length and however many never-seen labels it
-# carries in front. Each node is [children, flags].
+# carries in front.
 _RULE_EXACT, _RULE_WILD, _RULE_EXCEPTION = 1, 2, 4
-_Node = list[Any]  # [dict[bytes, _Node], int]
+
+
+class _Node:
+    """A trie node: the nodes one label deeper, by label, and the rules (``_RULE_*`` bits)
+    that end here. A class, not a list: compiled, its fields are read without a generic
+    lookup for each label of each never-seen name."""
+
+    __slots__ = ("children", "flags")
+
+    def __init__(self) -> None:
+        self.children: dict[bytes, _Node] = {}
+        self.flags = 0
 
 
 def _build_trie() -> _Node:
-    root: _Node = [{}, 0]
+    root = _Node()
     for rules, flag in ((_EXACT, _RULE_EXACT), (_WILD, _RULE_WILD), (_EXCEPTION, _RULE_EXCEPTION)):
         for rule in rules:
             node = root
             for label in reversed(rule):
-                child = node[0].get(label)
+                child = node.children.get(label)
                 if child is None:  # not setdefault: that builds a node for every label it finds
-                    child = node[0][label] = [{}, 0]
+                    child = node.children[label] = _Node()
                 node = child
-            node[1] |= flag
+            node.flags |= flag
     return root
 
 
@@ -229,11 +240,11 @@ def registrable_offset(qname: bytes, offsets: list[int] | None = None) -> int:
     node = _TRIE
     for k in range(n - 1, -1, -1):
         i = offsets[k]
-        child = node[0].get(qname[i + 1 : i + 1 + qname[i]])
+        child = node.children.get(qname[i + 1 : i + 1 + qname[i]])
         if child is None:
             break
         node = child
-        flags.append(child[1])
+        flags.append(child.flags)
     keep = min(n, _public_depth(flags, n) + 1)
     return offsets[n - keep]
 
