@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from resolver.pipeline.query import Query, Reply
 from resolver.pipeline.scrub import UpstreamAnswer
-from resolver.wire.message import U16, Question, ReplyInfo, fit_udp, patch_ttls
+from resolver.wire.message import Question, ReplyInfo, fit_udp, patch_ttls
 
 
 @dataclass(slots=True)
@@ -27,7 +27,8 @@ class Entry:
 def cache_key(q: Question, flags: int) -> bytes:
     """Name, type, class and the flags that change an answer (DO, CD) and EDNS presence."""
     extra = (2 if q.do else 0) | (4 if q.has_edns else 0) | (8 if flags & 0x0010 else 0)
-    return q.qname + U16.pack(q.qtype) + U16.pack(q.qclass) + bytes((extra,))
+    qtype, qclass = q.qtype, q.qclass
+    return q.qname + bytes((qtype >> 8, qtype & 0xFF, qclass >> 8, qclass & 0xFF, extra))
 
 
 class Cache:

@@ -125,6 +125,12 @@ def read_name(wire: bytes, offset: int) -> tuple[bytes, int]:
     return bytes(labels), end
 
 
+def _u16(wire: bytes, pos: int) -> int:
+    """The big-endian 16-bit field at ``pos`` (the caller has checked it is there): two
+    octets read where ``struct`` would build a tuple, compiled or not."""
+    return (wire[pos] << 8) | wire[pos + 1]
+
+
 def skip_name(wire: bytes, pos: int) -> int:
     """Return the offset after the name at ``pos`` without building it."""
     limit = len(wire)
@@ -169,7 +175,11 @@ def parse_query(wire: bytes) -> Question:
     """
     if len(wire) < 12:
         raise MalformedMessage("shorter than a DNS header")
-    _, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire, 0)
+    flags = _u16(wire, 2)
+    qdcount = _u16(wire, 4)
+    ancount = _u16(wire, 6)
+    nscount = _u16(wire, 8)
+    arcount = _u16(wire, 10)
     if flags & QR:
         raise MalformedMessage("a response, not a query")
     if qdcount != 1:
@@ -180,7 +190,8 @@ def parse_query(wire: bytes) -> Question:
     qname, pos = question_name(wire)
     if pos + 4 > len(wire):
         raise MalformedMessage("question truncated")
-    qtype, qclass = struct.unpack_from("!HH", wire, pos)
+    qtype = _u16(wire, pos)
+    qclass = _u16(wire, pos + 2)
     end = pos + 4
     udp_size, do, has_edns = 512, False, False
     if arcount and not (ancount or nscount):
@@ -190,16 +201,15 @@ def parse_query(wire: bytes) -> Question:
             p = skip_name(wire, p)
             if p + 10 > len(wire):
                 raise MalformedMessage("additional record truncated")
-            rtype, rclass, ttl, rdlen = struct.unpack_from("!HHIH", wire, p)
-            if rtype == TYPE_OPT:
+            if _u16(wire, p) == TYPE_OPT:
                 if has_edns:
                     raise MalformedMessage("more than one OPT record")  # RFC 6891 section 6.1.1
                 if wire[start] != 0:
                     raise MalformedMessage("OPT record not owned by the root")
                 has_edns = True
-                udp_size = max(512, rclass)
-                do = bool(ttl & 0x8000)
-            p += 10 + rdlen
+                udp_size = max(512, _u16(wire, p + 2))  # the OPT record's class
+                do = bool(wire[p + 6] & 0x80)  # the DO bit, at the top of the TTL's third octet
+            p += 10 + _u16(wire, p + 8)
             if p > len(wire):
                 raise MalformedMessage("additional record truncated")
     return Question(qname.lower(), qtype, qclass, end, udp_size, do, has_edns)
@@ -336,7 +346,7 @@ EDNS_PAYLOAD = 1232  # the size a forwarder offers when it adds EDNS itself (DNS
 
 def _additional_records(wire: bytes, start: int) -> list[tuple[int, int, int]]:
     """(record start, rdata start, record end) of each additional record of a query."""
-    arcount = U16.unpack_from(wire, 10)[0]
+    arcount = _u16(wire, 10)
     records = []
     pos = start
     for _ in range(arcount):
@@ -344,7 +354,7 @@ def _additional_records(wire: bytes, start: int) -> list[tuple[int, int, int]]:
         pos = skip_name(wire, pos)
         if pos + 10 > len(wire):
             raise MalformedMessage("additional record truncated")
-        rdlen = U16.unpack_from(wire, pos + 8)[0]
+        rdlen = _u16(wire, pos + 8)
         records.append((begin, pos + 10, pos + 10 + rdlen))
         pos += 10 + rdlen
     return records
@@ -356,11 +366,12 @@ def edns_options(wire: bytes, q: Question, code: int) -> list[bytes]:
     if not q.has_edns:
         return found
     for begin, rdata, end in _additional_records(wire, q.end):
-        if U16.unpack_from(wire, skip_name(wire, begin))[0] != TYPE_OPT:
+        if _u16(wire, skip_name(wire, begin)) != TYPE_OPT:
             continue
         pos = rdata
         while pos + 4 <= end:
-            option, length = struct.unpack_from("!HH", wire, pos)
+            option = _u16(wire, pos)
+            length = _u16(wire, pos + 2)
             if option == code:
                 found.append(wire[pos + 4 : min(pos + 4 + length, end)])
             pos += 4 + length
