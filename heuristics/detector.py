@@ -698,7 +698,7 @@ class Detector:
             if feats.encoded_shape(s.encoded_label_min, s.entropy_ratio):
                 deltas.append(_ONE[Field.ENCODED])
         frozen = tuple(deltas)
-        name_hash = int.from_bytes(feats.digest, "little")
+        name_hash = feats.member
         ns_short, ns_long, c_short, c_long = entry.heads
         _apply_at(ns_pair, ns_short, ns_long, frozen, name_hash)
         _apply_at(client_pair, c_short, c_long, frozen, name_hash)

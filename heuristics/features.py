@@ -342,6 +342,7 @@ class NameFeatures:
         "key",
         "label_count",
         "max_label",
+        "member",
         "non_ldh",
         "offsets",
         "qname",
@@ -372,7 +373,8 @@ class NameFeatures:
         # information estimate deflates (an amount, not a decision key).
         self.subdomain = b".".join(sub_labels)
         self.sub_labels = sub_labels  # the labels left of the registrable domain, in order
-        self.digest = _blake2b(qname, digest_size=8).digest()  # HLL member, seen-set key
+        self.digest = _blake2b(qname, digest_size=8).digest()  # seen-set key
+        self.member = int.from_bytes(self.digest, "little")  # the same, as a HyperLogLog member
         self.total_length = len(qname)  # wire length
         self.label_count = len(offsets)
         longest = 0
@@ -494,6 +496,10 @@ class FeatureCache:
         self._cache: OrderedDict[bytes, NameFeatures] = OrderedDict()
         self.hits = 0
         self.misses = 0
+
+    def peek(self, qname: bytes) -> NameFeatures | None:
+        """Features of ``qname`` if cached, without marking them used or computing them."""
+        return self._cache.get(qname)
 
     def get(self, qname: bytes) -> NameFeatures:
         """Features of ``qname``, computed on first sight."""

@@ -294,6 +294,7 @@ class Replay:
         self._summary_sink = SummarySink(self.report, self._summary)
         self.engine = Engine.from_config(config, sinks=[*sinks, self._summary_sink])
         self.pipeline = Pipeline(config, self.engine)
+        self._features = self.engine.detector.features
         asyncio.run(self.engine.start())
         # Listener-bound namespaces: a query to that address and port lands there.
         self._listeners: dict[tuple[str, int], str] = {}
@@ -347,8 +348,12 @@ class Replay:
         ns = query.namespace
         s = self._namespace_summary(ns.name if ns is not None else None)
         s.queries += 1
-        # A keyed-per-process hash() would make the count differ from run to run.
-        s.unique.add(int.from_bytes(blake2b(q.qname, digest_size=8).digest(), "little"))
+        # A keyed-per-process hash() would make the count differ from run to run. The
+        # detector has just hashed the name the same way, unless detection is off.
+        feats = self._features.peek(q.qname)
+        s.unique.add(
+            feats.member if feats is not None else int.from_bytes(blake2b(q.qname, digest_size=8).digest(), "little")
+        )
         if reply is not None:
             s.actions[reply.action] += 1
             return
