@@ -245,7 +245,9 @@ def _pcap_records(f: BinaryIO, report: Callable[[int, str], None]) -> Iterator[_
                 report(number + 1, "truncated packet record (file ends inside a record header)")
             return
         number += 1
-        sec, frac, caplen, wirelen = unpack(hdr)
+        # Typed: compiled, the arithmetic and comparisons below are then on machine ints.
+        fields: tuple[int, int, int, int] = unpack(hdr)
+        sec, frac, caplen, wirelen = fields
         if caplen > _MAX_RECORD:
             # The record header is garbage; there is no way to find the next one.
             report(number, f"corrupt packet record (captured length {caplen}); "
