@@ -345,8 +345,8 @@ class Replay:
         reply = self.pipeline.decide(query)
         if self.on_query is not None:
             self.on_query(query, reply)
-        ns = query.namespace
-        s = self._namespace_summary(ns.name if ns is not None else None)
+        view = query.view
+        s = self._namespace_summary(view.name if view is not None else None)
         s.queries += 1
         # A keyed-per-process hash() would make the count differ from run to run. The
         # detector has just hashed the name the same way, unless detection is off.
@@ -382,11 +382,11 @@ class Replay:
         query = self._pending.pop((pkt.dst, pkt.dport, (wire[0] << 8) | wire[1], qname), None)
         if query is None:
             return
-        ns = query.namespace
-        if ns is None:
+        view = query.view
+        if view is None:
             return
         self.report.matched += 1
-        self._namespace_summary(ns.name).responses += 1
+        self._namespace_summary(view.name).responses += 1
         self.pipeline.observe_reply(query, wire[3] & 0xF)
 
     def finish(self) -> ReplayReport:

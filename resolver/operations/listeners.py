@@ -224,8 +224,8 @@ class Server:
         return reply
 
     def _count(self, query: Query, reply: Reply) -> None:
-        ns = query.namespace
-        self.counters.count(ns.name if ns else "", reply.action, query.question.qtype, reply.rcode)
+        view = query.view
+        self.counters.count(view.name if view is not None else "", reply.action, query.question.qtype, reply.rcode)
 
     def track(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

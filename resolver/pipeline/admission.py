@@ -10,6 +10,8 @@ parser and the listener.)
 
 from __future__ import annotations
 
+from typing import Final
+
 from dns.rcode import Rcode
 from dns.rdataclass import RdataClass
 from dns.rdatatype import RdataType
@@ -17,8 +19,14 @@ from dns.rdatatype import RdataType
 from resolver.pipeline.query import Query, Reply
 from resolver.wire.message import header_reply
 
+# Final, so the compiled build reads these as constants: a module global is a dict
+# lookup, an enum member a generic attribute lookup, and an int compared with an
+# IntEnum a generic comparison.
+CLASS_IN: Final = int(RdataClass.IN)
+ANY: Final = int(RdataType.ANY)
+
 # Question types with an answer of their own, by RFC: none of them is a lookup.
-LOCAL_ANSWERS: dict[int, Rcode] = {
+LOCAL_ANSWERS: Final[dict[int, Rcode]] = {
     RdataType.TYPE0: Rcode.FORMERR,  # reserved
     RdataType.OPT: Rcode.FORMERR,  # a pseudo-record, never a question (RFC 6891 6.1.1)
     RdataType.TKEY: Rcode.FORMERR,
@@ -28,7 +36,9 @@ LOCAL_ANSWERS: dict[int, Rcode] = {
     RdataType.MAILB: Rcode.NOTIMP,  # obsolete meta types (RFC 883)
     RdataType.MAILA: Rcode.NOTIMP,
 }
-META_TYPES = range(128, 256)  # RFC 6895 section 3.1: meta types, ANY (255) the only lookup among them
+# RFC 6895 section 3.1: meta types, ANY (255) the only lookup among them
+META_FIRST: Final = 128
+META_LAST: Final = 255
 
 
 class AdmissionStage:
@@ -43,10 +53,11 @@ class AdmissionStage:
 
     def resolve(self, query: Query) -> Reply | None:
         q = query.question
-        if q.qclass != RdataClass.IN:
+        if q.qclass != CLASS_IN:
             return self._answer(query, Rcode.REFUSED, "class")
-        rcode = LOCAL_ANSWERS.get(q.qtype)
-        if rcode is None and q.qtype in META_TYPES and q.qtype != RdataType.ANY:
+        qtype = q.qtype
+        rcode = LOCAL_ANSWERS.get(qtype)
+        if rcode is None and META_FIRST <= qtype <= META_LAST and qtype != ANY:
             rcode = Rcode.NOTIMP
         if rcode is None:
             return None

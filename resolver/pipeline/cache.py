@@ -94,8 +94,8 @@ class CacheStage:
         # Entries are per namespace and per version of its reply-side policy: what the
         # checks on an answer (rebinding guard, CNAME chain policy) let through for one
         # namespace may be denied for another, or for the same one after a reload.
-        ns = query.namespace
-        scope = b"" if ns is None else self.scopes.get(ns.name) or ns.name.encode() + b"\x00"
+        view = query.view
+        scope = b"" if view is None else self.scopes.get(view.name) or view.name.encode() + b"\x00"
         key = scope + cache_key(query.question, flags)
         query.cache_key = key
         entry = self.cache.get(key, query.now)

@@ -26,36 +26,35 @@ class DetectionStage:
         self.quarantine_blocks = 0
 
     def resolve(self, query: Query) -> Reply | None:
-        ns = query.namespace
-        assert ns is not None
-        detection = ns.detection
-        if detection.mode == "off":
+        view = query.view
+        assert view is not None
+        if view.detection == "off":
             return None
         q = query.question
-        enforce = detection.mode == "enforce"
+        enforce = view.detection == "enforce"
         # A quarantined name costs a lookup or two: checked before any scoring, on wire
         # labels, so a quarantine of D covers every name below D whatever octets (a '.'
         # included) its labels hold.
-        if enforce and self.detector.quarantined_name(ns.name, q.qname, query.now):
+        if enforce and self.detector.quarantined_name(view.name, q.qname, query.now):
             self.quarantine_blocks += 1
-            return self._blocked(query, ns)
+            return self._blocked(query, view.namespace)
         qname = q.qname
         # The question name as sent starts at offset 12; when it differs from the
         # lowercased name only in case, the detector prices the case too.
         sent = query.wire[12 : 12 + len(qname)]
         raw = sent if sent != qname and sent.lower() == qname else None
-        verdict = self.detector.observe(ns.name, query.client, qname, q.qtype, query.now, detection.thresholds, raw)
+        verdict = self.detector.observe(view.name, query.client, qname, q.qtype, query.now, view.thresholds, raw)
         if verdict is None:
             return None
         query.domain = verdict.domain
         if enforce and not verdict.repeat:
-            until = query.now + detection.thresholds.quarantine_seconds
-            self.detector.quarantine(ns.name, verdict.domain, until)
+            until = query.now + view.thresholds.quarantine_seconds
+            self.detector.quarantine(view.name, verdict.domain, until)
         if verdict.alert:
-            self._alerts.emit(self.alert(query, ns, verdict, "quarantined" if enforce else "alerted"))
+            self._alerts.emit(self.alert(query, view.namespace, verdict, "quarantined" if enforce else "alerted"))
         if enforce:
             self.quarantine_blocks += 1
-            return self._blocked(query, ns)
+            return self._blocked(query, view.namespace)
         return None
 
     def on_reply(self, query: Query, _answer: UpstreamAnswer, info: ReplyInfo, /) -> Reply | None:
@@ -65,11 +64,11 @@ class DetectionStage:
 
     def observe_rcode(self, query: Query, rcode: int) -> None:
         """An answer's rcode, live or read from a capture in replay."""
-        ns = query.namespace
-        assert ns is not None
-        if ns.detection.mode != "off":
+        view = query.view
+        assert view is not None
+        if view.detection != "off":
             q = query.question
-            self.detector.observe_response(ns.name, query.client, q.qname, rcode, query.now, ns.detection.thresholds)
+            self.detector.observe_response(view.name, query.client, q.qname, rcode, query.now, view.thresholds)
 
     def _blocked(self, query: Query, ns: Namespace) -> Reply:
         reply: Reply = self._deny(query, ns)

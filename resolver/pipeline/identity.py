@@ -8,33 +8,38 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from resolver.config import Config, Namespace
-from resolver.pipeline.query import Query, Reply
+from resolver.pipeline.query import NamespaceView, Query, Reply
 from resolver.wire.message import REFUSED, header_reply
+
+
+def namespace_views(namespaces: dict[str, Namespace]) -> dict[str, NamespaceView]:
+    """Each namespace's view, by name, in config order: what the stages read of it per query."""
+    return {name: NamespaceView(ns) for name, ns in namespaces.items()}
 
 
 class PrefixTable:
     """Longest-prefix match of client addresses to namespaces, memoised per address."""
 
-    def __init__(self, namespaces: dict[str, Namespace], memo_size: int = 65_536) -> None:
+    def __init__(self, namespaces: dict[str, NamespaceView], memo_size: int = 65_536) -> None:
         # (version, prefix length) -> {network int: namespace}; lengths checked longest first.
-        self._tables: dict[int, list[tuple[int, dict[int, Namespace]]]] = {4: [], 6: []}
-        by_len: dict[tuple[int, int], dict[int, Namespace]] = {}
-        for ns in namespaces.values():
-            for net in ns.clients:
+        self._tables: dict[int, list[tuple[int, dict[int, NamespaceView]]]] = {4: [], 6: []}
+        by_len: dict[tuple[int, int], dict[int, NamespaceView]] = {}
+        for view in namespaces.values():
+            for net in view.namespace.clients:
                 key = (net.version, net.prefixlen)
-                by_len.setdefault(key, {})[int(net.network_address) >> (net.max_prefixlen - net.prefixlen)] = ns
+                by_len.setdefault(key, {})[int(net.network_address) >> (net.max_prefixlen - net.prefixlen)] = view
         for (version, plen), table in sorted(by_len.items(), key=lambda kv: -kv[0][1]):
             bits = 32 if version == 4 else 128
             self._tables[version].append((bits - plen, table))
-        self._memo: dict[str, Namespace | None] = {}
+        self._memo: dict[str, NamespaceView | None] = {}
         self._memo_size = memo_size
 
-    def lookup(self, client: str) -> Namespace | None:
+    def lookup(self, client: str) -> NamespaceView | None:
         try:
             return self._memo[client]
         except KeyError:
             pass
-        found: Namespace | None = None
+        found: NamespaceView | None = None
         try:
             addr = ipaddress.ip_address(client.split("%")[0])
         except ValueError:
@@ -166,54 +171,57 @@ def kubernetes_namespaces(config: Config) -> dict[str, Namespace]:
 class PodSelectors:
     """Namespaces that serve pods by label, in config order; the first whose labels all match wins."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, namespaces: dict[str, NamespaceView]) -> None:
         self._rules = [
-            (ns, frozenset(ns.pod_labels), frozenset(ns.kubernetes_namespaces) or None)
-            for ns in config.namespaces.values()
-            if ns.pod_labels
+            (view, frozenset(view.namespace.pod_labels), frozenset(view.namespace.kubernetes_namespaces) or None)
+            for view in namespaces.values()
+            if view.namespace.pod_labels
         ]
 
     def __bool__(self) -> bool:
         return bool(self._rules)
 
-    def match(self, pod: PodIdentity) -> Namespace | None:
+    def match(self, pod: PodIdentity) -> NamespaceView | None:
         labels = frozenset(pod.labels)
-        for ns, wanted, kube_namespaces in self._rules:
+        for view, wanted, kube_namespaces in self._rules:
             if wanted <= labels and (kube_namespaces is None or pod.namespace in kube_namespaces):
-                return ns
+                return view
         return None
 
 
 class IdentityStage:
-    """Sets ``query.namespace`` (and ``query.pod``); unknown clients are REFUSED unless a default is set.
+    """Sets ``query.view`` (and ``query.pod``); unknown clients are REFUSED unless a default is set.
 
     Precedence: the listener's namespace, then the pod that owns the client
     address (when ``identity: {kubernetes: ...}`` is configured), then the
-    longest ``clients:`` prefix, then ``unknown_clients``.
+    longest ``clients:`` prefix, then ``unknown_clients``. Every table holds
+    the namespaces' views (``query.view``), made once for this config generation:
+    a reload builds a new stage, with views of the new config.
     """
 
     def __init__(self, config: Config, pods: PodTable | None = None) -> None:
-        self._namespaces = config.namespaces
-        self._prefixes = PrefixTable(config.namespaces)
-        self._fallback = None if config.unknown_clients == "refuse" else config.namespaces[config.unknown_clients]
+        views = namespace_views(config.namespaces)
+        self._namespaces = views
+        self._prefixes = PrefixTable(views)
+        self._fallback = None if config.unknown_clients == "refuse" else views[config.unknown_clients]
         self._pods = pods if config.identity.kubernetes is not None else None
-        self._by_kube = kubernetes_namespaces(config)
-        self._selectors = PodSelectors(config)
+        self._by_kube = {kube: views[ns.name] for kube, ns in kubernetes_namespaces(config).items()}
+        self._selectors = PodSelectors(views)
 
     def resolve(self, query: Query) -> Reply | None:
-        ns = None
+        view = None
         if query.listener_namespace is not None:
-            ns = self._namespaces.get(query.listener_namespace)
-        if ns is None and self._pods is not None:
+            view = self._namespaces.get(query.listener_namespace)
+        if view is None and self._pods is not None:
             pod = self._pods.lookup(query.client)
             if pod is not None:
                 # Label selectors first (the narrower rule), then the Kubernetes namespace's name.
-                ns = (self._selectors.match(pod) if self._selectors else None) or self._by_kube.get(pod.namespace)
-                if ns is not None:
+                view = (self._selectors.match(pod) if self._selectors else None) or self._by_kube.get(pod.namespace)
+                if view is not None:
                     query.pod = pod
-        if ns is None:
-            ns = self._prefixes.lookup(query.client) or self._fallback
-        if ns is None:
+        if view is None:
+            view = self._prefixes.lookup(query.client) or self._fallback
+        if view is None:
             return Reply(header_reply(query.wire, query.question, REFUSED), REFUSED, "refused")
-        query.namespace = ns
+        query.view = view
         return None

@@ -165,29 +165,29 @@ class PolicyStage:
 
     def observe_rcode(self, query: Query, rcode: int) -> None:
         """Learn mode keeps each name's rcodes, for ``propose`` (live, or from a capture in replay)."""
-        ns = query.namespace
-        assert ns is not None
-        if ns.mode == "learn":
+        view = query.view
+        assert view is not None
+        if view.mode == "learn":
             q = query.question
-            self._learned.record_rcode(ns.name, q.qname, q.qtype, rcode)
+            self._learned.record_rcode(view.name, q.qname, q.qtype, rcode)
 
     def check_cnames(self, query: Query, targets: tuple[bytes, ...]) -> Reply | None:
         """Log the chain; with ``cname_check: strict`` deny a chain through a name not allowed."""
-        ns = query.namespace
-        assert ns is not None
+        view = query.view
+        assert view is not None
         names = [name_to_text(t) for t in targets]
         log.info("cname chain %s -> %s", name_to_text(query.question.qname), " -> ".join(names))
-        if not self._strict_cnames or ns.mode == "learn":
+        if not self._strict_cnames or view.mode == "learn":
             return None
         for target, text in zip(targets, names, strict=True):
-            if not self.allowed(ns.name, target):
-                enforce = ns.mode == "enforce"
+            if not self.allowed(view.name, target):
+                enforce = view.mode == "enforce"
                 self._alerts.policy(
-                    query.now, ns.name, query.client, query.question.qname, query.question.qtype,
+                    query.now, view.name, query.client, query.question.qname, query.question.qtype,
                     "blocked" if enforce else "alerted", ["cname_not_allowed"], {"cname_target": text},
                 )
                 if enforce:
-                    return deny(query, ns)
+                    return deny(query, view.namespace)
         return None
 
     def rewrite_chain(self, query: Query, answer: UpstreamAnswer) -> Reply | None:
@@ -196,14 +196,14 @@ class PolicyStage:
         Only when the query name itself matched no RPZ trigger (an allow entry
         is not one); None when nothing is rewritten (or the mode only alerts).
         """
-        ns = query.namespace
-        assert ns is not None
-        if ns.mode == "learn" or not answer.targets:
+        view = query.view
+        assert view is not None
+        if view.mode == "learn" or not answer.targets:
             return None
-        policy = self._policies[ns.name]
+        policy = self._policies[view.name]
         if not policy.zones:
             return None
-        own = self.decide(ns.name, query.question.qname)
+        own = self.decide(view.name, query.question.qname)
         if own is not None and not own.allowlist:
             return None
         for target in answer.targets:
@@ -218,13 +218,13 @@ class PolicyStage:
                 if query.transport == "udp":
                     return Reply(truncated(query.wire, query.question), NOERROR, "truncated")
                 return None
-            enforce = ns.mode == "enforce"
+            enforce = view.mode == "enforce"
             if rule.action is not Action.LOCAL_DATA:
                 q = query.question
                 self._alerts.policy(
-                    query.now, ns.name, query.client, q.qname, q.qtype,
+                    query.now, view.name, query.client, q.qname, q.qtype,
                     "blocked" if enforce else "alerted", [f"rpz_{rule.action.value}"],
-                    {"mode": ns.mode, "zone": rule.zone, "trigger": rule.trigger,
+                    {"mode": view.mode, "zone": rule.zone, "trigger": rule.trigger,
                      "cname_target": target.to_text(omit_final_dot=True)},
                 )
             if not enforce:
@@ -233,41 +233,41 @@ class PolicyStage:
         return None
 
     def resolve(self, query: Query) -> Reply | None:
-        ns = query.namespace
-        assert ns is not None
+        view = query.view
+        assert view is not None
         q = query.question
-        if ns.mode == "learn":
+        if view.mode == "learn":
             pod = query.pod
             if pod is None:
-                self._learned.record(ns.name, q.qname, q.qtype, query.now)
+                self._learned.record(view.name, q.qname, q.qtype, query.now)
             else:
                 self._learned.record(
-                    ns.name, q.qname, q.qtype, query.now, f"{pod.namespace}/{pod.name}", pod.service_account
+                    view.name, q.qname, q.qtype, query.now, f"{pod.namespace}/{pod.name}", pod.service_account
                 )
             return None
-        rule = self.decide(ns.name, q.qname)
+        rule = self.decide(view.name, q.qname)
         if rule is not None and rule.action is Action.PASSTHRU:
             return None
         if rule is not None and rule.action is Action.TCP_ONLY:
             if query.transport == "udp":
                 return Reply(truncated(query.wire, q), NOERROR, "truncated")
             return None
-        enforce = ns.mode == "enforce"
+        enforce = view.mode == "enforce"
         if rule is not None and rule.action is Action.LOCAL_DATA:
             # A rewrite the operator wrote on purpose (walled garden), not a denial: no alert.
             return local_answer(query, rule) if enforce else None
         reasons = ["not_allowed"] if rule is None else [f"rpz_{rule.action.value}"]
-        evidence: dict[str, object] = {"mode": ns.mode}
+        evidence: dict[str, object] = {"mode": view.mode}
         if rule is not None:
             evidence.update(zone=rule.zone, trigger=rule.trigger)
         self._alerts.policy(
-            query.now, ns.name, query.client, q.qname, q.qtype,
+            query.now, view.name, query.client, q.qname, q.qtype,
             "blocked" if enforce else "alerted", reasons, evidence,
         )
         if not enforce:
             return None
         if rule is None:
-            return deny(query, ns)
+            return deny(query, view.namespace)
         return apply_rule(query, rule)
 
 

@@ -51,24 +51,25 @@ class QuarantineStage:
         self._search: dict[str, tuple[bytes, ...]] = {}  # namespace -> search suffixes, wire form
 
     def resolve(self, query: Query) -> Reply | None:
-        ns = query.namespace
-        assert ns is not None
-        if len(self.book) and self.book.until(ns.name, query.client) > query.now:
+        view = query.view
+        assert view is not None
+        ns = view.namespace
+        if len(self.book) and self.book.until(view.name, query.client) > query.now:
             self.book.blocks += 1
             return self._blocked(query, ns)
-        rule = ns.on_undeclared
-        if rule is None or ns.mode == "learn" or not self.undeclared(ns, query.question.qname):
+        rule = view.on_undeclared
+        if rule is None or view.mode == "learn" or not self.undeclared(ns, query.question.qname):
             return None
-        enforce = ns.mode == "enforce" and rule.action == "quarantine"
+        enforce = view.mode == "enforce" and rule.action == "quarantine"
         q = query.question
-        evidence: dict[str, object] = {"mode": ns.mode, "on_undeclared": rule.action}
+        evidence: dict[str, object] = {"mode": view.mode, "on_undeclared": rule.action}
         if enforce:
             until = query.now + rule.duration
-            self.book.set(ClientQuarantine(ns.name, query.client, until, query.now, name_to_text(q.qname)))
+            self.book.set(ClientQuarantine(view.name, query.client, until, query.now, name_to_text(q.qname)))
             self.book.started += 1
             evidence.update(until=round(until, 3), duration=rule.duration)
         self._alerts.emit(Alert(
-            ts=query.now, kind="undeclared", severity="critical", namespace=ns.name, client=query.client,
+            ts=query.now, kind="undeclared", severity="critical", namespace=view.name, client=query.client,
             qname=name_to_text(q.qname), qtype=qtype_text(q.qtype),
             domain=query.domain or registrable_domain(q.qname), reasons=["undeclared"],
             action="quarantined" if enforce else "alerted", evidence=evidence,

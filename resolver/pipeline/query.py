@@ -9,15 +9,49 @@ never leaves the synchronous fast path.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from resolver.wire.message import SERVFAIL, Question, header_reply
 
 if TYPE_CHECKING:
-    from resolver.config import Namespace
+    from resolver.config import Namespace, RateLimit, Undeclared
     from resolver.pipeline.identity import PodIdentity
     from resolver.pipeline.scrub import UpstreamAnswer
     from resolver.wire.message import ReplyInfo
+
+
+class NamespaceView:
+    """What the stages read of a client's namespace on every query, as native fields.
+
+    The config's Namespace is a Python class (resolver/config.py), so from
+    compiled code each of its attributes is a generic lookup; a view copies the
+    few that every query reads, once per config generation (the identity stage
+    makes one per namespace). ``namespace`` is the whole config section, for
+    everything else.
+    """
+
+    __slots__ = ("burst", "detection", "mode", "name", "namespace", "on_undeclared", "qps", "rate_limit", "thresholds")
+
+    namespace: Namespace
+    name: str
+    mode: str  # learn, observe, enforce
+    detection: str  # the detection mode: off, observe, enforce
+    thresholds: Any  # the detector's settings (None only in a Namespace built in code)
+    rate_limit: RateLimit
+    qps: float  # rate_limit.qps; 0 is off
+    burst: float  # rate_limit.burst, or its default of 2 x qps (at least 1)
+    on_undeclared: Undeclared | None
+
+    def __init__(self, namespace: Namespace) -> None:
+        self.namespace = namespace
+        self.name = namespace.name
+        self.mode = namespace.mode
+        self.detection = namespace.detection.mode
+        self.thresholds = namespace.detection.thresholds
+        limit = self.rate_limit = namespace.rate_limit
+        self.qps = float(limit.qps)
+        self.burst = float(limit.burst or max(1.0, 2 * limit.qps))
+        self.on_undeclared = namespace.on_undeclared
 
 
 @dataclass(slots=True, init=False)
@@ -30,7 +64,7 @@ class Query:
     transport: str  # "udp" or "tcp"
     now: float  # wall clock live, capture time in replay
     listener_namespace: str | None = None
-    namespace: Namespace | None = None
+    view: NamespaceView | None = None  # the client's namespace, filled by the identity stage
     domain: str = ""  # registrable domain, filled by the detection stage
     cache_key: bytes = b""  # filled by the cache stage, used to store the upstream's reply
     pod: PodIdentity | None = None  # filled by the identity stage when the client is a known pod
@@ -46,10 +80,20 @@ class Query:
         self.transport = transport
         self.now = now
         self.listener_namespace = listener_namespace
-        self.namespace = namespace
+        self.view = None if namespace is None else NamespaceView(namespace)
         self.domain = domain
         self.cache_key = cache_key
         self.pod = pod
+
+    @property
+    def namespace(self) -> Namespace | None:
+        """The client's namespace as configured (None until the identity stage found it)."""
+        view = self.view
+        return None if view is None else view.namespace
+
+    @namespace.setter
+    def namespace(self, namespace: Namespace | None) -> None:
+        self.view = None if namespace is None else NamespaceView(namespace)
 
 
 @dataclass(slots=True)

@@ -123,25 +123,25 @@ class RateLimitStage:
         self._alerts = alerts
 
     def resolve(self, query: Query) -> Reply | None:
-        ns = query.namespace
-        assert ns is not None
-        limit = ns.rate_limit
-        if limit.qps <= 0 or query.transport != "udp":
+        view = query.view
+        assert view is not None
+        if view.qps <= 0 or query.transport != "udp":
             return None
-        burst = float(limit.burst or max(1.0, 2 * limit.qps))
-        bucket = self.limiter.take(query.client, query.now, limit.qps, burst)
+        burst = view.burst
+        bucket = self.limiter.take(query.client, query.now, view.qps, burst)
         if bucket is None:
             return None
-        bucket.namespace = ns.name
+        bucket.namespace = view.name
+        limit = view.rate_limit
         q = query.question
         self._alerts.rate_limit(
-            query.now, ns.name, query.client, q.qname, q.qtype,
+            query.now, view.name, query.client, q.qname, q.qtype,
             {"qps": limit.qps, "burst": burst, "slip": limit.slip},
         )
         if limit.slip and bucket.limited % limit.slip == 0:
-            self.limiter.slipped[ns.name] += 1
+            self.limiter.slipped[view.name] += 1
             return Reply(truncated(query.wire, q), NOERROR, "rate_limited_tc")
-        self.limiter.dropped[ns.name] += 1
+        self.limiter.dropped[view.name] += 1
         return Reply(None, NOERROR, "rate_limited")
 
     def charge(self, query: Query, clients: list[str]) -> None:
@@ -151,10 +151,8 @@ class RateLimitStage:
         names may belong to other clients of the same namespace, and each pays
         for its own. Debt is bounded by one burst.
         """
-        ns = query.namespace
-        if ns is None or ns.rate_limit.qps <= 0:
+        view = query.view
+        if view is None or view.qps <= 0:
             return
-        limit = ns.rate_limit
-        burst = float(limit.burst or max(1.0, 2 * limit.qps))
         for client in clients:
-            self.limiter.charge(client, ESTIMATE_TOKENS, burst)
+            self.limiter.charge(client, ESTIMATE_TOKENS, view.burst)

@@ -146,9 +146,9 @@ class RebindingGuard:
 
     def check(self, query: Query, answer: UpstreamAnswer) -> Reply | None:
         """The deny reply when the answer points inside and the guard enforces, else None."""
-        ns = query.namespace
-        assert ns is not None
-        guard = self._guards[ns.name]
+        view = query.view
+        assert view is not None
+        guard = self._guards[view.name]
         if guard.mode == "off" or guard.exempt(query.question.qname):
             return None
         hits = guard.hits(answer)
@@ -157,7 +157,7 @@ class RebindingGuard:
         enforce = guard.mode == "enforce"
         first = hits[0]
         self._alerts.policy(
-            query.now, ns.name, query.client, query.question.qname, query.question.qtype,
+            query.now, view.name, query.client, query.question.qname, query.question.qtype,
             "blocked" if enforce else "alerted", ["rebinding"],
             {
                 "address": first.address, "owner": first.owner, "range": first.network,
@@ -169,4 +169,4 @@ class RebindingGuard:
             self.counts.observed += 1
             return None
         self.counts.blocked += 1
-        return deny(query, ns)
+        return deny(query, view.namespace)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from resolver import config as config_mod
-from resolver.pipeline.identity import PrefixTable
+from resolver.pipeline.identity import PrefixTable, namespace_views
 
 CONFIG = """
 upstreams: [{{address: 127.0.0.1, port: 53}}]
@@ -20,7 +20,7 @@ namespaces:
 def table(tmp_path: Path, unknown: str = "refuse") -> PrefixTable:
     path = tmp_path / "c.yaml"
     path.write_text(CONFIG.format(unknown=unknown))
-    return PrefixTable(config_mod.load(path).namespaces)
+    return PrefixTable(namespace_views(config_mod.load(path).namespaces))
 
 
 def name(ns: object) -> str | None:
