@@ -28,8 +28,8 @@ from .windows import Field, Geometry, PairWindows, Pending, Window
 
 __all__ = ["SEVERITIES", "Detector", "Verdict"]
 
-SEVERITIES = ("info", "warning", "high", "critical")
-_NX = 3  # RCODE NXDOMAIN
+SEVERITIES: Final = ("info", "warning", "high", "critical")
+_NX: Final = 3  # RCODE NXDOMAIN
 _RARE_DOMAIN: Final = ((Field.NEW_NAMES, 1),)  # a client's first name under a domain new to the namespace
 _ANSWER: Final = ((Field.RESPONSES, 1),)  # the deltas of an answer, and of an NXDOMAIN one
 _NX_ANSWER: Final = ((Field.RESPONSES, 1), (Field.NXDOMAIN, 1))

@@ -36,7 +36,7 @@ _LETTERS = frozenset(b"abcdefghijklmnopqrstuvwxyz")
 _ALNUM = _DIGITS | _LETTERS
 _LDH = _ALNUM | frozenset(b"-_")
 _B64_EXTRA = frozenset(b"+/=")
-_LDH_BYTES = bytes(sorted(_LDH))
+_LDH_BYTES: Final = bytes(sorted(_LDH))
 # Lowercase base32 flavours: RFC 4648, iodine's a-z0-5, and base32hex.
 _BASE32_SETS = (
     _LETTERS | frozenset(b"234567"),
@@ -87,11 +87,11 @@ def translated_alphabet(label: bytes) -> str:
     return Alphabet.BINARY
 
 
-_HEX_BYTES = bytes(sorted(_HEX))
-_ALNUM_BYTES = bytes(sorted(_ALNUM))
-_BASE32_BYTES = tuple(bytes(sorted(chars)) for chars in _BASE32_SETS)
-_B64_BYTES = bytes(sorted(_LDH | _B64_EXTRA))
-_BITS = {name: math.log2(size) for name, size in Alphabet.SIZE.items()}  # bits a symbol of each class
+_HEX_BYTES: Final = bytes(sorted(_HEX))
+_ALNUM_BYTES: Final = bytes(sorted(_ALNUM))
+_BASE32_BYTES: Final = tuple(bytes(sorted(chars)) for chars in _BASE32_SETS)
+_B64_BYTES: Final = bytes(sorted(_LDH | _B64_EXTRA))
+_BITS: Final = {name: math.log2(size) for name, size in Alphabet.SIZE.items()}  # bits a symbol of each class
 
 
 def unpredicted(labels: Sequence[bytes], previous: Sequence[bytes]) -> int:
@@ -127,8 +127,8 @@ def content_prefix(labels: Sequence[bytes]) -> list[float]:
     return prefix
 
 
-_UPPER_BYTES = bytes(range(0x41, 0x5B))
-_LOWER_BYTES = bytes(range(0x61, 0x7B))
+_UPPER_BYTES: Final = bytes(range(0x41, 0x5B))
+_LOWER_BYTES: Final = bytes(range(0x61, 0x7B))
 
 
 def case_bits(raw: bytes, features: NameFeatures) -> int:
@@ -186,7 +186,7 @@ def shannon_entropy(data: bytes) -> float:
     return max(0.0, math.log2(n) - total / n)
 
 
-_CLOG = [0.0] + [c * math.log2(c) for c in range(1, 256)]  # c*log2(c) for names' label counts
+_CLOG: Final = [0.0] + [c * math.log2(c) for c in range(1, 256)]  # c*log2(c) for names' label counts
 
 
 @lru_cache(maxsize=4096)
@@ -317,7 +317,7 @@ _SHAPE_MAX: Final = 256
 _label_shape: Final = _label_extension()
 
 
-_DIGIT_BYTES = bytes(sorted(_DIGITS))
+_DIGIT_BYTES: Final = bytes(sorted(_DIGITS))
 _blake2b: Final = hashlib.blake2b  # bound once: compiled code looks a module attribute up on every use
 
 

@@ -9,14 +9,15 @@ bucket. Members are 64-bit hashes supplied by the caller.
 from __future__ import annotations
 
 import math
+from typing import Final
 
 __all__ = ["HyperLogLog"]
 
-P = 10
-M = 1 << P  # 1024 registers: standard error 1.04/sqrt(M) ~ 3.3 %
-SPARSE_LIMIT = 128
-_MASK = M - 1
-_ALPHA = 0.7213 / (1 + 1.079 / M)
+P: Final = 10
+M: Final = 1 << P  # 1024 registers: standard error 1.04/sqrt(M) ~ 3.3 %
+SPARSE_LIMIT: Final = 128
+_MASK: Final = M - 1
+_ALPHA: Final = 0.7213 / (1 + 1.079 / M)
 
 
 class HyperLogLog:

@@ -171,7 +171,9 @@ _EXACT, _WILD, _EXCEPTION, _MAX_RULE = _load_rules()
 # walking its labels from the right until no rule goes deeper, a few dict
 # look-ups, whatever the name's length and however many never-seen labels it
 # carries in front.
-_RULE_EXACT, _RULE_WILD, _RULE_EXCEPTION = 1, 2, 4
+_RULE_EXACT: Final = 1
+_RULE_WILD: Final = 2
+_RULE_EXCEPTION: Final = 4
 
 
 class _Node:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Final
 
 from .features import NameFeatures, content_prefix, unpredicted
 from .windows import Field, PairWindows, Window
@@ -64,7 +65,7 @@ __all__ = [
     "slow_drip",
 ]
 
-MAX_CLIENTS = 64  # clients remembered per (namespace, domain); beyond, it is "many"
+MAX_CLIENTS: Final = 64  # clients remembered per (namespace, domain); beyond, it is "many"
 
 
 def content_bytes(labels: Sequence[bytes], previous: Sequence[bytes] = ()) -> int:

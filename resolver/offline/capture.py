@@ -36,7 +36,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
 import dpkt
 
@@ -92,29 +92,29 @@ class CaptureError(Exception):
 ProblemHandler = Callable[[CaptureProblem], None]
 
 # Link-layer header types (https://www.tcpdump.org/linktypes.html).
-_LINK_NULL = 0  # BSD loopback: 4-byte address family in the capturing host's byte order
-_LINK_ETHERNET = 1
-_LINK_LOOP = 108  # OpenBSD loopback: address family in network byte order
-_LINK_SLL = 113
-_LINK_SLL2 = 276
-_LINK_RAW = frozenset({12, 14, 101, 228, 229})  # 12/14 are DLT_RAW on some platforms
+_LINK_NULL: Final = 0  # BSD loopback: 4-byte address family in the capturing host's byte order
+_LINK_ETHERNET: Final = 1
+_LINK_LOOP: Final = 108  # OpenBSD loopback: address family in network byte order
+_LINK_SLL: Final = 113
+_LINK_SLL2: Final = 276
+_LINK_RAW: Final = frozenset({12, 14, 101, 228, 229})  # 12/14 are DLT_RAW on some platforms
 SUPPORTED_LINK_TYPES = frozenset({_LINK_NULL, _LINK_ETHERNET, _LINK_LOOP, _LINK_SLL, _LINK_SLL2})
 SUPPORTED_LINK_TYPES |= _LINK_RAW
 
-_ETH_IPV4 = 0x0800
-_ETH_IPV6 = 0x86DD
-_ETH_VLAN = frozenset({0x8100, 0x88A8, 0x9100})
+_ETH_IPV4: Final = 0x0800
+_ETH_IPV6: Final = 0x86DD
+_ETH_VLAN: Final = frozenset({0x8100, 0x88A8, 0x9100})
 # AF_INET6 differs per OS: Linux 10, NetBSD/OpenBSD 24, FreeBSD 28, macOS 30.
-_AF_INET6 = frozenset({10, 24, 28, 30})
+_AF_INET6: Final = frozenset({10, 24, 28, 30})
 # IPv6 extension headers we step over: hop-by-hop, routing, destination options,
 # mobility, HIP, shim6 ((len + 1) * 8 bytes); AH is (len + 2) * 4 bytes.
-_IPV6_EXT = frozenset({0, 43, 60, 135, 139, 140})
-_IPV6_AH = 51
-_IPV6_FRAGMENT = 44
-_PROTO_TCP = 6
-_PROTO_UDP = 17
+_IPV6_EXT: Final = frozenset({0, 43, 60, 135, 139, 140})
+_IPV6_AH: Final = 51
+_IPV6_FRAGMENT: Final = 44
+_PROTO_TCP: Final = 6
+_PROTO_UDP: Final = 17
 
-_MAX_RECORD = 256 * 1024  # libpcap rejects larger records as bogus
+_MAX_RECORD: Final = 256 * 1024  # libpcap rejects larger records as bogus
 _MAX_BLOCK = 16 * 1024 * 1024
 
 # TCP reassembly bounds. A DNS message is at most 65535 bytes, so a flow never
@@ -128,7 +128,7 @@ _TCP_FIN = 0x01
 _TCP_SYN = 0x02
 _TCP_RST = 0x04
 
-_PCAP_MAGIC = {
+_PCAP_MAGIC: Final = {
     # magic bytes as stored: (record header format, fraction divisor, record header length)
     b"\xd4\xc3\xb2\xa1": ("<IIII", 1e6, 16),
     b"\xa1\xb2\xc3\xd4": (">IIII", 1e6, 16),

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from hashlib import blake2b
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final
 
 import dns.exception
 import yaml
@@ -56,11 +56,11 @@ __all__ = [
     "replay_config",
 ]
 
-PENDING_MAX = 65_536  # queries awaiting their captured response
-DENIED_NAMES_MAX = 50_000  # distinct denied names kept per namespace for the table
-PROBLEMS_SHOWN = 200  # per run; the rest are counted
-COLLECT_EVERY = 1 << 22  # packets between the replay loop's full collections (a power of two)
-SWEEP_EVERY = 5.0  # capture seconds between AlertHub sweeps (the live server's period)
+PENDING_MAX: Final = 65_536  # queries awaiting their captured response
+DENIED_NAMES_MAX: Final = 50_000  # distinct denied names kept per namespace for the table
+PROBLEMS_SHOWN: Final = 200  # per run; the rest are counted
+COLLECT_EVERY: Final = 1 << 22  # packets between the replay loop's full collections (a power of two)
+SWEEP_EVERY: Final = 5.0  # capture seconds between AlertHub sweeps (the live server's period)
 
 # Set by the console command (resolver.cli.entry), which exits without freeing what a
 # run built: the last run is kept here instead of being freed object by object as

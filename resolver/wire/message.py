@@ -9,27 +9,28 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Final
 
-HEADER = struct.Struct("!HHHHHH")
-U16 = struct.Struct("!H")
-U32 = struct.Struct("!I")
+HEADER: Final = struct.Struct("!HHHHHH")
+U16: Final = struct.Struct("!H")
+U32: Final = struct.Struct("!I")
 
 # Header flag bits.
-QR = 0x8000
-AA = 0x0400
-TC = 0x0200
-RD = 0x0100
-RA = 0x0080
-CD = 0x0010
-OPCODE_MASK = 0x7800
+QR: Final = 0x8000
+AA: Final = 0x0400
+TC: Final = 0x0200
+RD: Final = 0x0100
+RA: Final = 0x0080
+CD: Final = 0x0010
+OPCODE_MASK: Final = 0x7800
 
 # Response codes.
-NOERROR = 0
-FORMERR = 1
-SERVFAIL = 2
-NXDOMAIN = 3
-NOTIMP = 4
-REFUSED = 5
+NOERROR: Final = 0
+FORMERR: Final = 1
+SERVFAIL: Final = 2
+NXDOMAIN: Final = 3
+NOTIMP: Final = 4
+REFUSED: Final = 5
 
 RCODE_NAMES = {
     NOERROR: "NOERROR",
@@ -40,16 +41,16 @@ RCODE_NAMES = {
     REFUSED: "REFUSED",
 }
 
-TYPE_A = 1
-TYPE_NS = 2
-TYPE_CNAME = 5
-TYPE_SOA = 6
-TYPE_TXT = 16
-TYPE_AAAA = 28
-TYPE_OPT = 41
-CLASS_IN = 1
+TYPE_A: Final = 1
+TYPE_NS: Final = 2
+TYPE_CNAME: Final = 5
+TYPE_SOA: Final = 6
+TYPE_TXT: Final = 16
+TYPE_AAAA: Final = 28
+TYPE_OPT: Final = 41
+CLASS_IN: Final = 1
 
-MAX_NAME = 255
+MAX_NAME: Final = 255
 
 
 class MalformedMessage(ValueError):
@@ -248,7 +249,7 @@ def rr(name_ptr: bytes, rtype: int, ttl: int, rdata: bytes) -> bytes:
     return name_ptr + struct.pack("!HHIH", rtype, CLASS_IN, ttl, len(rdata)) + rdata
 
 
-QNAME_POINTER = b"\xc0\x0c"
+QNAME_POINTER: Final = b"\xc0\x0c"
 
 
 def answer_reply(query: bytes, q: Question, records: list[bytes], *, aa: bool = True) -> bytes:
@@ -341,7 +342,7 @@ def parent(wire_name: bytes) -> bytes:
     return wire_name[1 + wire_name[0] :]
 
 
-EDNS_PAYLOAD = 1232  # the size a forwarder offers when it adds EDNS itself (DNS flag day 2020)
+EDNS_PAYLOAD: Final = 1232  # the size a forwarder offers when it adds EDNS itself (DNS flag day 2020)
 
 
 def _additional_records(wire: bytes, start: int) -> list[tuple[int, int, int]]:
