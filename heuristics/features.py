@@ -293,10 +293,26 @@ def _shape(data: bytes) -> LabelShape:
         length=len(data),
         alphabet=alphabet,
         entropy=h,
-        expected=expected_entropy(size, len(data)),
+        expected=_expected(size, len(data)),
         transitions=transitions,
         non_ldh=non_ldh,
     )
+
+
+def _expected(size: int, length: int) -> float:
+    """:func:`expected_entropy` for :func:`_shape`, kept in a dict keyed by one int: compiled,
+    calling through lru_cache is a generic call with an argument tuple. Sizes are those of
+    Alphabet.SIZE and lengths those of a name's labels and runs: a few thousand at most."""
+    if length >> 16:
+        return expected_entropy(size, length)
+    key = (size << 16) | length
+    found = _EXPECTED.get(key)
+    if found is None:
+        found = _EXPECTED[key] = expected_entropy(size, length)
+    return found
+
+
+_EXPECTED: Final[dict[int, float]] = {}
 
 
 def _label_extension() -> Callable[[bytes], tuple[int, float, int, bool]] | None:

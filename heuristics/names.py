@@ -9,7 +9,6 @@ assumes ASCII.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import lru_cache
 from importlib import resources
 from typing import Final
 
@@ -268,10 +267,22 @@ def registrable_domain(qname: bytes) -> str:
     return domain_text(registrable_wire(qname))
 
 
-@lru_cache(maxsize=65536)
 def domain_text(domain: bytes) -> str:
-    """:func:`name_to_text` of a domain, memoised (few domains, many names under them)."""
-    return name_to_text(domain)
+    """:func:`name_to_text` of a domain, memoised (few domains, many names under them).
+
+    In a dict emptied when it holds ``_DOMAIN_TEXTS_MAX`` texts, not lru_cache:
+    compiled, calling through lru_cache's wrapper is a generic call.
+    """
+    found = _DOMAIN_TEXTS.get(domain)
+    if found is None:
+        if len(_DOMAIN_TEXTS) >= _DOMAIN_TEXTS_MAX:
+            _DOMAIN_TEXTS.clear()
+        found = _DOMAIN_TEXTS[domain] = name_to_text(domain)
+    return found
+
+
+_DOMAIN_TEXTS: Final[dict[bytes, str]] = {}
+_DOMAIN_TEXTS_MAX: Final = 65536
 
 
 def domains_wire(names: Iterable[str]) -> frozenset[bytes]:

@@ -27,8 +27,7 @@ class Entry:
 def cache_key(q: Question, flags: int) -> bytes:
     """Name, type, class and the flags that change an answer (DO, CD) and EDNS presence."""
     extra = (2 if q.do else 0) | (4 if q.has_edns else 0) | (8 if flags & 0x0010 else 0)
-    qtype, qclass = q.qtype, q.qclass
-    return q.qname + bytes((qtype >> 8, qtype & 0xFF, qclass >> 8, qclass & 0xFF, extra))
+    return q.qname + ((q.qtype << 24) | (q.qclass << 8) | extra).to_bytes(5, "big")
 
 
 class Cache:
