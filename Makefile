@@ -36,10 +36,13 @@ NATIVE ?= 1
 NATIVE_STAMP := build/native/.built
 # A machine without a C compiler or Python's headers runs from source (`make test` then
 # fails test_native.py, which expects the compiled build unless NATIVE=0).
+# The modules left as Python are byte-compiled too, as pip does at install: where
+# PYTHONDONTWRITEBYTECODE is set, every start would compile them again.
 $(NATIVE_STAMP): $(BIN)/dnsgate $(wildcard heuristics/*.py heuristics/*.c resolver/*.py resolver/*/*.py)
 	@if $(BIN)/python -m resolver.native build; then touch $@; else \
 	  $(BIN)/python -m resolver.native clean; \
 	  echo "make: compiled modules not built (above: why); dnsgate runs from source"; fi
+	@$(BIN)/python -m compileall -q resolver heuristics
 
 ifeq ($(NATIVE),0)
 native: clean-native
