@@ -298,7 +298,7 @@ class Detector:
         tag = feats.tag(namespace)
         geometry = derived.geometry
         ns_pair = state.pair(tag, geometry)
-        client_pair = state.pair(f"{tag}|{client}", geometry)
+        client_pair = state.pair(feats.client_key(tag, client), geometry)
         rare = state.new_domain(namespace, feats.domain)
         client_rare = state.pair(f"{namespace}||{client}", geometry, unique=False)
 
@@ -422,17 +422,21 @@ class Detector:
     ) -> None:
         """Account one response (for the NXDOMAIN ratio)."""
         derived = self._settings(settings)
-        try:
-            feats = self.features.get(qname)
-        except ValueError:
-            return
+        # Features depend on the name alone: the query's, still cached, serve without
+        # marking them used again.
+        feats = self.features.peek(qname)
+        if feats is None:
+            try:
+                feats = self.features.get(qname)
+            except ValueError:
+                return
         if self._exempt(feats, derived):
             return
         tag = feats.tag(namespace)
         deltas = _NX_ANSWER if rcode == _NX else _ANSWER
         state = self.state
         ns_pair = state.pair(tag, derived.geometry)
-        client_pair = state.pair(f"{tag}|{client}", derived.geometry)
+        client_pair = state.pair(feats.client_key(tag, client), derived.geometry)
         _apply(ns_pair, now, deltas)
         _apply(client_pair, now, deltas)
         if state.shares:

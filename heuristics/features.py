@@ -349,6 +349,9 @@ class NameFeatures:
 
     __slots__ = (
         "_ancestors",
+        "_client_key",
+        "_client_key_client",
+        "_client_key_tag",
         "_shapes",
         "_tag",
         "digest",
@@ -403,6 +406,7 @@ class NameFeatures:
         self._shapes: tuple[LabelShape, ...] | None = None
         self._ancestors: tuple[bytes, ...] | None = None
         self._tag = ""  # the pair tag last asked for (see tag())
+        self._client_key = self._client_key_tag = self._client_key_client = ""  # see client_key()
 
     @property
     def shapes(self) -> tuple[LabelShape, ...]:
@@ -429,6 +433,19 @@ class NameFeatures:
             return tag
         tag = self._tag = f"{namespace}|{self.key}"
         return tag
+
+    def client_key(self, tag: str, client: str) -> str:
+        """The pair key of ``client`` under ``tag`` (this name's :meth:`tag`): ``tag|client``.
+
+        Kept for the last pair asked: a query's response, and the client's next query
+        of the name, find the pair with the same string, its hash already computed.
+        """
+        if self._client_key_tag is tag and self._client_key_client == client:
+            return self._client_key
+        key = self._client_key = f"{tag}|{client}"
+        self._client_key_tag = tag
+        self._client_key_client = client
+        return key
 
     def subdomain_labels(self) -> tuple[bytes, ...]:
         """The labels left of the registrable domain, in order."""

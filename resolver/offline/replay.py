@@ -539,7 +539,6 @@ def replay(
         if problems is not None:
             problems.say(where, pkt.number, message)
 
-    feed = run.feed
     show = progress is not None and progress.enabled
     # The loop makes no reference cycles (the detector's state is trees of windows,
     # rows and sketches), yet the cyclic collector kept scanning its millions of
@@ -553,7 +552,7 @@ def replay(
     gc.disable()
     try:
         for i, pkt in enumerate(packets):
-            feed(pkt, malformed)
+            run.feed(pkt, malformed)  # not a bound method kept in a local: compiled, that is a generic call
             if not i & 1023:
                 if show and progress is not None:
                     progress.update(run.report, label)

@@ -78,13 +78,14 @@ class DetectionStage:
     @staticmethod
     def alert(query: Query, ns: Namespace, verdict: Verdict, action: str) -> Alert:
         q = query.question
+        text = verdict.evidence.get("qname")  # the detector's text of this very name
         return Alert(
             ts=query.now,
             kind="tunnel",
             severity=verdict.severity,
             namespace=ns.name,
             client=query.client,
-            qname=name_to_text(q.qname),
+            qname=text if isinstance(text, str) else name_to_text(q.qname),
             qtype=qtype_text(q.qtype),
             domain=verdict.domain,
             reasons=list(verdict.reasons),
