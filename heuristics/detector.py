@@ -639,18 +639,13 @@ class Detector:
             points += 2
         if not points or points + 1 < s.alert_points:  # +1: the rare_domains support point
             return False
-        # Then each of the four windows: the best of their bounds.
-        best = _bound(client_pair.short, s.client_budget_short_bytes, s.encoded_names_short,
-                      s.data_qtype_names_short, True, pending_bytes, pending_names, s)
-        points = _bound(client_pair.long, min(s.client_budget_long_bytes, s.slow_budget_bytes),
-                        s.encoded_names_long, s.data_qtype_names_long, False, pending_bytes, pending_names, s)
-        best = points if points > best else best
-        points = _bound(ns_pair.short, s.namespace_budget_short_bytes, s.encoded_names_short,
-                        s.data_qtype_names_short, True, pending_bytes, pending_names, s)
-        best = points if points > best else best
-        points = _bound(ns_pair.long, min(s.namespace_budget_long_bytes, s.slow_budget_bytes),
-                        s.encoded_names_long, s.data_qtype_names_long, False, pending_bytes, pending_names, s)
-        best = points if points > best else best
+        # Then each pair's two windows: the best of their bounds.
+        best = _pair_bound(client_pair, s.client_budget_short_bytes, s.client_budget_long_bytes,
+                           pending_bytes, pending_names, s)
+        points = _pair_bound(ns_pair, s.namespace_budget_short_bytes, s.namespace_budget_long_bytes,
+                             pending_bytes, pending_names, s)
+        if points > best:
+            best = points
         if best and client_rare.long.total(Field.NEW_NAMES) >= s.rare_domains_per_hour * (
             s.long_window_seconds / 3600.0
         ):
@@ -1041,6 +1036,18 @@ def _apply(pair: PairWindows, now: float, deltas: tuple[tuple[int, int], ...]) -
     long = pair.long
     long.advance(now)
     long.add_all(deltas)
+
+
+def _pair_bound(
+    pair: PairWindows, short_budget: int, long_budget: int, pending_bytes: int, pending_names: int, s: _Limits,
+) -> int:
+    """The most points either window of ``pair`` could give (:func:`_bound`); the long
+    window's bar is the lower of its budget and the slow-drip rule's."""
+    short = _bound(pair.short, short_budget, s.encoded_names_short, s.data_qtype_names_short, True,
+                   pending_bytes, pending_names, s)
+    long = _bound(pair.long, min(long_budget, s.slow_budget_bytes), s.encoded_names_long,
+                  s.data_qtype_names_long, False, pending_bytes, pending_names, s)
+    return short if short > long else long
 
 
 def _bound(

@@ -11,7 +11,6 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, ClassVar, Final
 
 from .names import domain_text, label_offsets, name_to_text, registrable_offset
@@ -189,7 +188,6 @@ def shannon_entropy(data: bytes) -> float:
 _CLOG: Final = [0.0] + [c * math.log2(c) for c in range(1, 256)]  # c*log2(c) for names' label counts
 
 
-@lru_cache(maxsize=4096)
 def expected_entropy(alphabet_size: int, length: int) -> float:
     """Expected plug-in Shannon entropy of a uniform random string.
 
@@ -197,7 +195,28 @@ def expected_entropy(alphabet_size: int, length: int) -> float:
     linearity E[H] = -k * sum_c P(c) * (c/n) * log2(c/n). Short strings cannot
     reach log2(k) (16 random base32 chars score about 3.6, not 5), which is why a
     fixed "entropy > 4" rule misses hex and flags nothing short.
+
+    Memoised for the first ``_EXPECTED_MAX`` (size, length) pairs asked, in a dict
+    keyed by one int, not lru_cache: compiled, its wrapper is a generic call with an
+    argument tuple. The detector asks a few alphabet sizes times label lengths.
     """
+    if not (0 <= alphabet_size < 1 << 16 and 0 <= length < 1 << 16):
+        return _expected_entropy(alphabet_size, length)
+    key = (alphabet_size << 16) | length
+    found = _EXPECTED.get(key)
+    if found is None:
+        found = _expected_entropy(alphabet_size, length)
+        if len(_EXPECTED) < _EXPECTED_MAX:
+            _EXPECTED[key] = found
+    return found
+
+
+_EXPECTED: Final[dict[int, float]] = {}
+_EXPECTED_MAX: Final = 4096
+
+
+def _expected_entropy(alphabet_size: int, length: int) -> float:
+    """:func:`expected_entropy`, computed."""
     n, k = length, alphabet_size
     if n <= 1 or k <= 1:
         return 0.0
@@ -293,26 +312,10 @@ def _shape(data: bytes) -> LabelShape:
         length=len(data),
         alphabet=alphabet,
         entropy=h,
-        expected=_expected(size, len(data)),
+        expected=expected_entropy(size, len(data)),
         transitions=transitions,
         non_ldh=non_ldh,
     )
-
-
-def _expected(size: int, length: int) -> float:
-    """:func:`expected_entropy` for :func:`_shape`, kept in a dict keyed by one int: compiled,
-    calling through lru_cache is a generic call with an argument tuple. Sizes are those of
-    Alphabet.SIZE and lengths those of a name's labels and runs: a few thousand at most."""
-    if length >> 16:
-        return expected_entropy(size, length)
-    key = (size << 16) | length
-    found = _EXPECTED.get(key)
-    if found is None:
-        found = _EXPECTED[key] = expected_entropy(size, length)
-    return found
-
-
-_EXPECTED: Final[dict[int, float]] = {}
 
 
 def _label_extension() -> Callable[[bytes], tuple[int, float, int, bool]] | None:
