@@ -344,7 +344,7 @@ def _extension() -> Callable[[bytes, bytes, int], int] | None:
 deflated_size: Final[Callable[[bytes, bytes, int], int]] = _extension() or zlib_deflated_size
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class InformationEstimator:
     """Compressed size of new subdomain text, in the spirit of Paxson et al. 2013.
 
@@ -354,7 +354,13 @@ class InformationEstimator:
     """
 
     context_bytes: int
-    recent: bytes = b""
+    recent: bytes
+
+    # Written out, not generated: compiled, a dataclass's generated __init__ runs in
+    # the interpreter, and every new pair makes an estimator.
+    def __init__(self, context_bytes: int, recent: bytes = b"") -> None:
+        self.context_bytes = context_bytes
+        self.recent = recent
 
     def charge(self, text: bytes) -> int:
         """Estimated information in ``text`` (bytes); remembers it as context."""

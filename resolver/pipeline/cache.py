@@ -15,13 +15,21 @@ from resolver.pipeline.scrub import UpstreamAnswer
 from resolver.wire.message import Question, ReplyInfo, fit_udp, patch_ttls
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Entry:
     wire: bytes
     stored: float
     expires: float
     ttl_offsets: tuple[int, ...]
     rcode: int
+
+    # Written out: compiled, a dataclass's generated __init__ runs in the interpreter.
+    def __init__(self, wire: bytes, stored: float, expires: float, ttl_offsets: tuple[int, ...], rcode: int) -> None:
+        self.wire = wire
+        self.stored = stored
+        self.expires = expires
+        self.ttl_offsets = ttl_offsets
+        self.rcode = rcode
 
 
 def cache_key(q: Question, flags: int) -> bytes:

@@ -96,14 +96,22 @@ class Query:
         self.view = None if namespace is None else NamespaceView(namespace)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Reply:
     """What goes back to the client; ``wire`` None means drop silently."""
 
     wire: bytes | None
     rcode: int
     action: str  # allowed, cached, denied, local, refused, dropped, quarantined, servfail, truncated
-    follow: bytes | None = None  # a local CNAME's target: the pipeline resolves it and appends the answer
+    follow: bytes | None  # a local CNAME's target: the pipeline resolves it and appends the answer
+
+    # Written out: compiled, a dataclass's generated __init__ runs in the interpreter,
+    # and most queries make a Reply.
+    def __init__(self, wire: bytes | None, rcode: int, action: str, follow: bytes | None = None) -> None:
+        self.wire = wire
+        self.rcode = rcode
+        self.action = action
+        self.follow = follow
 
 
 def servfail(wire: bytes, question: Question) -> Reply:

@@ -43,15 +43,25 @@ LIMITED_RECENTLY = 60.0  # seconds: a client refused a query this recently count
 ESTIMATE_TOKENS = 1.0  # extra tokens a never-seen name's estimate costs its client
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Bucket:
     """One client's tokens; ``limited`` counts queries refused so far (it drives the slip)."""
 
     tokens: float
     stamp: float
-    limited: int = 0
-    limited_at: float = 0.0  # when it was last refused a query (0: never)
-    namespace: str = ""  # the namespace whose limit refused it last
+    limited: int
+    limited_at: float  # when it was last refused a query (0: never)
+    namespace: str  # the namespace whose limit refused it last
+
+    # Written out: compiled, a dataclass's generated __init__ runs in the interpreter.
+    def __init__(
+        self, tokens: float, stamp: float, limited: int = 0, limited_at: float = 0.0, namespace: str = ""
+    ) -> None:
+        self.tokens = tokens
+        self.stamp = stamp
+        self.limited = limited
+        self.limited_at = limited_at
+        self.namespace = namespace
 
 
 class RateLimiter:

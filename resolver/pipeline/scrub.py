@@ -45,14 +45,23 @@ class MalformedReply(ValueError):
     """An upstream reply that cannot be relayed (say why)."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class UpstreamAnswer:
     """A scrubbed upstream reply: its wire form and the decoded message the checks read."""
 
     wire: bytes
     message: dns.message.Message
     chain: tuple[dns.name.Name, ...]  # qname, then each CNAME/DNAME target in order
-    removed: int = 0  # records the scrubber dropped
+    removed: int  # records the scrubber dropped
+
+    # Written out: compiled, a dataclass's generated __init__ runs in the interpreter.
+    def __init__(
+        self, wire: bytes, message: dns.message.Message, chain: tuple[dns.name.Name, ...], removed: int = 0
+    ) -> None:
+        self.wire = wire
+        self.message = message
+        self.chain = chain
+        self.removed = removed
 
     @property
     def targets(self) -> tuple[dns.name.Name, ...]:

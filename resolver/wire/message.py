@@ -266,7 +266,7 @@ def fit_udp(reply: bytes, query: bytes, q: Question) -> bytes:
     return truncated(query, q)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class ReplyInfo:
     """What the cache needs to know of an upstream reply."""
 
@@ -275,6 +275,16 @@ class ReplyInfo:
     ttl_offsets: tuple[int, ...]  # offsets of every TTL field but OPT's
     cname_targets: tuple[bytes, ...]  # wire names of CNAME targets in the answer
     truncated: bool
+
+    # Written out: compiled, a dataclass's generated __init__ runs in the interpreter.
+    def __init__(
+        self, rcode: int, ttl: int, ttl_offsets: tuple[int, ...], cname_targets: tuple[bytes, ...], truncated: bool
+    ) -> None:
+        self.rcode = rcode
+        self.ttl = ttl
+        self.ttl_offsets = ttl_offsets
+        self.cname_targets = cname_targets
+        self.truncated = truncated
 
 
 def inspect_reply(wire: bytes, qd_end: int, *, max_ttl: int, neg_ttl: int) -> ReplyInfo:

@@ -59,6 +59,35 @@ def test_every_listed_module_is_imported_as_built() -> None:
     assert native.compiled() == (everything if EXPECT_COMPILED else [])
 
 
+# Objects made for every query, answer or new pair. A compiled dataclass whose
+# __init__ is generated (no init=False and a written-out __init__) gets a Python
+# __init__ that runs in the interpreter, several times the cost of a compiled one.
+PER_QUERY_CLASSES = [
+    ("resolver.pipeline.query", "Query"),
+    ("resolver.pipeline.query", "Reply"),
+    ("resolver.pipeline.cache", "Entry"),
+    ("resolver.pipeline.ratelimit", "Bucket"),
+    ("resolver.pipeline.scrub", "UpstreamAnswer"),
+    ("resolver.pipeline.alerts", "Alert"),
+    ("resolver.wire.message", "Question"),
+    ("resolver.wire.message", "ReplyInfo"),
+    ("resolver.offline.capture", "DnsPacket"),
+    ("heuristics.detector", "Verdict"),
+    ("heuristics.detector", "_Decision"),
+    ("heuristics.detector", "_Score"),
+    ("heuristics.features", "LabelShape"),
+    ("heuristics.windows", "Pending"),
+    ("heuristics.windows", "InformationEstimator"),
+]
+
+
+@pytest.mark.parametrize(("module", "name"), PER_QUERY_CLASSES)
+def test_per_query_objects_are_made_by_compiled_code(module: str, name: str) -> None:
+    init = vars(getattr(importlib.import_module(module), name))["__init__"]
+    # A Python function has __code__; a compiled method does not.
+    assert hasattr(init, "__code__") != EXPECT_COMPILED, f"{module}.{name}.__init__ is {init!r}"
+
+
 def _run(tree: Path, *args: str) -> subprocess.CompletedProcess[str]:
     # `-m` puts the working directory first on sys.path: the copy's modules are the ones run.
     return subprocess.run([sys.executable, "-m", "resolver.cli", *args], capture_output=True, text=True,
