@@ -328,6 +328,8 @@ class Replay:
             self._response(pkt)
             return
         wire = pkt.wire
+        if wire[2] & 0x78:
+            return  # opcode NOTIFY, UPDATE ...: answered NOTIMP before the pipeline, live too
         try:
             q = parse_query(wire)
         except (MalformedMessage, IndexError) as exc:
@@ -335,8 +337,8 @@ class Replay:
             if on_malformed is not None:
                 on_malformed(pkt, f"malformed DNS query: {exc}")
             return
-        if wire[2] & 0x78:
-            return  # opcode NOTIFY, UPDATE ...: answered NOTIMP before the pipeline, live too
+        if q.edns_version:
+            return  # answered BADVERS before the pipeline, live too
         report.queries += 1
         listener_ns = None
         if self._listeners or self._any_listeners:

@@ -37,6 +37,7 @@ from resolver.operations.sinks import build_sinks, check_sinks
 from resolver.pipeline.chain import Engine, Pipeline
 from resolver.pipeline.query import Query, Reply, servfail
 from resolver.wire.message import (
+    BADVERS,
     FORMERR,
     NOTIMP,
     OPCODE_MASK,
@@ -192,6 +193,11 @@ class Server:
         try:
             q = parse_query(data)
         except MalformedMessage:
+            if len(data) >= 12 and data[2] & 0x78 and not data[2] & 0x80:
+                # NOTIFY, UPDATE, DSO ...: not implemented, whatever their sections hold
+                # (DSO has no question at all); NOTIMP says so where FORMERR would not.
+                self.counters.count("", "notimp", 0, NOTIMP)
+                return Reply(header_reply(data, None, NOTIMP), NOTIMP, "notimp")
             self.counters.malformed += 1
             reply = formerr(data)
             if reply is None:
@@ -201,6 +207,11 @@ class Server:
         if U16.unpack_from(data, 2)[0] & OPCODE_MASK:
             self.counters.count("", "notimp", q.qtype, NOTIMP)
             return Reply(header_reply(data, q, NOTIMP), NOTIMP, "notimp")
+        if q.edns_version:
+            # Only EDNS version 0 exists; a later one is answered BADVERS (RFC 6891 section
+            # 6.1.3), never from the cache of version-0 answers nor forwarded.
+            self.counters.count("", "badvers", q.qtype, BADVERS)
+            return Reply(header_reply(data, q, BADVERS), BADVERS, "badvers")
         query = Query(data, q, client, transport, time.time(), listener_ns)
         try:
             result = self.pipeline.handle(query)

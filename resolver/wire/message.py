@@ -31,6 +31,7 @@ SERVFAIL: Final = 2
 NXDOMAIN: Final = 3
 NOTIMP: Final = 4
 REFUSED: Final = 5
+BADVERS: Final = 16  # extended: the upper bits travel in the OPT record (RFC 6891)
 
 RCODE_NAMES = {
     NOERROR: "NOERROR",
@@ -73,9 +74,11 @@ class Question:
     udp_size: int  # the client's EDNS0 buffer size, 512 without EDNS
     do: bool  # DNSSEC OK bit from the client's OPT record
     has_edns: bool
+    edns_version: int  # the OPT record's VERSION (0 without EDNS); only 0 is implemented
 
     def __init__(
         self, qname: bytes, qtype: int, qclass: int, end: int, udp_size: int, do: bool, has_edns: bool,
+        edns_version: int = 0,
     ) -> None:
         self.qname = qname
         self.qtype = qtype
@@ -84,6 +87,7 @@ class Question:
         self.udp_size = udp_size
         self.do = do
         self.has_edns = has_edns
+        self.edns_version = edns_version
 
 
 def read_name(wire: bytes, offset: int) -> tuple[bytes, int]:
@@ -168,11 +172,26 @@ def question_name(wire: bytes) -> tuple[bytes, int]:
     return wire[12:pos], pos
 
 
+def _check_options(wire: bytes, start: int, end: int) -> None:
+    """Raise MalformedMessage unless the OPT data ``wire[start:end]`` is a run of whole
+    options (code, length, data), as RFC 6891 section 6.1.2 lays them out."""
+    if end > len(wire):
+        return  # the record itself runs past the message: the caller says so
+    pos = start
+    while pos < end:
+        if pos + 4 > end:
+            raise MalformedMessage("EDNS option header runs past the OPT record")
+        pos += 4 + _u16(wire, pos + 2)
+        if pos > end:
+            raise MalformedMessage("EDNS option runs past the OPT record")
+
+
 def parse_query(wire: bytes) -> Question:
     """Read the question of a query; raise MalformedMessage when it cannot be answered.
 
-    Exactly one question is required (RFC 9619). The additional section is
-    scanned only for an OPT record, to carry the EDNS0 size and DO bit.
+    Exactly one question is required (RFC 9619), its name without compression
+    pointers. The additional section is scanned only for an OPT record, to carry
+    the EDNS0 size and DO bit; its options must fill its data exactly.
     """
     if len(wire) < 12:
         raise MalformedMessage("shorter than a DNS header")
@@ -189,12 +208,18 @@ def parse_query(wire: bytes) -> Question:
         # A lookup carries nothing but its question and EDNS; other opcodes get NOTIMP later.
         raise MalformedMessage(f"ANCOUNT {ancount}, NSCOUNT {nscount} in a query, expected 0")
     qname, pos = question_name(wire)
+    if pos - 12 != len(qname):
+        # The question holds the message's first name: a pointer in it can only point into
+        # the header or into the name itself, never at an earlier name. Refused as Unbound
+        # refuses it: the header is rewritten before forwarding (ID, ARCOUNT with the loop
+        # mark's OPT), so the upstream could read another name than the one policy allowed.
+        raise MalformedMessage("compression pointer in the question name")
     if pos + 4 > len(wire):
         raise MalformedMessage("question truncated")
     qtype = _u16(wire, pos)
     qclass = _u16(wire, pos + 2)
     end = pos + 4
-    udp_size, do, has_edns = 512, False, False
+    udp_size, do, has_edns, version = 512, False, False, 0
     if arcount and not (ancount or nscount):
         p = end
         for _ in range(arcount):
@@ -210,21 +235,36 @@ def parse_query(wire: bytes) -> Question:
                 has_edns = True
                 udp_size = max(512, _u16(wire, p + 2))  # the OPT record's class
                 do = bool(wire[p + 6] & 0x80)  # the DO bit, at the top of the TTL's third octet
+                version = wire[p + 5]  # the TTL's second octet
+                _check_options(wire, p + 10, p + 10 + _u16(wire, p + 8))
             p += 10 + _u16(wire, p + 8)
             if p > len(wire):
                 raise MalformedMessage("additional record truncated")
-    return Question(qname.lower(), qtype, qclass, end, udp_size, do, has_edns)
+    return Question(qname.lower(), qtype, qclass, end, udp_size, do, has_edns, version)
 
 
 def header_reply(query: bytes, q: Question | None, rcode: int, *, aa: bool = False) -> bytes:
-    """A reply carrying only the header and the client's own question section."""
+    """A reply carrying only the header and the client's own question section, and an OPT
+    record when the query had one (RFC 6891 section 7)."""
+    return _reply(query, q, rcode, aa, [])
+
+
+def _reply(query: bytes, q: Question | None, rcode: int, aa: bool, records: list[bytes]) -> bytes:
+    """Header, the client's question, ``records`` (encoded) as the answer, then OPT if the
+    query had EDNS. An extended rcode (BADVERS) keeps its upper bits in the OPT record."""
     msg_id, flags = struct.unpack_from("!HH", query, 0)
-    out_flags = QR | (flags & (OPCODE_MASK | RD | CD)) | RA | rcode
+    out_flags = QR | (flags & (OPCODE_MASK | RD | CD)) | RA | (rcode & 0xF)
     if aa:
         out_flags |= AA
     if q is None:
         return HEADER.pack(msg_id, out_flags, 0, 0, 0, 0)
-    return HEADER.pack(msg_id, out_flags, 1, 0, 0, 0) + query[12 : q.end]
+    if not q.has_edns:
+        return HEADER.pack(msg_id, out_flags, 1, len(records), 0, 0) + query[12 : q.end] + b"".join(records)
+    # OPT: root owner, our UDP size, extended rcode and version 0 in the TTL, the DO bit
+    # echoed (RFC 3225), no options.
+    ttl = ((rcode >> 4) << 24) | (0x8000 if q.do else 0)
+    opt = b"\x00" + struct.pack("!HHIH", TYPE_OPT, EDNS_PAYLOAD, ttl, 0)
+    return HEADER.pack(msg_id, out_flags, 1, len(records), 0, 1) + query[12 : q.end] + b"".join(records) + opt
 
 
 def formerr(query: bytes) -> bytes | None:
@@ -254,9 +294,7 @@ QNAME_POINTER: Final = b"\xc0\x0c"
 
 def answer_reply(query: bytes, q: Question, records: list[bytes], *, aa: bool = True) -> bytes:
     """A NOERROR reply with ``records`` (already encoded) in the answer section."""
-    base = bytearray(header_reply(query, q, NOERROR, aa=aa))
-    struct.pack_into("!H", base, 6, len(records))
-    return bytes(base) + b"".join(records)
+    return _reply(query, q, NOERROR, aa, records)
 
 
 def fit_udp(reply: bytes, query: bytes, q: Question) -> bytes:

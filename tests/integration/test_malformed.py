@@ -7,6 +7,7 @@ import socket
 import struct
 from collections.abc import Iterator
 
+import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
@@ -36,6 +37,15 @@ CASES = {
     "bad label type": HEADER.pack(0x1234, 0x0100, 1, 0, 0, 0) + b"\x41abc\x00" + struct.pack("!HH", 1, 1),
     "a response": HEADER.pack(0x1234, 0x8180, 1, 0, 0, 0) + question(),
     "opt record truncated": HEADER.pack(0x1234, 0x0100, 1, 0, 0, 1) + question() + b"\x00\x00\x29",
+    # The name ends with a pointer to the header's last octet (ARCOUNT, 0 here): read with
+    # this header it is an allowed name; forwarded with the loop mark's OPT (ARCOUNT 1) an
+    # upstream that follows any pointer reads a longer name under evil.test.
+    "pointer into the header": HEADER.pack(0x1234, 0x0100, 1, 0, 0, 0)
+    + b"\x0b\x04evil\x04test\x00\x03raw\x04wild\x04test\xc0\x0b" + struct.pack("!HH", 1, 1),
+    "edns option past the opt record": HEADER.pack(0x1234, 0x0100, 1, 0, 0, 1) + question()
+    + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x04" + struct.pack("!HH", 10, 200),
+    "edns option header cut": HEADER.pack(0x1234, 0x0100, 1, 0, 0, 1) + question()
+    + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x02\x00\x0a",
 }
 
 
@@ -129,3 +139,45 @@ def test_tcp_garbage_and_framing(gate: Dnsgate) -> None:
             assert reply.id == 0x4242
             assert reply.rcode() == dns.rcode.NOERROR
     still_answers(gate.port)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("case", "payload"),
+    [
+        # DSO (RFC 8490) has no question at all; IQUERY with none; NOTIFY with two.
+        ("dso", HEADER.pack(0x1234, 6 << 11, 0, 0, 0, 0)),
+        ("iquery, qdcount 0", HEADER.pack(0x1234, 1 << 11, 0, 0, 0, 0)),
+        ("notify, qdcount 2", HEADER.pack(0x1234, 4 << 11, 2, 0, 0, 0) + question() + question()),
+    ],
+)
+def test_other_opcodes_get_notimp_whatever_their_sections(gate: Dnsgate, case: str, payload: bytes) -> None:
+    reply = send(gate.port, payload)
+    assert reply is not None, case
+    assert reply[:2] == b"\x12\x34", case
+    assert reply[3] & 0x0F == 4, case  # NOTIMP
+    assert (reply[2] >> 3) & 0x0F == payload[2] >> 3, case  # the opcode echoed
+
+
+@pytest.mark.integration
+def test_edns_version_1_gets_badvers_and_never_a_cached_answer(gate: Dnsgate) -> None:
+    plain = dns.query.udp(dns.message.make_query("api.allowed.test", "A", use_edns=0), "127.0.0.1",
+                          port=gate.port, timeout=2)
+    assert plain.rcode() == dns.rcode.NOERROR  # now cached under version 0
+    reply = dns.query.udp(dns.message.make_query("api.allowed.test", "A", use_edns=1), "127.0.0.1",
+                          port=gate.port, timeout=2)
+    assert reply.rcode() == dns.rcode.BADVERS
+    assert reply.edns == 0
+    assert not reply.answer
+
+
+@pytest.mark.integration
+def test_replies_dnsgate_makes_carry_opt_when_the_query_did(gate: Dnsgate) -> None:
+    denied = dns.query.udp(dns.message.make_query("www.denied.test", "A", use_edns=0, want_dnssec=True),
+                           "127.0.0.1", port=gate.port, timeout=2)
+    assert denied.rcode() == dns.rcode.NXDOMAIN
+    assert denied.edns == 0
+    assert denied.ednsflags & dns.flags.DO
+    without = dns.query.udp(dns.message.make_query("www.denied.test", "A"), "127.0.0.1", port=gate.port, timeout=2)
+    assert without.rcode() == dns.rcode.NXDOMAIN
+    assert without.edns == -1

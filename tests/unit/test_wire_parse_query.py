@@ -17,6 +17,7 @@ import dns.name
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -69,3 +70,46 @@ def test_any_octets_give_a_question_or_malformed(body: bytes, ancount: int, arco
         return
     assert isinstance(q, Question)
     assert 12 < q.end <= len(wire)
+
+
+@settings(max_examples=300)
+@given(labels, st.integers(0, 0x3FFF), st.integers(0, 3))
+def test_a_compression_pointer_in_the_question_is_refused(name_labels: list[bytes], target: int, arcount: int) -> None:
+    # A pointer can only point into the header or into the name itself: whatever it
+    # reads now, the forwarded header differs (ID, ARCOUNT), so no pointer is accepted.
+    prefix = b"".join(bytes([len(label)]) + label for label in name_labels)
+    wire = (
+        struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, arcount)
+        + prefix
+        + struct.pack("!H", 0xC000 | target)
+        + struct.pack("!HH", 1, 1)
+    )
+    with pytest.raises(MalformedMessage):
+        parse_query(wire)
+
+
+options = st.lists(st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=40)), max_size=4)
+
+
+@settings(max_examples=300)
+@given(options, st.integers(1, 200))
+def test_edns_options_must_fill_the_opt_record(opts: list[tuple[int, bytes]], extra: int) -> None:
+    data = b"".join(struct.pack("!HH", code, len(value)) + value for code, value in opts)
+    question = b"\x03www\x07example\x03com\x00" + struct.pack("!HH", 1, 1)
+
+    def query(rdata: bytes) -> bytes:
+        opt = b"\x00" + struct.pack("!HHIH", 41, 1232, 0, len(rdata)) + rdata
+        return struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 1) + question + opt
+
+    q = parse_query(query(data))
+    assert q.has_edns
+    if opts:
+        # The last option claims more octets than the record holds: refused.
+        at = sum(4 + len(value) for _, value in opts[:-1]) + 2
+        bad = bytearray(data)
+        struct.pack_into("!H", bad, at, len(opts[-1][1]) + extra)
+        with pytest.raises(MalformedMessage):
+            parse_query(query(bytes(bad)))
+    # Octets after the last whole option that are not a whole option header: refused.
+    with pytest.raises(MalformedMessage):
+        parse_query(query(data + b"\x00\x0a"))
