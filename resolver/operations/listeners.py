@@ -12,6 +12,11 @@ the client reads, and closes it after ``tcp_idle_timeout``), queries of one
 connection waiting on an upstream (``TCP_MAX_INFLIGHT``), and queries answered
 from one connection per event-loop turn (``TCP_QUERIES_PER_TURN``), so a
 pipelining client cannot hold the loop while others wait.
+
+A client may half-close after its last query (RFC 7766 allows it): on EOF
+the connection stops reading, sends the replies of the queries still waiting
+on an upstream and then closes, within ``servfail_after`` of its last query
+and never past ``tcp_idle_timeout``; with nothing in flight it closes at once.
 """
 
 from __future__ import annotations
@@ -275,13 +280,17 @@ class Server:
             return
         writer.transport.set_write_buffer_limits(high=config.tcp_max_unsent)
         answered = 0
+        half_closed = False
         try:
             while not self._stopping.is_set():
                 try:
                     async with asyncio.timeout(config.tcp_idle_timeout):
                         length = U16.unpack(await reader.readexactly(2))[0]
                         data = await reader.readexactly(length)
-                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                except asyncio.IncompleteReadError:
+                    half_closed = True  # EOF: the client may still read (RFC 7766 lets it half-close)
+                    break
+                except (TimeoutError, ConnectionError):
                     break
                 conn.last_active = time.monotonic()
                 result = self.query(data, conn.client, "tcp", listen.namespace)
@@ -295,9 +304,31 @@ class Server:
                 answered += 1
                 if answered % TCP_QUERIES_PER_TURN == 0:
                     await asyncio.sleep(0)  # queued queries of this client wait one turn; others' go first
+            if half_closed and conn.inflight:
+                await self._tcp_answer_pending(conn, config.servfail_after, config.tcp_idle_timeout)
         finally:
             self.tcp.release(conn)
             writer.close()
+
+    async def _tcp_answer_pending(self, conn: TcpConnection, servfail_after: float, idle_timeout: float) -> None:
+        """After the client's EOF: wait for its queries still on an upstream and send their replies.
+
+        Bounded from the connection's last query by the per-query deadline
+        (``servfail_after``, and a little for the reply to be written) and by
+        ``tcp_idle_timeout``, the longest an open connection is kept after its
+        last query anyway: half-closing never holds a connection longer. Replies
+        the client has not read by then are dropped with the connection.
+        """
+        remaining = conn.last_active + min(servfail_after + TCP_EOF_GRACE, idle_timeout) - time.monotonic()
+        writer = conn.writer
+        try:
+            async with asyncio.timeout(max(remaining, 0.0)):
+                while conn.inflight and not writer.is_closing():
+                    conn.room.clear()
+                    await conn.room.wait()
+                await writer.drain()
+        except (TimeoutError, ConnectionError):
+            writer.transport.abort()
 
     async def _tcp_room(self, conn: TcpConnection, max_unsent: int, timeout: float) -> bool:
         """Backpressure: wait until the client has read its replies; False when it never does."""
@@ -346,6 +377,7 @@ class Server:
 
 TCP_MAX_INFLIGHT = 64  # queries of one connection waiting on an upstream before it is read again
 TCP_QUERIES_PER_TURN = 16  # queries answered from one connection before it yields the event loop
+TCP_EOF_GRACE = 0.5  # seconds past servfail_after a half-closed connection waits for its last replies to go out
 
 
 @dataclass(eq=False)

@@ -28,6 +28,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector as _CollectorBase
 
 from resolver.pipeline.alerts import Alert
+from resolver.pipeline.loop import MAX_HOPS
 
 if TYPE_CHECKING:
     from resolver.operations.kubernetes import PodWatch
@@ -369,6 +370,9 @@ class Collector(_CollectorBase):
         yield counter("dnsgate_forwarding_loops",
                       "Queries that came back through an upstream carrying this dnsgate's mark (answered SERVFAIL).",
                       loops["loops"])
+        yield counter("dnsgate_forwarding_hops_exceeded",
+                      f"Queries carrying the marks of {MAX_HOPS} other forwarders (answered SERVFAIL).",
+                      loops["too_many_hops"])
         yield counter("dnsgate_forwarding_loops_suspected",
                       "Queries refused because too many for the same question were in flight.",
                       stats["loop_suspected"])

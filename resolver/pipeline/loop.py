@@ -3,12 +3,23 @@
 Every query dnsgate forwards carries an EDNS option (code 65353, from the
 range RFC 6891 leaves to local use) holding this dnsgate's mark; a client
 query without EDNS gets an OPT record for it, and the scrubber removes the OPT
-from the reply again. A query that arrives carrying this dnsgate's own mark,
-or the marks of ``MAX_HOPS`` forwarders (dnsgates chained on purpose add one
-each), has gone round: it is answered SERVFAIL at once, and the loop is logged
-once. The mark is the same for every worker of one dnsgate (it is derived
-from the host name and the listen addresses), so a loop through a sibling
-worker is caught on its first return.
+from the reply again. The scrubber also strips the option from every upstream
+reply (an upstream may echo the query's options), so the mark never reaches a
+client or the cache. A query that arrives carrying this dnsgate's own mark has
+gone round: it is answered SERVFAIL at once. The mark is the same for every
+worker of one dnsgate (it is derived from the host name and the listen
+addresses), so a loop through a sibling worker is caught on its first return.
+
+A query carrying the marks of ``MAX_HOPS`` other forwarders (dnsgates chained
+on purpose add one each) is answered SERVFAIL too. Those marks count whoever
+wrote them: on the wire a dnsgate downstream is just another client, so marks
+a client wrote itself cannot be told from a real chain's and are not ignored.
+That costs nothing: such a query only fails its own sender, as a query through
+too many forwarders would. Only distinct marks count (a dnsgate refuses a query
+with its own mark, so a real chain never repeats one), and the two cases are
+counted and logged apart: a client writing foreign marks cannot hide a loop
+through this dnsgate, whose own mark no client sees. Each is logged at most
+once a ``LOG_INTERVAL``, with the count since the last line.
 
 A loop through a resolver that drops unknown EDNS options (none of the
 common ones do) is caught by the forwarder instead: a cap on in-flight
@@ -31,6 +42,7 @@ log = logging.getLogger("dnsgate.loop")
 
 LOOP_OPTION = 65353
 MAX_HOPS = 8
+LOG_INTERVAL = 60.0  # seconds between two log lines of one kind; the count in between rides on the next
 
 
 def dnsgate_mark(config: Config) -> bytes:
@@ -39,16 +51,39 @@ def dnsgate_mark(config: Config) -> bytes:
     return hashlib.blake2b(f"{socket.gethostname()}|{listen}".encode(), digest_size=8).digest()
 
 
+class LogLimit:
+    """At most one log line per ``interval`` seconds of query time; counts the events in between."""
+
+    def __init__(self, interval: float = LOG_INTERVAL) -> None:
+        self.interval = interval
+        self.last_line = float("-inf")
+        self.held = 0  # events since the last line
+
+    def due(self, now: float) -> int:
+        """Count one event; when a line is due, how many it reports (this one included), else 0."""
+        self.held += 1
+        # Only the interval after the last line is quiet: a clock set back does not silence the log.
+        if self.last_line <= now < self.last_line + self.interval:
+            return 0
+        self.last_line = now
+        count = self.held
+        self.held = 0
+        return count
+
+
 class LoopGuard:
     """Marks forwarded queries and answers SERVFAIL to the ones that come back."""
 
     def __init__(self, mark: bytes | None = None) -> None:
         self.mark = mark if mark is not None else os.urandom(8)
-        self.loops = 0
+        self.loops = 0  # queries that came back carrying this dnsgate's own mark
+        self.too_many_hops = 0  # queries carrying the marks of MAX_HOPS other forwarders
         self.unmarked = 0  # queries that could not carry the mark (a record after OPT)
+        self.loop_log = LogLimit()
+        self.hops_log = LogLimit()
 
     def stats(self) -> dict[str, int]:
-        return {"loops": self.loops, "unmarked": self.unmarked}
+        return {"loops": self.loops, "too_many_hops": self.too_many_hops, "unmarked": self.unmarked}
 
     def marked(self, wire: bytes, question: Question) -> bytes:
         """The query as it leaves for an upstream, carrying this dnsgate's mark."""
@@ -69,14 +104,25 @@ class LoopGuard:
             marks = edns_options(query.wire, q, LOOP_OPTION)
         except MalformedMessage:
             return None
-        if not marks or (self.mark not in marks and len(marks) < MAX_HOPS):
+        if not marks:
             return None
-        self.loops += 1
-        if self.loops == 1:
-            how = "its own mark" if self.mark in marks else f"{len(marks)} forwarders' marks"
-            log.error("forwarding loop: a query for %s came back from %s carrying %s; answering SERVFAIL "
-                      "(check upstreams: and the upstreams' own forwarders)",
-                      name_to_text(q.qname), query.client, how)
+        if self.mark in marks:
+            self.loops += 1
+            count = self.loop_log.due(query.now)
+            if count:
+                log.error("forwarding loop: a query for %s came back from %s carrying its own mark; answering "
+                          "SERVFAIL (check upstreams: and the upstreams' own forwarders); such queries since the "
+                          "last line: %d", name_to_text(q.qname), query.client, count)
+        else:
+            hops = len(set(marks))
+            if hops < MAX_HOPS:
+                return None
+            self.too_many_hops += 1
+            count = self.hops_log.due(query.now)
+            if count:
+                log.warning("a query for %s from %s carries the marks of %d forwarders; answering SERVFAIL (a "
+                            "chain of forwarders that long is a mistake, or the client wrote the marks itself); "
+                            "such queries since the last line: %d", name_to_text(q.qname), query.client, hops, count)
         reply = servfail(query.wire, q)
         reply.action = "loop"
         return reply

@@ -10,6 +10,9 @@ full decode. The rules:
   and the DNSSEC records (DS, NSEC, NSEC3, RRSIG) inside that zone;
 - the additional section keeps only addresses of names that a kept NS, MX, SRV,
   SVCB or HTTPS record points at (and OPT, which dnspython carries apart);
+- the OPT record loses every option with the loop guard's code (65353, see
+  resolver/pipeline/loop.py): an upstream that echoes the query's options (as
+  Unbound does in a FORMERR) would otherwise hand a client dnsgate's mark;
 - anything that does not decode is malformed: the client gets SERVFAIL and a
   counter moves, never an exception.
 
@@ -32,6 +35,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from resolver.pipeline.loop import LOOP_OPTION
 from resolver.wire.message import Question, without_trailing_opt
 
 MAX_CHAIN = 16  # CNAME/DNAME links followed in one reply; longer chains are cut there
@@ -147,9 +151,11 @@ def scrub(raw: bytes, question: Question, *, client_edns: bool = True) -> Upstre
         + _count(msg.additional) - _count(additional)
     )
     strip_opt = not client_edns and msg.opt is not None
-    if not removed and not strip_opt:
+    # Rare (an upstream echoing the query's options): the usual reply carries no mark.
+    strip_mark = not strip_opt and _carries_option(msg, LOOP_OPTION)
+    if not removed and not strip_opt and not strip_mark:
         return UpstreamAnswer(raw, msg, chain)
-    if not removed:
+    if not removed and strip_opt:
         cut = without_trailing_opt(raw)  # the usual case: no need to render the message again
         if cut is not None:
             msg.use_edns(False)
@@ -157,11 +163,18 @@ def scrub(raw: bytes, question: Question, *, client_edns: bool = True) -> Upstre
     msg.answer, msg.authority, msg.additional = answer, authority, additional
     if strip_opt:
         msg.use_edns(False)
+    elif strip_mark:
+        kept = [option for option in msg.options if option.otype != LOOP_OPTION]
+        msg.use_edns(msg.edns, msg.ednsflags, msg.payload, options=kept)
     try:
         wire = msg.to_wire(max_size=65535)
     except dns.exception.DNSException as exc:
         raise MalformedReply(f"cannot render: {exc}") from None
     return UpstreamAnswer(wire, msg, chain, removed)
+
+
+def _carries_option(msg: dns.message.Message, code: int) -> bool:
+    return any(option.otype == code for option in msg.options)
 
 
 def _count(rrsets: list[dns.rrset.RRset]) -> int:

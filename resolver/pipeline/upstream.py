@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resolver.config import Upstream
+from resolver.pipeline.loop import LogLimit
 from resolver.wire.message import TC, U16, Question
 
 log = logging.getLogger("dnsgate.upstream")
@@ -176,6 +177,7 @@ class Forwarder:
         self.servfails = 0
         self.inflight: dict[bytes, int] = {}  # question -> queries waiting on an upstream for it
         self.loop_suspected = 0
+        self.loop_suspected_log = LogLimit()
 
     def ordered(self, now: float) -> list[UpstreamClient]:
         """Healthy upstreams in configured order, then the unhealthy ones (retried after a while)."""
@@ -212,9 +214,10 @@ class Forwarder:
             # The same question this many times at once: a loop through a resolver that
             # dropped the loop guard's mark, most likely. Do not feed it.
             self.loop_suspected += 1
-            if self.loop_suspected == 1:
-                log.error("%d queries for the same question in flight: a forwarding loop? answering SERVFAIL",
-                          waiting)
+            count = self.loop_suspected_log.due(time.monotonic())
+            if count:  # a client asking one slow name many times can cause this too: never only once
+                log.error("%d queries for the same question in flight: a forwarding loop? answering SERVFAIL; "
+                          "such queries since the last line: %d", waiting, count)
             self.servfails += 1
             return None
         if self.mark is not None:

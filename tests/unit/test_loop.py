@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import dns.edns
 import dns.message
 import dns.rcode
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resolver.pipeline.loop import LOOP_OPTION, MAX_HOPS, LoopGuard
+from resolver.pipeline.loop import LOOP_OPTION, MAX_HOPS, LogLimit, LoopGuard
 from resolver.pipeline.query import Query
 from resolver.wire.message import add_edns_option, edns_options, parse_query
 
@@ -31,8 +34,8 @@ def test_a_mark_is_added_and_found_and_the_query_still_decodes(
     assert edns_options(marked, parse_query(marked), LOOP_OPTION) == [mark]
 
 
-def query_of(wire: bytes) -> Query:
-    return Query(wire, parse_query(wire), "127.0.0.1", "udp", 0.0)
+def query_of(wire: bytes, now: float = 0.0) -> Query:
+    return Query(wire, parse_query(wire), "127.0.0.1", "udp", now)
 
 
 def test_own_mark_or_too_many_hops_is_a_loop() -> None:
@@ -48,4 +51,62 @@ def test_own_mark_or_too_many_hops_is_a_loop() -> None:
         other = LoopGuard(bytes([hop]) * 8).marked(other, parse_query(other))
         looped = guard.resolve(query_of(other)) is not None
         assert looped == (hop + 1 >= MAX_HOPS), hop
-    assert guard.stats()["loops"] == 2
+    assert guard.stats()["loops"] == 1
+    assert guard.stats()["too_many_hops"] == 1
+
+
+def with_marks(*marks: bytes) -> bytes:
+    return dns.message.make_query("a.test", "A", use_edns=0,
+                                  options=[dns.edns.GenericOption(LOOP_OPTION, m) for m in marks]).to_wire()
+
+
+def test_only_distinct_foreign_marks_count_as_hops() -> None:
+    """A real chain never repeats a mark (each dnsgate refuses its own), so copies are one hop."""
+    guard = LoopGuard(b"12345678")
+    assert guard.resolve(query_of(with_marks(*[b"other-01"] * MAX_HOPS))) is None
+    assert guard.resolve(query_of(with_marks(*[bytes([i]) * 8 for i in range(MAX_HOPS - 1)] * 2))) is None
+    assert guard.resolve(query_of(with_marks(*[bytes([i]) * 8 for i in range(MAX_HOPS)]))) is not None
+    assert guard.stats() == {"loops": 0, "too_many_hops": 1, "unmarked": 0}
+
+
+def test_a_loop_is_logged_at_most_once_a_minute_with_the_count(caplog: pytest.LogCaptureFixture) -> None:
+    guard = LoopGuard(b"12345678")
+    looped = with_marks(b"12345678")
+    caplog.set_level(logging.WARNING, logger="dnsgate.loop")
+    for second in (0.0, 1.0, 30.0, 59.9):
+        assert guard.resolve(query_of(looped, 1000.0 + second)) is not None
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1
+    assert "carrying its own mark" in lines[0]
+    assert lines[0].endswith("such queries since the last line: 1")
+    assert guard.resolve(query_of(looped, 1060.0)) is not None
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert lines[1].endswith("such queries since the last line: 4")  # the three held back and this one
+    assert guard.stats()["loops"] == 5
+
+
+def test_forged_hops_do_not_use_up_the_loop_log(caplog: pytest.LogCaptureFixture) -> None:
+    """A client writing foreign marks gets SERVFAIL for itself; a real loop later is still logged."""
+    guard = LoopGuard(b"12345678")
+    forged = with_marks(*[bytes([i]) * 8 for i in range(MAX_HOPS)])
+    caplog.set_level(logging.WARNING, logger="dnsgate.loop")
+    for second in range(100):
+        reply = guard.resolve(query_of(forged, float(second)))
+        assert reply is not None
+        assert reply.rcode == dns.rcode.SERVFAIL
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.WARNING]  # at 0 s and 60 s
+    guard.resolve(query_of(with_marks(b"12345678"), 100.0))
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "forwarding loop" in errors[0]
+    assert guard.stats() == {"loops": 1, "too_many_hops": 100, "unmarked": 0}
+
+
+def test_the_log_limit_is_not_silenced_by_a_clock_set_back() -> None:
+    limit = LogLimit(60.0)
+    assert limit.due(1000.0) == 1
+    assert limit.due(1010.0) == 0
+    assert limit.due(500.0) == 2  # the wall clock went back: a line now, not in 560 s
+    assert limit.due(520.0) == 0
+    assert limit.due(560.0) == 2

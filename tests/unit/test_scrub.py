@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dns.edns
 import dns.message
 import dns.rcode
 import dns.rdatatype
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from resolver.pipeline.loop import LOOP_OPTION
 from resolver.pipeline.scrub import MalformedReply, scrub
 from resolver.wire.message import parse_query
 
@@ -131,3 +133,47 @@ def test_mangled_replies_raise_only_malformed_reply(data: st.DataObject) -> None
     except MalformedReply:
         return
     dns.message.from_wire(out.wire)  # what goes on decodes
+
+
+# Option codes dnspython decodes as GenericOption (any octets are valid data), the loop guard's among them.
+generic_codes = st.integers(0, 65535).filter(lambda c: dns.edns.get_option_class(c) is dns.edns.GenericOption)
+reply_options = st.lists(
+    st.tuples(st.one_of(st.just(LOOP_OPTION), generic_codes), st.binary(max_size=12)), max_size=8
+)
+
+
+def options_of(msg: dns.message.Message) -> list[tuple[int, bytes]]:
+    return [(int(o.otype), o.to_wire()) for o in msg.options]
+
+
+@settings(max_examples=200, deadline=None)
+@given(reply_options, st.booleans(), st.booleans())
+def test_the_loop_mark_never_leaves_the_scrubber_and_other_options_stay_in_order(
+    options: list[tuple[int, bytes]], off_chain_record: bool, client_edns: bool
+) -> None:
+    """Whatever options an upstream's reply carries (an echo of the query's, say), none with
+    the loop guard's code comes out, and the others are kept in their order."""
+    answers = ["www.a.test. 60 A 192.0.2.1"] + (["evil.test. 60 A 6.6.6.6"] if off_chain_record else [])
+    query, _ = exchange("www.a.test.", "A")
+    reply = dns.message.from_wire(exchange("www.a.test.", "A", *answers, rcode=dns.rcode.FORMERR)[1])
+    reply.use_edns(0, reply.ednsflags, 1232, options=[dns.edns.GenericOption(c, d) for c, d in options])
+    out = scrub(reply.to_wire(), parse_query(query), client_edns=client_edns)
+    sent = dns.message.from_wire(out.wire)
+    expected = [(c, d) for c, d in options if c != LOOP_OPTION] if client_edns else []
+    for msg in (sent, out.message):
+        assert options_of(msg) == expected
+        assert msg.rcode() == dns.rcode.FORMERR
+        assert kept(msg) == [("www.a.test.", "A")]
+    if not off_chain_record and LOOP_OPTION not in [c for c, _ in options] and client_edns:
+        assert out.wire == reply.to_wire()  # nothing to take out: the upstream's own bytes
+
+
+def test_the_loop_mark_is_stripped_from_an_extended_rcode_reply() -> None:
+    query, _ = exchange("www.a.test.", "A")
+    reply = dns.message.from_wire(exchange("www.a.test.", "A")[1])
+    reply.set_rcode(dns.rcode.BADVERS)  # the rcode's upper bits live in the OPT record's TTL
+    reply.use_edns(0, reply.ednsflags, 1232, options=[dns.edns.GenericOption(LOOP_OPTION, b"12345678")])
+    sent = dns.message.from_wire(scrub(reply.to_wire(), parse_query(query)).wire)
+    assert sent.options == ()
+    assert sent.rcode() == dns.rcode.BADVERS
+    assert sent.payload == 1232
