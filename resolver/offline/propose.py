@@ -356,11 +356,17 @@ def from_captures(
     problems: Any = None,
     progress: Any = None,
 ) -> Proposal:
-    """Replay the captures with every namespace learning, then propose from what it learned."""
+    """Replay the captures with every namespace learning, then propose from what it learned.
+
+    At most ``max_names`` (namespace, name, type) records are kept, the least recently
+    asked dropped first; the proposal's ``hint`` says how many were.
+    """
+    if max_names < 1:
+        raise ValueError(f"max_names must be at least 1, not {max_names}")
     learning = dataclasses.replace(
         config,
         namespaces={k: dataclasses.replace(ns, mode="learn") for k, ns in config.namespaces.items()},
-        learn_max_records=max(config.learn_max_records, max_names),
+        learn_max_records=max_names,
     )
     captured: list[LearnBook] = []
     report = replay(paths, learning, problems=problems, progress=progress, ports=ports,
@@ -369,6 +375,9 @@ def from_captures(
     proposal = from_book(captured[0], flagged, config, collapse)
     proposal.sources = list(paths)
     proposal.hint = port_hint("dnsgate propose", report, frozenset(ports))
+    if captured[0].evicted:
+        proposal.hint += (f"dnsgate propose: {captured[0].evicted:,} of the least recently asked records "
+                          f"were dropped to keep {max_names:,} (--max-names)\n")
     return proposal
 
 
@@ -562,6 +571,9 @@ def run_propose(args: argparse.Namespace) -> int:
     if setup is None:
         return 2
     config, ports = setup
+    if args.max_names < 1:
+        print(f"{prog}: --max-names takes a number of records, at least 1 (not {args.max_names})", file=sys.stderr)
+        return 2
     if args.config:
         loaded = config_mod.read_document(Path(args.config).read_text(encoding="utf-8")) or {}
         raw = _absolute(loaded, Path(args.config).resolve().parent)

@@ -1,4 +1,4 @@
-"""`dnsgate propose` on names a client wrote octet by octet.
+"""`dnsgate propose` on names a client wrote octet by octet, and on --max-names.
 
 The captures are built here with struct (the DNS messages, so a label can hold
 any octet, a lone '*' included) and dpkt (Ethernet/IPv4/UDP around them). The
@@ -130,3 +130,25 @@ def test_odd_octets_are_proposed_as_the_name_itself(tmp_path: Path) -> None:
         "a\\032b.evil.test", "a\\.b.evil.test", "\\000.evil.test", "\\195\\169.evil.test", "www.evil.test",
         "x.y\\..evil.test", "www.test\\.",  # the last label's dot is no root
     }
+
+
+def test_max_names_keeps_that_many_records(tmp_path: Path) -> None:
+    capture = tmp_path / "twenty.pcap"
+    write_capture(capture, [[f"host{i:02d}".encode(), b"example", b"org"] for i in range(20)])
+    everything = dnsgate("propose", str(capture), "--collapse", "0")
+    assert len(allow_of(everything.stdout, tmp_path)) == 20
+    out = dnsgate("propose", str(capture), "--collapse", "0", "--max-names", "10")
+    assert out.returncode == 0, out.stderr
+    assert set(allow_of(out.stdout, tmp_path)) == {f"host{i:02d}.example.org" for i in range(10, 20)}
+    assert "dnsgate propose: 10 of the least recently asked records were dropped to keep 10 (--max-names)" \
+        in out.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_max_names_below_one_is_refused(tmp_path: Path, value: str) -> None:
+    capture = tmp_path / "one.pcap"
+    write_capture(capture, [[b"www", b"example", b"org"]])
+    out = dnsgate("propose", str(capture), f"--max-names={value}")
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert out.stderr == f"dnsgate propose: --max-names takes a number of records, at least 1 (not {value})\n"
