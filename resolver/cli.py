@@ -332,7 +332,8 @@ def _main(argv: list[str] | None) -> tuple[int, str]:
     propose.add_argument("--mode", choices=("observe", "enforce"), default="observe",
                          help="mode written for namespaces that were learning (default observe)")
     propose.add_argument("--max-names", type=int, default=DEFAULT_MAX_NAMES,
-                         help=f"distinct (namespace, name, type) records kept (default {DEFAULT_MAX_NAMES:,})")
+                         help=f"distinct (namespace, name, type) records kept, at least 1; the least recently "
+                              f"asked are dropped first (default {DEFAULT_MAX_NAMES:,})")
     propose.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
                          help="progress bar on stderr (auto: when stderr is a terminal)")
     propose.set_defaults(func=_propose)

@@ -109,7 +109,11 @@ def _check_name(path: str, line: int, key: str, text: Any) -> str:
 
 
 def _allow_entry(text: Any, _info: ValidationInfo | None = None) -> str:
-    """An allowlist entry: a name, optionally with a leading ``*.``."""
+    """An allowlist entry: a name, optionally with a leading ``*.``.
+
+    Only a ``*.`` written first makes a wildcard; ``\\042`` is a label's literal
+    ``*`` (and ``\\.`` a '.' inside a label), so every name has an exact entry.
+    """
     if not isinstance(text, str) or not text:
         fail(f"must be a domain name, not {text!r}")
     import dns.exception
@@ -122,7 +126,16 @@ def _allow_entry(text: Any, _info: ValidationInfo | None = None) -> str:
         dns.name.from_text(body)
     except dns.exception.DNSException as exc:
         fail(f"not a domain name: {text!r} ({exc})")
-    return text.rstrip(".").lower() or "."
+    return _relative(text).lower() or "."
+
+
+def _relative(text: str) -> str:
+    """``text`` without the dot that ends an absolute name; a trailing ``\\.`` is the last label's octet."""
+    if not text.endswith("."):
+        return text
+    stem = text[:-1]
+    escapes = len(stem) - len(stem.rstrip("\\"))
+    return text if escapes % 2 else stem
 
 
 def _zone(text: Any, info: ValidationInfo | None = None) -> str:

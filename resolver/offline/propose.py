@@ -23,10 +23,17 @@ namespace with the reason, for a person to judge:
 - names whose queries were mostly answered NXDOMAIN (what a tunnel's names get
   from an upstream that has never heard of them);
 - names with a random-looking label (the detector's own encoded-label test),
-  unless the domain is exempt from detection (CDNs and the like).
+  unless the domain is exempt from detection (CDNs and the like);
+- names with a label that is a lone ``*``: a client can ask for one, and an
+  entry spelled ``*.domain`` would allow all of ``domain``.
 
 These are left out before names are folded into ``*.domain``, so random
 NXDOMAIN names can never add up to a wildcard.
+
+Every entry is written so that the config loader reads it back as exactly the
+name seen (:func:`entry_text`): a '.' inside a label as ``\\.``, octets that are
+not printable as ``\\DDD``, and a '*' as ``\\042``, so no octet a client puts in a
+name turns an entry into a wildcard.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
@@ -58,10 +65,28 @@ from resolver.offline.replay import (
 from resolver.pipeline.learn import LearnBook, RedisLearnStore
 from resolver.wire.message import NXDOMAIN
 
-__all__ = ["Entry", "Proposal", "from_book", "from_captures", "from_redis", "render"]
+__all__ = ["Entry", "Proposal", "entry_text", "from_book", "from_captures", "from_redis", "render"]
 
 DEFAULT_COLLAPSE = 5
 DEFAULT_MAX_NAMES = 500_000
+
+_STAR: Final = b"*"
+
+
+def entry_text(name: bytes) -> str:
+    """The allow entry for exactly the wire name ``name`` (never a wildcard), without trailing dot.
+
+    Presentation text (``\\.`` for a '.' inside a label, ``\\DDD`` for octets that
+    are not printable) with every '*' written ``\\042``: the loader reads a ``*.``
+    written first as a wildcard and refuses a '*' anywhere else.
+    """
+    # name_to_text leaves a '*' as it is, and no escape it writes holds one.
+    return name_to_text(name).replace("*", "\\042")
+
+
+def wildcard_text(domain: bytes) -> str:
+    """The allow entry for every name below the wire name ``domain``."""
+    return "*." + entry_text(domain)
 
 
 @dataclass(slots=True)
@@ -189,7 +214,7 @@ def from_book(
         names = by_ns.setdefault(learned_ns, {})
         obs = names.get(qname)
         if obs is None:
-            obs = names[qname] = Observed(qname, name_to_text(qname))
+            obs = names[qname] = Observed(qname, entry_text(qname))
             domain_of[qname] = registrable_wire(qname)
         obs.count += seen.count
         if seen.rcode == NXDOMAIN:
@@ -254,6 +279,10 @@ def _doubtful(obs: Observed, settings: DetectorSettings, exempt: Sequence[bytes]
     """Why a person, not propose, should decide on this name; "" when it may be proposed."""
     if obs.nxdomain * 2 > obs.count:
         return f"mostly NXDOMAIN ({obs.nxdomain} of {_plural(obs.count, 'query', 'queries')})"
+    if _STAR in labels_of(obs.wire):
+        # Exempt domains too: no hostname has such a label, and a person who moves the
+        # line up gets this one name (\042 is a literal '*', never a wildcard).
+        return "a label that is a lone '*' (written \\042: this one name, not a wildcard)"
     if _under(obs.wire, exempt):
         return ""
     shape = features_of(obs.wire).encoded_shape(settings.encoded_label_min, settings.entropy_ratio)
@@ -275,7 +304,7 @@ class Refused:
     def tunnel(self, domain: bytes, obs: Observed) -> None:
         e = self._tunnels.get(domain)
         if e is None:
-            e = self._tunnels[domain] = Entry(f"*.{name_to_text(domain)}", 0, obs.first, obs.last, 0,
+            e = self._tunnels[domain] = Entry(wildcard_text(domain), 0, obs.first, obs.last, 0,
                                               "flagged by the detector as a tunnel")
             self.entries.append(e)
         e.count += obs.count
@@ -304,7 +333,7 @@ def _collapse(kept: dict[bytes, Observed], domain_of: dict[bytes, bytes], collap
         below = [m for m in members if m.wire != domain]
         if collapse > 0 and len(below) >= collapse and domain != b"\x00":
             out.append(Entry(
-                f"*.{name_to_text(domain)}",
+                wildcard_text(domain),
                 sum(m.count for m in below),
                 min(m.first for m in below),
                 max(m.last for m in below),
@@ -327,11 +356,17 @@ def from_captures(
     problems: Any = None,
     progress: Any = None,
 ) -> Proposal:
-    """Replay the captures with every namespace learning, then propose from what it learned."""
+    """Replay the captures with every namespace learning, then propose from what it learned.
+
+    At most ``max_names`` (namespace, name, type) records are kept, the least recently
+    asked dropped first; the proposal's ``hint`` says how many were.
+    """
+    if max_names < 1:
+        raise ValueError(f"max_names must be at least 1, not {max_names}")
     learning = dataclasses.replace(
         config,
         namespaces={k: dataclasses.replace(ns, mode="learn") for k, ns in config.namespaces.items()},
-        learn_max_records=max(config.learn_max_records, max_names),
+        learn_max_records=max_names,
     )
     captured: list[LearnBook] = []
     report = replay(paths, learning, problems=problems, progress=progress, ports=ports,
@@ -340,6 +375,9 @@ def from_captures(
     proposal = from_book(captured[0], flagged, config, collapse)
     proposal.sources = list(paths)
     proposal.hint = port_hint("dnsgate propose", report, frozenset(ports))
+    if captured[0].evicted:
+        proposal.hint += (f"dnsgate propose: {captured[0].evicted:,} of the least recently asked records "
+                          f"were dropped to keep {max_names:,} (--max-names)\n")
     return proposal
 
 
@@ -533,6 +571,9 @@ def run_propose(args: argparse.Namespace) -> int:
     if setup is None:
         return 2
     config, ports = setup
+    if args.max_names < 1:
+        print(f"{prog}: --max-names takes a number of records, at least 1 (not {args.max_names})", file=sys.stderr)
+        return 2
     if args.config:
         loaded = config_mod.read_document(Path(args.config).read_text(encoding="utf-8")) or {}
         raw = _absolute(loaded, Path(args.config).resolve().parent)

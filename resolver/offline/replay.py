@@ -158,7 +158,8 @@ class NamespaceSummary:
 
     @property
     def unique_names(self) -> int:
-        return self.unique.count()
+        """An estimate (HyperLogLog, a few percent off), never more than the queries."""
+        return min(self.unique.count(), self.queries)
 
     def top_flagged(self, n: int = 10) -> list[FlaggedDomain]:
         return sorted(
@@ -597,7 +598,7 @@ def render_table(report: ReplayReport, top: int = 10) -> str:
         out.append(f"namespace {s.name}  (mode {s.mode}, detection {s.detection})")
         actions = ", ".join(f"{k} {v:,}" for k, v in s.actions.most_common())
         out.append(f"  queries        {s.queries:>10,}   ({actions})")
-        out.append(f"  unique names   {s.unique_names:>10,}")
+        out.append(f"  unique names   {f'~{s.unique_names:,}':>10}   (estimate)")
         out.append(f"  names denied   {len(s.denied) + s.denied_overflow:>10,}")
         if s.denied:
             out.append("    by domain (names denied):")

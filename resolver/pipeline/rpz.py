@@ -269,10 +269,13 @@ class AllowList:
         self.exact: dict[bytes, Rule] = {}
         self.wildcard: dict[bytes, Rule] = {}  # "*.example.com": every name below example.com
         for entry in entries:
-            wire = _wire(dns.name.from_text(entry))
+            # The text says what is a wildcard: "*." written first. An escaped '*'
+            # ("\\042.example.com") is one literal name, as the config loader reads it.
+            wildcard = entry.startswith("*.")
+            wire = _wire(dns.name.from_text(entry[2:] if wildcard else entry))
             rule = Rule(Action.PASSTHRU, name, entry, allowlist=True)
-            if wire.startswith(WILDCARD):
-                self.wildcard.setdefault(wire[2:], rule)
+            if wildcard:
+                self.wildcard.setdefault(wire, rule)
             else:
                 self.exact.setdefault(wire, rule)
 

@@ -128,6 +128,20 @@ def test_table_format_per_namespace_summary() -> None:
     assert "info_bytes=" in text
 
 
+def test_table_marks_unique_names_as_an_estimate_never_above_the_queries() -> None:
+    # 1,000 names, each asked once: the HyperLogLog estimate is 1,040 for this capture.
+    out = dnsgate("replay", str(TUNNELS / "synth_hex16.pcap"), "--format", "table")
+    assert out.returncode == 0, out.stderr
+    queries = re.search(r"^  queries +([\d,]+) ", out.stdout, re.M)
+    unique = re.search(r"^  unique names +~([\d,]+)   \(estimate\)$", out.stdout, re.M)
+    assert queries, out.stdout
+    assert unique, out.stdout
+    assert queries.group(1) == "1,000"
+    assert unique.group(1) == "1,000"  # capped at the queries
+    summary = dnsgate("replay", str(TUNNELS / "synth_hex16.pcap"))
+    assert "1,000 queries, ~1,000 unique names" in summary.stderr
+
+
 def test_set_overrides_a_threshold_and_rejects_unknown_keys() -> None:
     path = str(CORPUS / "dns2tcp_txt_dev.pcap")
     quiet = dnsgate("replay", path, "--set", "alert_points=1000")
