@@ -399,7 +399,8 @@ class Replay:
 
 
 class StdoutClosed(Exception):
-    """The reader of stdout went away (``dnsgate replay ... | head``)."""
+    """The reader of stdout went away (``dnsgate replay ... | head``); the console command
+    (``resolver.cli.entry``) ends quietly on it, as on any BrokenPipeError from stdout."""
 
 
 class StdoutAlerts(JsonlSink):
@@ -822,10 +823,6 @@ def run_replay(args: argparse.Namespace) -> int:
     except CaptureError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    except StdoutClosed:
-        # Keep Python from complaining again when it flushes stdout at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     if args.format == "table":
         sys.stdout.write(render_table(report, args.top))
     else:
