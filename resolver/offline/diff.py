@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 from heuristics import DetectorSettings, name_to_text
 from heuristics.names import wire_of
 from resolver.config import Config
-from resolver.offline.capture import is_capture
+from resolver.offline.capture import is_capture, utc_text
 from resolver.offline.declared import Declaration, Source, declarations_or_error
 from resolver.offline.propose import search_expansion
 from resolver.offline.replay import ProblemPrinter, capture_setup, replay, source_error
@@ -173,7 +172,7 @@ def compare(declaration: Declaration, observed: Observed,
 
 
 def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)) if ts and ts != float("inf") else "-"
+    return utc_text(ts) if ts and ts != float("inf") else "-"
 
 
 def _clients(obs: Observation) -> str:

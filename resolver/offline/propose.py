@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ from heuristics.names import DEFAULT_EXEMPTIONS, is_subdomain, labels_of, regist
 from heuristics.state import MemoryState
 from resolver import config as config_mod
 from resolver.config import Config
+from resolver.offline.capture import utc_text
 from resolver.offline.replay import (
     ProblemPrinter,
     Progress,
@@ -125,7 +125,7 @@ def _plural(n: int, one: str, many: str = "") -> str:
 
 
 def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    return utc_text(ts)
 
 
 # --- building the proposal -------------------------------------------------------------

@@ -176,12 +176,18 @@ class ReplayReport:
     matched: int = 0
     malformed: int = 0
     problems: int = 0
-    first_ts: float = 0.0
-    last_ts: float = 0.0
+    # The earliest and latest capture times seen: a capture's packets need not be in time order.
+    first_ts: float = float("inf")
+    last_ts: float = float("-inf")
     alerts: Counter[str] = field(default_factory=Counter)
     namespaces: dict[str, NamespaceSummary] = field(default_factory=dict)
     seconds: float = 0.0
     elsewhere: Counter[int] = field(default_factory=Counter)  # DNS-looking UDP on ports not replayed
+
+    @property
+    def span(self) -> float:
+        """Seconds of capture time from the earliest packet to the latest (0 without packets)."""
+        return self.last_ts - self.first_ts if self.packets else 0.0
 
     def flagged_domains(self) -> set[str]:
         return {d for s in self.namespaces.values() for d in s.flagged}
@@ -307,7 +313,7 @@ class Replay:
             else:
                 self._listeners[(lst.address, lst.port)] = lst.namespace
         self._pending: dict[tuple[str, int, int, bytes], Query] = {}
-        self._next_sweep = 0.0
+        self._next_sweep = float("-inf")  # the first packet sweeps, whatever its time
         # Keyed by namespace name: hashing a Namespace (its client networks) per query costs.
         self._summaries: dict[str | None, NamespaceSummary] = {}
 
@@ -318,10 +324,11 @@ class Replay:
         report = self.report
         report.packets += 1
         now = pkt.ts
-        report.last_ts = now
+        if now > report.last_ts:
+            report.last_ts = now
+        if now < report.first_ts:
+            report.first_ts = now
         if now >= self._next_sweep:
-            if not report.first_ts:
-                report.first_ts = now
             self.engine.alerts.sweep(now)
             self._next_sweep = now + SWEEP_EVERY
         if pkt.is_response:
@@ -394,7 +401,7 @@ class Replay:
         for s in self.report.namespaces.values():
             if s.upstream:
                 s.actions["upstream"] = s.upstream
-        asyncio.run(self.engine.close(self.report.last_ts))
+        asyncio.run(self.engine.close(self.report.last_ts if self.report.packets else 0.0))
         return self.report
 
 
@@ -583,7 +590,7 @@ def render_table(report: ReplayReport, top: int = 10) -> str:
     from resolver.offline.report import evidence_text  # the HTML page's module: a jsonl replay never loads it
 
     out: list[str] = []
-    span = report.last_ts - report.first_ts if report.first_ts else 0.0
+    span = report.span
     out.append(
         f"replayed {report.queries:,} queries ({report.responses:,} responses, "
         f"{report.matched:,} matched to forwarded queries) over {span:,.0f}s of capture "
@@ -839,8 +846,9 @@ def run_replay(args: argparse.Namespace) -> int:
 def _write_report(prog: str, path: str, render: Callable[[], str]) -> int:
     from resolver.offline.report import write as write_page  # the HTML page's module, for --report only
 
+    text = render()  # outside the try: only an error writing the file is the file's
     try:
-        write_page(path, render())
+        write_page(path, text)
     except OSError as exc:
         print(f"{prog}: --report {path}: {exc.strerror or exc}", file=sys.stderr)
         return 2

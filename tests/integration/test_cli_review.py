@@ -9,10 +9,12 @@ reversed, files that are not UTF-8 or not regular files.
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import dpkt
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -72,3 +74,71 @@ def test_a_closed_stdout_nothing_was_written_to_keeps_the_status() -> None:
 
 def test_help_names_the_closed_stdout_status() -> None:
     assert "141" in dnsgate("--help").stdout
+
+
+# --- capture times out of the calendar, or out of order ----------------------------------
+
+
+def _block(kind: int, body: bytes) -> bytes:
+    body += b"\0" * (-len(body) % 4)
+    return struct.pack("<II", kind, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
+
+
+def write_pcapng(path: Path, source: Path, tsoffset: int) -> None:
+    """``source``'s packets as a pcapng whose interface adds ``tsoffset`` seconds to every time."""
+    offset = struct.pack("<HH", 14, 8) + struct.pack("<q", tsoffset)  # if_tsoffset
+    out = [_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)),
+           _block(1, struct.pack("<HHI", dpkt.pcap.DLT_EN10MB, 0, 65535) + offset + b"\0\0\0\0")]
+    with source.open("rb") as fh:
+        for ts, frame in dpkt.pcap.Reader(fh):
+            micros = round(ts * 1e6)
+            out.append(_block(6, struct.pack("<IIIII", 0, micros >> 32, micros & 0xFFFFFFFF, len(frame), len(frame))
+                              + frame))
+    path.write_bytes(b"".join(out))
+
+
+@pytest.mark.parametrize("tsoffset", [2**62, -(2**62)])
+def test_capture_times_out_of_the_calendar_are_shown_not_fatal(tmp_path: Path, tsoffset: int) -> None:
+    capture = tmp_path / "far.pcapng"
+    write_pcapng(capture, TUNNEL, tsoffset)
+    far = f"@{float(tsoffset):.3g}s"  # seconds from the epoch, as the time cannot be a date
+
+    table = dnsgate("replay", str(capture), "--format", "table")
+    no_traceback(table)
+    assert table.returncode == 0, table.stderr
+
+    page = tmp_path / "r.html"
+    report = dnsgate("replay", str(capture), "--report", str(page))
+    no_traceback(report)
+    assert report.returncode == 0, report.stderr
+    assert f"report written to {page}" in report.stderr
+    assert far in page.read_text(encoding="utf-8")
+
+    proposed = dnsgate("propose", str(capture))
+    no_traceback(proposed)
+    assert proposed.returncode == 0, proposed.stderr
+    assert far in proposed.stdout
+
+    diff = dnsgate("diff", "--declared", str(HOSTS), "--", str(capture))
+    no_traceback(diff)
+    assert diff.returncode == 1, diff.stderr  # undeclared names seen: the documented 1, not a crash's
+    assert far in diff.stdout
+
+
+def test_report_blames_the_file_only_for_writing_it(tmp_path: Path) -> None:
+    done = dnsgate("replay", str(TUNNEL), "--report", str(tmp_path / "no-such-dir" / "r.html"))
+    assert done.returncode == 2
+    assert f"dnsgate replay: --report {tmp_path / 'no-such-dir' / 'r.html'}: No such file or directory" in done.stderr
+
+
+def test_table_span_runs_from_the_earliest_time_to_the_latest(tmp_path: Path) -> None:
+    capture = tmp_path / "reversed.pcap"
+    with capture.open("wb") as fh:
+        writer = dpkt.pcap.Writer(fh)
+        with TUNNEL.open("rb") as src:
+            frames = [frame for _ts, frame in dpkt.pcap.Reader(src)][:20]
+        for i, frame in enumerate(frames):  # one packet a second, the last one first
+            writer.writepkt(frame, 1_800_000_000.0 + len(frames) - 1 - i)
+    done = dnsgate("replay", str(capture), "--format", "table")
+    assert done.returncode == 0, done.stderr
+    assert f"over {len(frames) - 1}s of capture" in done.stdout.splitlines()[0]
