@@ -89,11 +89,28 @@ def replay_config(path: str | None) -> Config:
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE read as YAML (``3``, ``0.5``, ``[TXT, NULL]``, ``true``)."""
+    """``KEY=VALUE`` with VALUE read as YAML (``3``, ``0.5``, ``[TXT, NULL]``, ``true``).
+
+    Raises ValueError with a one-line reason (``KEY: '[1,2' is not a YAML value: ...``)."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise ValueError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), yaml.safe_load(value) if value.strip() else value
+        raise ValueError(f"{text!r}: expected KEY=VALUE")
+    try:
+        return key.strip(), yaml_value(value) if value.strip() else value
+    except ValueError as exc:
+        raise ValueError(f"{key.strip()}: {exc}") from None
+
+
+def yaml_value(text: str) -> Any:
+    """``text`` read as one YAML value; ValueError with a one-line reason when it is none."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = str(exc).splitlines()[0]
+        if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+            mark = exc.problem_mark
+            problem = exc.problem + (f" (column {mark.column + 1})" if mark is not None else "")
+        raise ValueError(f"{text!r} is not a YAML value: {problem}") from None
 
 
 def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
@@ -728,8 +745,8 @@ def _overrides(prog: str, sets: list[str]) -> dict[str, Any] | None:
     for text in sets:
         try:
             key, value = parse_assignment(text)
-        except (ValueError, yaml.YAMLError) as exc:
-            print(f"{prog}: --set: {exc}", file=sys.stderr)
+        except ValueError as exc:
+            print(f"{prog}: --set {exc}", file=sys.stderr)
             return None
         overrides[key] = value
     return overrides
@@ -916,7 +933,11 @@ def _run_sweep(prog: str, args: argparse.Namespace, config: Config, ports: froze
     if not sep or not key or not values_text.strip():
         print(f"{prog}: --sweep: expected KEY=V1,V2,..., got {args.sweep!r}", file=sys.stderr)
         return 2
-    values = [yaml.safe_load(v) for v in values_text.split(",") if v.strip()]
+    try:
+        values = [yaml_value(v) for v in values_text.split(",") if v.strip()]
+    except ValueError as exc:
+        print(f"{prog}: --sweep {key}: {exc}", file=sys.stderr)
+        return 2
     given: int | None = getattr(args, "jobs", None)
     if given is not None and given < 1:
         print(f"{prog}: --jobs: expected 1 or more, got {given}", file=sys.stderr)

@@ -142,3 +142,19 @@ def test_table_span_runs_from_the_earliest_time_to_the_latest(tmp_path: Path) ->
     done = dnsgate("replay", str(capture), "--format", "table")
     assert done.returncode == 0, done.stderr
     assert f"over {len(frames) - 1}s of capture" in done.stdout.splitlines()[0]
+
+
+# --- threshold values that are not YAML ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("option", "value", "shown"), [
+    ("--set", "unique_short=[1,2", "--set unique_short: '[1,2' is not a YAML value: expected ',' or ']'"),
+    ("--sweep", "unique_short=[1,2", "--sweep unique_short: '[1' is not a YAML value: expected ',' or ']'"),
+    ("--sweep", "unique_short=1,@x", "--sweep unique_short: '@x' is not a YAML value: found character '@'"),
+])
+def test_a_value_that_is_not_yaml_is_one_line(option: str, value: str, shown: str) -> None:
+    done = dnsgate("replay", str(TUNNEL), option, value)
+    no_traceback(done)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"dnsgate replay: {shown}"), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
