@@ -534,7 +534,7 @@ def run_propose(args: argparse.Namespace) -> int:
         return 2
     config, ports = setup
     if args.config:
-        loaded = config_mod.read_document(Path(args.config).read_text(encoding="utf-8")) or {}
+        loaded = config_mod.read_document(config_mod.read_text(Path(args.config))) or {}
         raw = _absolute(loaded, Path(args.config).resolve().parent)
     else:
         raw = default_document()

@@ -158,3 +158,37 @@ def test_a_value_that_is_not_yaml_is_one_line(option: str, value: str, shown: st
     assert done.returncode == 2
     assert done.stderr.startswith(f"dnsgate replay: {shown}"), done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
+
+
+# --- config and zone files that are not UTF-8, or not files ----------------------------------
+
+
+def test_files_that_are_not_utf8_are_one_line_each_and_every_file_is_checked(tmp_path: Path) -> None:
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"namespaces:\n  default:\n    allow: [a.com] # \xff\xfe\n")
+    (tmp_path / "bad.rpz").write_bytes(b"\xff\xfe$ORIGIN rpz.\n")
+    zoned = tmp_path / "zoned.yaml"
+    zoned.write_text("namespaces:\n  default:\n    allow: [a.com]\n    rpz: [bad.rpz]\n")
+    (tmp_path / "zones.d").mkdir()
+    folder = tmp_path / "folder.yaml"
+    folder.write_text("namespaces:\n  default:\n    allow: [a.com]\n    rpz: [zones.d]\n")
+
+    done = dnsgate("check-config", str(latin), str(zoned), str(folder), "zones/default.yaml")
+    no_traceback(done)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"{latin}:3: not UTF-8 (byte 0xff at column 22)",
+        f"{tmp_path / 'bad.rpz'}:1: rpz: not UTF-8 (byte 0xff at column 1)",
+        f"{folder}:4: namespaces.default.rpz[0]: RPZ zone file {tmp_path / 'zones.d'} is a directory",
+    ]
+    assert done.stdout == "zones/default.yaml: ok (1 namespaces, 9 policy triggers)\n"  # checked after the bad ones
+
+    diff = dnsgate("diff", "--config", str(latin), "--declared", str(HOSTS), "--", str(TUNNEL))
+    no_traceback(diff)
+    assert diff.returncode == 2  # an error, not "undeclared egress seen"
+    assert diff.stderr == f"dnsgate diff: {latin}:3: not UTF-8 (byte 0xff at column 22)\n"
+
+    replay = dnsgate("replay", "--config", str(zoned), str(TUNNEL))
+    no_traceback(replay)
+    assert replay.returncode == 2
+    assert "bad.rpz:1: rpz: not UTF-8" in replay.stderr
