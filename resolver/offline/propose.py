@@ -52,6 +52,7 @@ from resolver.offline.replay import (
     Progress,
     capture_setup,
     port_hint,
+    redis_url_problem,
     replay,
     source_error,
 )
@@ -528,6 +529,9 @@ def run_propose(args: argparse.Namespace) -> int:
     prog = "dnsgate propose"
     if bool(args.pcaps) == bool(args.from_redis):
         print(f"{prog}: give capture files or --from-redis URL (one of them)", file=sys.stderr)
+        return 2
+    if args.from_redis and (problem := redis_url_problem(prog, args.from_redis)):
+        print(problem, file=sys.stderr)
         return 2
     setup = capture_setup(prog, args)
     if setup is None:

@@ -450,6 +450,17 @@ def source_error(prog: str, exc: Exception) -> str | None:
     return None
 
 
+def redis_url_problem(prog: str, url: str) -> str | None:
+    """The one-line error for a ``--from-redis`` URL the Redis client cannot use; None when it can."""
+    from redis.connection import parse_url  # the Redis client: only --from-redis needs it
+
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        return f"{prog}: --from-redis {url}: {exc}"
+    return None
+
+
 class ProblemPrinter:
     """Reports skipped packets on stderr by file and packet number; caps the flood."""
 

@@ -192,3 +192,18 @@ def test_files_that_are_not_utf8_are_one_line_each_and_every_file_is_checked(tmp
     no_traceback(replay)
     assert replay.returncode == 2
     assert "bad.rpz:1: rpz: not UTF-8" in replay.stderr
+
+
+# --- a Redis URL the client cannot use -------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [
+    ("propose", "--from-redis", "notaurl"),
+    ("diff", "--declared", str(HOSTS), "--from-redis", "notaurl"),
+])
+def test_a_redis_url_that_is_no_url_is_one_line_naming_the_option(args: tuple[str, ...]) -> None:
+    done = dnsgate(*args)
+    no_traceback(done)
+    assert done.returncode == 2
+    assert done.stderr == (f"dnsgate {args[0]}: --from-redis notaurl: Redis URL must specify one of the "
+                           "following schemes (redis://, rediss://, unix://)\n")
