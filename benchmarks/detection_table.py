@@ -293,7 +293,7 @@ def measure(case: Case) -> Row:
     zones = {case.domain: case.zone} if case.zone and case.domain else {}
     tracker = Tracker(zones, case.words)
     report = replay([str(case.path)], replay_config(None), sinks=[tracker], on_query=tracker.on_query)
-    span = report.last_ts - report.first_ts if report.first_ts else 0.0
+    span = report.span
     row = Row(case.name, case.kind, case.description, case.zone, case.domain, report.queries,
               round(span, 1), replay_seconds=round(report.seconds, 3))
     row.flagged_other = sorted(d for d in tracker.first_alert if d != case.domain)

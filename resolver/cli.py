@@ -25,7 +25,7 @@ if _stale := stale():
 from resolver import config as config_mod
 from resolver.config import ConfigError
 from resolver.offline.propose import DEFAULT_COLLAPSE, DEFAULT_MAX_NAMES
-from resolver.offline.replay import keep_last_run
+from resolver.offline.replay import StdoutClosed, keep_last_run
 from resolver.pipeline.policy import compile_policies
 
 # The live server's modules (resolver.app, resolver.operations: aiohttp, redis,
@@ -41,7 +41,14 @@ EPILOG = """examples:
   dnsgate propose capture.pcap > allowlist.yaml
   dnsgate import serviceentries.yaml skill.json --namespace agents > declared.yaml
   dnsgate diff --declared serviceentries.yaml capture.pcap
+
+exit status 141 (any command): stdout was closed before all output was written
+(`dnsgate replay ... | head`); the status a shell reports for a command ended by SIGPIPE.
 """
+
+# Exit status when the reader of stdout went away before all output was written: what
+# a shell reports for a tool killed by SIGPIPE (128 + 13). No command gives it another meaning.
+STDOUT_CLOSED = 141
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -245,19 +252,42 @@ def entry() -> None:
     took over a second and does nothing the kernel does not do at exit. So that
     the last run's state is not freed either as ``replay()`` returns, it is kept
     until then (``keep_last_run``). Ctrl-C ends any command with one line and
-    status 130.
+    status 130. A stdout whose reader went away (``| head``) before all output was
+    written ends any command quietly with status 141 (STDOUT_CLOSED); when
+    nothing written was lost, the command's own status stands.
     """
     keep_last_run()
     try:
         status, command = _main(sys.argv[1:])
+        sys.stdout.flush()  # what is still buffered, while a closed stdout can still be told apart
     except KeyboardInterrupt:
         # Ctrl-C: one line rather than the traceback of wherever a long replay was, and
         # the shell's status for a SIGINT (128 + 2). What was written so far stays written.
         sys.stderr.write("dnsgate: interrupted\n")
         _exit_now(130)
+    except (BrokenPipeError, StdoutClosed):
+        if not stdout_closed():
+            raise  # some other pipe: not the reader of stdout going away
+        # `dnsgate ... | head`: the reader has what it wanted. No traceback, and stdout
+        # pointed at /dev/null so that the interpreter's last flush has nothing to complain of.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _exit_now(STDOUT_CLOSED)
     if command not in _BIG_STATE:
         sys.exit(status)
     _exit_now(status)
+
+
+def stdout_closed() -> bool:
+    """Stdout is a pipe or socket whose reader has gone (a write to it fails with EPIPE)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        events = poller.poll(0)
+    except (OSError, ValueError):  # no stdout at all: nothing to write to either
+        return True
+    return any(mask & (select.POLLERR | select.POLLHUP) for _fd, mask in events)
 
 
 def _exit_now(status: int) -> NoReturn:

@@ -59,6 +59,10 @@ DENY_ACTIONS = ("nxdomain", "nodata", "refused", "drop")
 SINK_TYPES = ("jsonl", "webhook", "alertmanager", "redis_stream", "falco", "syslog")
 STATE_BACKENDS = ("memory", "redis")
 UNDECLARED_ACTIONS = ("quarantine", "alert")
+# A config or RPZ zone file larger than this is refused before it is parsed: a mistaken
+# path (a disk image, a log) would otherwise be read whole into memory. The largest
+# public RPZ feeds are a few tens of MB.
+MAX_FILE_BYTES = 128 << 20
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -182,9 +186,44 @@ def _rpz_file(item: Any, info: ValidationInfo) -> Path:
     if not isinstance(item, str):
         fail(f"must be a file path, not {item!r}")
     zone_path: Path = (_context(info)["base_dir"] / item).resolve()
-    if not zone_path.is_file():
+    if not zone_path.exists():
         fail(f"no such RPZ zone file: {zone_path}")
+    if zone_path.is_dir():
+        fail(f"RPZ zone file {zone_path} is a directory")
+    if not zone_path.is_file():
+        fail(f"RPZ zone file {zone_path} is not a regular file ({_file_kind(zone_path)})")
     return zone_path
+
+
+def _file_kind(path: Path) -> str:
+    """What a path that is not a regular file or a directory is, in words."""
+    kinds = ((Path.is_char_device, "a character device"), (Path.is_block_device, "a block device"),
+             (Path.is_fifo, "a named pipe"), (Path.is_socket, "a socket"))
+    return next((kind for test, kind in kinds if test(path)), "not a file")
+
+
+def read_text(path: Path, key: str = "", limit: int = MAX_FILE_BYTES) -> str:
+    """A config or RPZ zone file's text, at most ``limit`` bytes of UTF-8.
+
+    Raises ConfigError naming the file (and ``key``): unreadable, too large, or
+    not UTF-8, then with the line and column of the first byte that is not.
+    Line ends are read as ``Path.read_text`` reads them.
+    """
+    name = str(path)
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(name, 0, key, f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise ConfigError(name, 0, key, f"larger than {limit >> 20} MiB: refused (is it the right file?)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - data.rfind(b"\n", 0, exc.start)
+        raise ConfigError(name, line, key, f"not UTF-8 (byte 0x{data[exc.start]:02x} at column {column})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -546,10 +585,7 @@ def load(path: str | Path, *, text: str | None = None) -> Config:
     path = Path(path)
     name = str(path)
     if text is None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(name, 0, "", f"cannot read: {exc.strerror}") from None
+        text = read_text(path)
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
     except _DuplicateKey as exc:

@@ -36,13 +36,14 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import BinaryIO, Final
 
 import dpkt
 
 from resolver.wire.message import MalformedMessage, skip_name
 
-__all__ = ["CaptureError", "CaptureProblem", "DnsPacket", "read_dns", "read_many"]
+__all__ = ["CaptureError", "CaptureProblem", "DnsPacket", "read_dns", "read_many", "utc_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -776,3 +777,17 @@ def is_capture(path: str) -> bool:
     except OSError:
         return False
     return magic in _PCAP_MAGIC or magic == _PCAPNG_MAGIC
+
+
+def utc_text(ts: float, fmt: str = "%Y-%m-%dT%H:%M:%SZ") -> str:
+    """A capture time as UTC text in ``fmt`` (strftime).
+
+    A capture's clock is whatever its writer put there: a pcapng interface's
+    ``if_tsresol`` or ``if_tsoffset`` can put a packet billions of years away.
+    A time outside the calendar (years 1 to 9999) is shown as seconds from the
+    epoch, ``@4.61e+18s``, instead of failing.
+    """
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime(fmt)
+    except (OverflowError, OSError, ValueError):
+        return f"@{ts:.3g}s"

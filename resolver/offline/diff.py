@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,10 +32,10 @@ from typing import Any
 from heuristics import DetectorSettings, name_to_text
 from heuristics.names import wire_of
 from resolver.config import Config
-from resolver.offline.capture import is_capture
+from resolver.offline.capture import is_capture, utc_text
 from resolver.offline.declared import Declaration, Source, declarations_or_error
 from resolver.offline.propose import search_expansion
-from resolver.offline.replay import ProblemPrinter, capture_setup, replay, source_error
+from resolver.offline.replay import ProblemPrinter, capture_setup, redis_url_problem, replay, source_error
 from resolver.pipeline.learn import LearnBook, RedisLearnStore
 from resolver.pipeline.query import Query, Reply
 from resolver.pipeline.rpz import PolicyZone
@@ -173,7 +172,7 @@ def compare(declaration: Declaration, observed: Observed,
 
 
 def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)) if ts and ts != float("inf") else "-"
+    return utc_text(ts) if ts and ts != float("inf") else "-"
 
 
 def _clients(obs: Observation) -> str:
@@ -237,6 +236,9 @@ def run_diff(args: argparse.Namespace) -> int:
         return 2
     if bool(args.pcaps) == bool(args.from_redis):
         print(f"{prog}: give capture files or --from-redis URL (one of them)", file=sys.stderr)
+        return 2
+    if args.from_redis and (problem := redis_url_problem(prog, args.from_redis)):
+        print(problem, file=sys.stderr)
         return 2
     declaration = declarations_or_error(prog, args.declared, args)
     if declaration is None:

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,11 +53,13 @@ from heuristics.names import DEFAULT_EXEMPTIONS, is_subdomain, labels_of, regist
 from heuristics.state import MemoryState
 from resolver import config as config_mod
 from resolver.config import Config
+from resolver.offline.capture import utc_text
 from resolver.offline.replay import (
     ProblemPrinter,
     Progress,
     capture_setup,
     port_hint,
+    redis_url_problem,
     replay,
     source_error,
 )
@@ -150,7 +151,7 @@ def _plural(n: int, one: str, many: str = "") -> str:
 
 
 def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    return utc_text(ts)
 
 
 # --- building the proposal -------------------------------------------------------------
@@ -567,6 +568,9 @@ def run_propose(args: argparse.Namespace) -> int:
     if bool(args.pcaps) == bool(args.from_redis):
         print(f"{prog}: give capture files or --from-redis URL (one of them)", file=sys.stderr)
         return 2
+    if args.from_redis and (problem := redis_url_problem(prog, args.from_redis)):
+        print(problem, file=sys.stderr)
+        return 2
     setup = capture_setup(prog, args)
     if setup is None:
         return 2
@@ -575,7 +579,7 @@ def run_propose(args: argparse.Namespace) -> int:
         print(f"{prog}: --max-names takes a number of records, at least 1 (not {args.max_names})", file=sys.stderr)
         return 2
     if args.config:
-        loaded = config_mod.read_document(Path(args.config).read_text(encoding="utf-8")) or {}
+        loaded = config_mod.read_document(config_mod.read_text(Path(args.config))) or {}
         raw = _absolute(loaded, Path(args.config).resolve().parent)
     else:
         raw = default_document()

@@ -89,11 +89,28 @@ def replay_config(path: str | None) -> Config:
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE read as YAML (``3``, ``0.5``, ``[TXT, NULL]``, ``true``)."""
+    """``KEY=VALUE`` with VALUE read as YAML (``3``, ``0.5``, ``[TXT, NULL]``, ``true``).
+
+    Raises ValueError with a one-line reason (``KEY: '[1,2' is not a YAML value: ...``)."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise ValueError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), yaml.safe_load(value) if value.strip() else value
+        raise ValueError(f"{text!r}: expected KEY=VALUE")
+    try:
+        return key.strip(), yaml_value(value) if value.strip() else value
+    except ValueError as exc:
+        raise ValueError(f"{key.strip()}: {exc}") from None
+
+
+def yaml_value(text: str) -> Any:
+    """``text`` read as one YAML value; ValueError with a one-line reason when it is none."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = str(exc).splitlines()[0]
+        if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+            mark = exc.problem_mark
+            problem = exc.problem + (f" (column {mark.column + 1})" if mark is not None else "")
+        raise ValueError(f"{text!r} is not a YAML value: {problem}") from None
 
 
 def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
@@ -177,12 +194,18 @@ class ReplayReport:
     matched: int = 0
     malformed: int = 0
     problems: int = 0
-    first_ts: float = 0.0
-    last_ts: float = 0.0
+    # The earliest and latest capture times seen: a capture's packets need not be in time order.
+    first_ts: float = float("inf")
+    last_ts: float = float("-inf")
     alerts: Counter[str] = field(default_factory=Counter)
     namespaces: dict[str, NamespaceSummary] = field(default_factory=dict)
     seconds: float = 0.0
     elsewhere: Counter[int] = field(default_factory=Counter)  # DNS-looking UDP on ports not replayed
+
+    @property
+    def span(self) -> float:
+        """Seconds of capture time from the earliest packet to the latest (0 without packets)."""
+        return self.last_ts - self.first_ts if self.packets else 0.0
 
     def flagged_domains(self) -> set[str]:
         return {d for s in self.namespaces.values() for d in s.flagged}
@@ -308,7 +331,7 @@ class Replay:
             else:
                 self._listeners[(lst.address, lst.port)] = lst.namespace
         self._pending: dict[tuple[str, int, int, bytes], Query] = {}
-        self._next_sweep = 0.0
+        self._next_sweep = float("-inf")  # the first packet sweeps, whatever its time
         # Keyed by namespace name: hashing a Namespace (its client networks) per query costs.
         self._summaries: dict[str | None, NamespaceSummary] = {}
 
@@ -319,10 +342,11 @@ class Replay:
         report = self.report
         report.packets += 1
         now = pkt.ts
-        report.last_ts = now
+        if now > report.last_ts:
+            report.last_ts = now
+        if now < report.first_ts:
+            report.first_ts = now
         if now >= self._next_sweep:
-            if not report.first_ts:
-                report.first_ts = now
             self.engine.alerts.sweep(now)
             self._next_sweep = now + SWEEP_EVERY
         if pkt.is_response:
@@ -397,12 +421,13 @@ class Replay:
         for s in self.report.namespaces.values():
             if s.upstream:
                 s.actions["upstream"] = s.upstream
-        asyncio.run(self.engine.close(self.report.last_ts))
+        asyncio.run(self.engine.close(self.report.last_ts if self.report.packets else 0.0))
         return self.report
 
 
 class StdoutClosed(Exception):
-    """The reader of stdout went away (``dnsgate replay ... | head``)."""
+    """The reader of stdout went away (``dnsgate replay ... | head``); the console command
+    (``resolver.cli.entry``) ends quietly on it, as on any BrokenPipeError from stdout."""
 
 
 class StdoutAlerts(JsonlSink):
@@ -425,6 +450,17 @@ def source_error(prog: str, exc: Exception) -> str | None:
         return f"{prog}: {exc}"
     if type(exc).__module__.startswith("redis"):
         return f"{prog}: redis: {exc}"
+    return None
+
+
+def redis_url_problem(prog: str, url: str) -> str | None:
+    """The one-line error for a ``--from-redis`` URL the Redis client cannot use; None when it can."""
+    from redis.connection import parse_url  # the Redis client: only --from-redis needs it
+
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        return f"{prog}: --from-redis {url}: {exc}"
     return None
 
 
@@ -585,7 +621,7 @@ def render_table(report: ReplayReport, top: int = 10) -> str:
     from resolver.offline.report import evidence_text  # the HTML page's module: a jsonl replay never loads it
 
     out: list[str] = []
-    span = report.last_ts - report.first_ts if report.first_ts else 0.0
+    span = report.span
     out.append(
         f"replayed {report.queries:,} queries ({report.responses:,} responses, "
         f"{report.matched:,} matched to forwarded queries) over {span:,.0f}s of capture "
@@ -723,8 +759,8 @@ def _overrides(prog: str, sets: list[str]) -> dict[str, Any] | None:
     for text in sets:
         try:
             key, value = parse_assignment(text)
-        except (ValueError, yaml.YAMLError) as exc:
-            print(f"{prog}: --set: {exc}", file=sys.stderr)
+        except ValueError as exc:
+            print(f"{prog}: --set {exc}", file=sys.stderr)
             return None
         overrides[key] = value
     return overrides
@@ -825,10 +861,6 @@ def run_replay(args: argparse.Namespace) -> int:
     except CaptureError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    except StdoutClosed:
-        # Keep Python from complaining again when it flushes stdout at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     if args.format == "table":
         sys.stdout.write(render_table(report, args.top))
     else:
@@ -845,8 +877,9 @@ def run_replay(args: argparse.Namespace) -> int:
 def _write_report(prog: str, path: str, render: Callable[[], str]) -> int:
     from resolver.offline.report import write as write_page  # the HTML page's module, for --report only
 
+    text = render()  # outside the try: only an error writing the file is the file's
     try:
-        write_page(path, render())
+        write_page(path, text)
     except OSError as exc:
         print(f"{prog}: --report {path}: {exc.strerror or exc}", file=sys.stderr)
         return 2
@@ -914,7 +947,11 @@ def _run_sweep(prog: str, args: argparse.Namespace, config: Config, ports: froze
     if not sep or not key or not values_text.strip():
         print(f"{prog}: --sweep: expected KEY=V1,V2,..., got {args.sweep!r}", file=sys.stderr)
         return 2
-    values = [yaml.safe_load(v) for v in values_text.split(",") if v.strip()]
+    try:
+        values = [yaml_value(v) for v in values_text.split(",") if v.strip()]
+    except ValueError as exc:
+        print(f"{prog}: --sweep {key}: {exc}", file=sys.stderr)
+        return 2
     given: int | None = getattr(args, "jobs", None)
     if given is not None and given < 1:
         print(f"{prog}: --jobs: expected 1 or more, got {given}", file=sys.stderr)

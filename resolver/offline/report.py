@@ -21,10 +21,10 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from resolver.offline.capture import utc_text
 from resolver.pipeline.alerts import Alert
 
 if TYPE_CHECKING:  # replay.py imports this module to write the page
@@ -284,13 +284,12 @@ def page(title: str, subtitle: str, body: list[str]) -> str:
 
 
 def utc(ts: float, seconds: bool = True) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+    return utc_text(ts, "%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
 
 
 def _time_text(span: float) -> Any:
     def text(ts: float) -> str:
-        fmt = "%H:%M:%S" if span < 86_400 else "%m-%d %H:%M"
-        return datetime.fromtimestamp(ts, UTC).strftime(fmt)
+        return utc_text(ts, "%H:%M:%S" if span < 86_400 else "%m-%d %H:%M")
 
     return text
 
@@ -365,11 +364,11 @@ def namespace_section(s: NamespaceSummary, top: int) -> list[str]:
 
 def render_report(report: ReplayReport, timeline: Timeline, top: int = 10) -> str:
     """The page for one replay."""
-    span = report.last_ts - report.first_ts if report.first_ts else 0.0
+    span = report.span
     alerts = ", ".join(f"{n:,} {esc(kind)}" for kind, n in sorted(report.alerts.items())) or "none"
     subtitle = (
         f"{_files(report)} · {report.queries:,} queries over {span:,.0f} s of capture"
-        + (f" from {esc(utc(report.first_ts))} UTC" if report.first_ts else "")
+        + (f" from {esc(utc(report.first_ts))} UTC" if report.packets else "")
         + f" · alerts: {alerts}"
     )
     body = timeline_section(timeline)

@@ -41,7 +41,7 @@ import dns.name
 import dns.rdataclass
 import dns.rdatatype
 
-from resolver.config import ConfigError
+from resolver.config import ConfigError, read_text
 from resolver.wire.message import TYPE_CNAME, parent
 
 if TYPE_CHECKING:
@@ -182,10 +182,7 @@ class PolicyZone:
     @classmethod
     def from_file(cls, path: Path) -> PolicyZone:
         """Parse an RPZ zone file; raise ConfigError naming the file and line."""
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(str(path), 0, "rpz", f"cannot read: {exc.strerror}") from None
+        text = read_text(path, "rpz")  # bounded; not UTF-8 is a ConfigError at its line
         import dns.zone  # the zone parser, ~3 ms of imports: only a namespace with RPZ files needs it
 
         origin = None if "$ORIGIN" in text else dns.name.from_text(path.stem)
