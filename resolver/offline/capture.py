@@ -133,6 +133,10 @@ _FCS_PRESENT: Final = 0x04000000
 MAX_TCP_FLOWS = 4096
 TCP_FLOW_CAP = 2 * 65537
 TCP_TOTAL_CAP = 64 * 1024 * 1024
+# What keeping one out-of-order segment costs beyond its payload (its bytes object,
+# dictionary and heap entries), charged to the caps with it: one-byte segments ahead
+# of a gap must not fill memory a hundred times faster than their payload says.
+TCP_WAITING_COST = 96
 
 _SEQ_MASK = 0xFFFFFFFF
 _TCP_FIN = 0x01
@@ -837,9 +841,11 @@ class _TcpStreams:
             old = flow.pending.get(at)
             if old is None:
                 heapq.heappush(flow.waiting, at)
-            if old is None or len(old) < len(payload):
                 flow.pending[at] = payload
-                flow.pending_bytes += len(payload) - (len(old) if old else 0)
+                flow.pending_bytes += len(payload) + TCP_WAITING_COST
+            elif len(old) < len(payload):
+                flow.pending[at] = payload
+                flow.pending_bytes += len(payload) - len(old)
             return
         if len(payload) > -ahead:
             flow.take(payload, -ahead)
@@ -849,7 +855,7 @@ class _TcpStreams:
         while waiting and waiting[0] <= flow.pos:
             at = heapq.heappop(waiting)
             chunk = flow.pending.pop(at)
-            flow.pending_bytes -= len(chunk)
+            flow.pending_bytes -= len(chunk) + TCP_WAITING_COST
             behind = flow.pos - at
             if len(chunk) > behind:
                 flow.take(chunk, behind)

@@ -1,10 +1,9 @@
 """TCP stream and IP fragment reassembly: linear work, bounded memory, reports at end of file.
 
 The crafted worst cases are the reviewer's: many segments (fragments) waiting
-behind a gap that never fills, while others arrive in order. Work is held to a
-count where the code runs from source, and to a CPU bound that also holds once
-compiled: far above what linear work takes, far below what the quadratic
-reassembly took on the same input.
+behind a gap that never fills, while others arrive in order. Here they are held
+to their results; their cost is measured by ``benchmarks/capture_worst.py``
+(speed is measured in benchmarks, not in timed tests).
 """
 
 from __future__ import annotations
@@ -12,8 +11,6 @@ from __future__ import annotations
 import itertools
 import random
 import struct
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,12 +29,6 @@ COMPILED = not capture.__file__.endswith(".py")
 def _read(path: str) -> tuple[list[DnsPacket], list[CaptureProblem]]:
     problems: list[CaptureProblem] = []
     return list(read_dns(path, on_problem=problems.append)), problems
-
-
-def _cpu(run: Callable[[], object]) -> float:
-    start = time.process_time()
-    run()
-    return time.process_time() - start
 
 
 # --- TCP ------------------------------------------------------------------------
@@ -61,34 +52,23 @@ def _gap_report(problems: list[CaptureProblem], n: int) -> None:
         (2 * n + 1, "TCP stream gap (segment missing from capture) at end of file")]
 
 
-@pytest.mark.skipif(COMPILED, reason="counts calls through the module's globals, which compiled code binds")
-def test_tcp_work_per_segment_does_not_grow_with_waiting_segments(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    n = 3000
-    path = write(tmp_path / "gap.pcap", pcap(_gap_then_in_order(n)))
-    calls = 0
-    seq_diff = capture._seq_diff
-
-    def counting(a: int, b: int) -> int:
-        nonlocal calls
-        calls += 1
-        return seq_diff(a, b)
-
-    monkeypatch.setattr(capture, "_seq_diff", counting)
-    packets, problems = _read(path)
+def test_tcp_worst_case_reports_the_gap(tmp_path: Path) -> None:
+    n = 1000  # as many one-byte segments as the flow cap lets wait (see the next test)
+    packets, problems = _read(write(tmp_path / "gap.pcap", pcap(_gap_then_in_order(n))))
     assert packets == []
     _gap_report(problems, n)
-    assert calls <= 2 * (2 * n + 1)  # the quadratic scan made n * n / 2 comparisons
 
 
-def test_tcp_worst_case_takes_linear_time(tmp_path: Path) -> None:
-    n = 10_000  # 1.5 MB; the quadratic scan took about 9 s of CPU here, this takes about 0.05 s
-    path = write(tmp_path / "gap.pcap", pcap(_gap_then_in_order(n)))
-    result: list[tuple[list[DnsPacket], list[CaptureProblem]]] = []
-    assert _cpu(lambda: result.append(_read(path))) < 2.0
-    packets, problems = result[0]
+def test_waiting_segments_are_charged_their_cost_not_only_their_payload(tmp_path: Path) -> None:
+    # One-byte segments ahead of a gap: charged payload alone, a flow could hold
+    # 131,074 of them (the flow cap); charged what each costs to keep, it gives up
+    # after about a thousand and reports the flow skipped.
+    n = 5000
+    packets, problems = _read(write(tmp_path / "tiny.pcap", pcap(_gap_then_in_order(n)[: n + 1])))
     assert packets == []
-    _gap_report(problems, n)
+    assert [p.message for p in problems] == [
+        "TCP stream gap (segment missing from capture); connection skipped"]
+    assert problems[0].number < 1500
 
 
 def _stream(messages: list[bytes]) -> bytes:
@@ -140,13 +120,9 @@ def _with_a_hole(ident: int, count: int = 8190) -> list[bytes]:
     return frames
 
 
-def test_fragment_worst_case_takes_linear_time(tmp_path: Path) -> None:
-    # 16,380 fragments (0.95 MB); sorting every datagram's parts for each
-    # fragment took about 6 s of CPU here, this takes about 0.05 s.
+def test_fragment_worst_case_reports_both_datagrams(tmp_path: Path) -> None:
     path = write(tmp_path / "holes.pcap", pcap(_with_a_hole(1) + _with_a_hole(2)))
-    result: list[tuple[list[DnsPacket], list[CaptureProblem]]] = []
-    assert _cpu(lambda: result.append(_read(path))) < 1.5
-    packets, problems = result[0]
+    packets, problems = _read(path)
     assert packets == []
     assert [(p.number, p.message) for p in problems] == [
         (1, "IP fragments never completed at end of file"),
