@@ -4,8 +4,9 @@
 UDP datagram, and one per length-framed message of a reassembled TCP stream
 (RFC 1035 section 4.2.2, RFC 7766). `read_many` merges several captures in
 capture-time order. Both stream: a file is read record by record, and TCP
-reassembly state is bounded (per-flow cap, flow count, total bytes), so
-memory stays flat on a multi-GB capture.
+and IP fragment reassembly are bounded (per flow or datagram, their number,
+total bytes), so memory stays flat on a multi-GB capture; a segment or a
+fragment costs work in proportion to its own length, however many wait.
 
 Anything that cannot be decoded (a truncated record, a corrupt header, a DNS
 message shorter than its 12-byte header) is reported as a `CaptureProblem` to
@@ -117,12 +118,26 @@ _PROTO_UDP: Final = 17
 
 _MAX_RECORD: Final = 256 * 1024  # libpcap rejects larger records as bogus
 _MAX_BLOCK = 16 * 1024 * 1024
+# Smallest pcapng packet blocks: 12 bytes of block type and lengths around the fixed
+# fields, 20 of them in an enhanced (or obsolete) packet block, 4 in a simple one.
+_MIN_EPB: Final = 32
+_MIN_SPB: Final = 16
+
+# A pcap header's link type field: the link type is its low 16 bits; when the "P" bit
+# is set, the top 4 bits say how many 16-bit words of frame check sequence end
+# every frame (libpcap's LT_FCS_LENGTH_PRESENT and LT_FCS_LENGTH).
+_LINKTYPE_MASK: Final = 0xFFFF
+_FCS_PRESENT: Final = 0x04000000
 
 # TCP reassembly bounds. A DNS message is at most 65535 bytes, so a flow never
 # needs more than one message plus a segment buffered in order.
 MAX_TCP_FLOWS = 4096
 TCP_FLOW_CAP = 2 * 65537
 TCP_TOTAL_CAP = 64 * 1024 * 1024
+# What keeping one out-of-order segment costs beyond its payload (its bytes object,
+# dictionary and heap entries), charged to the caps with it: one-byte segments ahead
+# of a gap must not fill memory a hundred times faster than their payload says.
+TCP_WAITING_COST = 96
 
 _SEQ_MASK = 0xFFFFFFFF
 _TCP_FIN = 0x01
@@ -215,11 +230,9 @@ def _sniff(path: str) -> str:
             magic = f.read(4)
             f.seek(0)
             if magic in _PCAP_MAGIC:
-                reader = dpkt.pcap.Reader(f)
-                if reader.datalink() not in SUPPORTED_LINK_TYPES:
-                    raise CaptureError(
-                        f"{path}: unsupported link type {reader.datalink()}"
-                    )
+                linktype = dpkt.pcap.Reader(f).datalink() & _LINKTYPE_MASK
+                if linktype not in SUPPORTED_LINK_TYPES:
+                    raise CaptureError(f"{path}: unsupported link type {linktype}")
                 return "pcap"
             if magic == _PCAPNG_MAGIC:
                 dpkt.pcapng.Reader(f)
@@ -231,11 +244,28 @@ def _sniff(path: str) -> str:
     raise CaptureError(f"{path}: not a pcap or pcapng capture file")
 
 
+def _fcs_octets(linkinfo: int) -> int:
+    """Octets of frame check sequence ending every frame, from a pcap link type field (0: none or unknown)."""
+    if linkinfo & _FCS_PRESENT:
+        return (linkinfo >> 28) * 2
+    return 0
+
+
+def _strip_fcs(frame: bytes, wirelen: int, fcs: int) -> tuple[bytes, int]:
+    """`frame` and its original length without the trailing `fcs` octets (the part of them captured)."""
+    wirelen = max(wirelen - fcs, 0)
+    if len(frame) > wirelen:
+        frame = frame[:wirelen]
+    return frame, wirelen
+
+
 def _pcap_records(f: BinaryIO, report: Callable[[int, str], None]) -> Iterator[_Record]:
     magic = f.read(4)
     f.seek(0)
     fmt, divisor, hdr_len = _PCAP_MAGIC[magic]
-    linktype = dpkt.pcap.Reader(f).datalink()  # consumes the 24-byte file header
+    linkinfo = dpkt.pcap.Reader(f).datalink()  # consumes the 24-byte file header
+    linktype = linkinfo & _LINKTYPE_MASK
+    fcs = _fcs_octets(linkinfo)
     unpack = struct.Struct(fmt).unpack_from
     read = f.read
     number = 0
@@ -258,6 +288,8 @@ def _pcap_records(f: BinaryIO, report: Callable[[int, str], None]) -> Iterator[_
         if len(frame) < caplen:
             report(number, "truncated packet record (file ends inside packet data)")
             return
+        if fcs:
+            frame, wirelen = _strip_fcs(frame, wirelen, fcs)
         yield number, sec + frac / divisor, linktype, frame, wirelen
 
 
@@ -266,17 +298,23 @@ class _Interface:
     linktype: int
     divisor: float
     offset: int  # seconds added to every timestamp (if_tsoffset)
+    fcs: int = 0  # octets of frame check sequence ending every frame (if_fcslen)
+
+
+_OPT_IF_FCSLEN: Final = 13
 
 
 def _interface(idb: dpkt.pcapng.InterfaceDescriptionBlock, le: bool) -> _Interface:
-    divisor, offset = 1e6, 0
+    divisor, offset, fcs = 1e6, 0, 0
     for opt in idb.opts:
         if opt.code == dpkt.pcapng.PCAPNG_OPT_IF_TSRESOL and opt.data:
             res = opt.data[0]
             divisor = float((2 if res & 0x80 else 10) ** (res & 0x7F))
         elif opt.code == dpkt.pcapng.PCAPNG_OPT_IF_TSOFFSET and len(opt.data) == 8:
             offset = struct.unpack("<q" if le else ">q", opt.data)[0]
-    return _Interface(idb.linktype, divisor, offset)
+        elif opt.code == _OPT_IF_FCSLEN and opt.data:
+            fcs = opt.data[0]
+    return _Interface(idb.linktype, divisor, offset, fcs)
 
 
 def _pcapng_records(f: BinaryIO, report: Callable[[int, str], None]) -> Iterator[_Record]:
@@ -325,6 +363,9 @@ def _pcapng_records(f: BinaryIO, report: Callable[[int, str], None]) -> Iterator
             return
         if btype == dpkt.pcapng.PCAPNG_BT_EPB:
             number += 1
+            if blen < _MIN_EPB:  # too short for its fixed fields; the next block is intact
+                report(number, f"corrupt pcapng block (enhanced packet block of length {blen})")
+                continue
             iface_id, ts_high, ts_low, caplen, wirelen = epb.unpack_from(body)
             if caplen > blen - 32:
                 report(number, f"corrupt packet record (captured length {caplen})")
@@ -332,11 +373,17 @@ def _pcapng_records(f: BinaryIO, report: Callable[[int, str], None]) -> Iterator
             frame = body[20 : 20 + caplen]
         elif btype == dpkt.pcapng.PCAPNG_BT_SPB:
             number += 1
+            if blen < _MIN_SPB:
+                report(number, f"corrupt pcapng block (simple packet block of length {blen})")
+                continue
             iface_id, ts_high, ts_low = 0, -1, 0  # no timestamp: keep the previous one
             wirelen = block_hdr.unpack_from(body)[0]
             frame = body[4 : 4 + min(wirelen, blen - 16)]
         elif btype == dpkt.pcapng.PCAPNG_BT_PB:
             number += 1
+            if blen < _MIN_EPB:
+                report(number, f"corrupt pcapng block (packet block of length {blen})")
+                continue
             fields = struct.unpack_from("<HHIIII" if le else ">HHIIII", body)
             iface_id, _, ts_high, ts_low, caplen, wirelen = fields
             if caplen > blen - 32:
@@ -368,6 +415,8 @@ def _pcapng_records(f: BinaryIO, report: Callable[[int, str], None]) -> Iterator
                 report(number, f"unsupported link type {iface.linktype} on interface "
                                f"{iface_id}; its packets are skipped")
             continue
+        if iface.fcs:
+            frame, wirelen = _strip_fcs(frame, wirelen, iface.fcs)
         yield number, ts, iface.linktype, frame, wirelen
 
 
@@ -399,6 +448,7 @@ def _stream(
             if out:
                 yield from out
                 out.clear()
+        decoder.fragments.finish()
         decoder.tcp.finish()
 
 
@@ -506,10 +556,7 @@ class _Decoder:
             dst = data[off + 24 : off + 40]
             l4 = off + 40
             end = l4 + plen if plen else len(data)
-            while proto in _IPV6_EXT or proto == _IPV6_AH:
-                size = (data[l4 + 1] + 2) * 4 if proto == _IPV6_AH else (data[l4 + 1] + 1) * 8
-                proto = data[l4]
-                l4 += size
+            proto, l4 = _ipv6_headers(data, proto, l4)
             if proto == _IPV6_FRAGMENT:
                 proto = data[l4]
                 fo = (data[l4 + 2] << 8) | data[l4 + 3]
@@ -518,6 +565,11 @@ class _Decoder:
                 if fo & 0xFFF9:  # offset or more-fragments: not an atomic fragment
                     self._fragment(number, ts, data, wirelen, 6, src, dst, ident, proto,
                                    fo & 0xFFF8, bool(fo & 1), l4, end)
+                    return
+                # An atomic fragment is a whole datagram; destination options may follow.
+                proto, l4 = _ipv6_headers(data, proto, l4)
+                if proto == _IPV6_FRAGMENT:
+                    self.report(number, "IPv6 packet with two fragment headers")
                     return
         else:
             return  # ARP, LLDP, ...: not IP, nothing to report
@@ -574,71 +626,155 @@ class _Decoder:
     def _fragment(self, number: int, ts: float, data: bytes, wirelen: int, version: int,
                   src: bytes, dst: bytes, ident: bytes, proto: int, offset: int, more: bool,
                   l4: int, end: int) -> None:
-        if proto not in (_PROTO_UDP, _PROTO_TCP):
+        # IPv6: destination options (RFC 8200 section 4.5) may sit between the
+        # fragment header and UDP; they are part of the fragmented payload.
+        ipv6_ext = version == 6 and (proto in _IPV6_EXT or proto == _IPV6_AH)
+        if proto != _PROTO_UDP and proto != _PROTO_TCP and not ipv6_ext:
             return
         if end > len(data):
             self._short(number, data, wirelen)
             return
         key = (version, src, dst, ident, proto)
         payload = self.fragments.add(number, key, offset, more, data[l4:end])
-        if payload is not None:
-            self._transport(number, ts, payload, wirelen, proto, src, dst, 0, len(payload))
+        if payload is None:
+            return
+        start = 0
+        if ipv6_ext:
+            proto, start = _ipv6_headers(payload, proto, 0)
+            if proto == _IPV6_FRAGMENT:
+                self.report(number, "IPv6 packet with two fragment headers")
+                return
+        self._transport(number, ts, payload, wirelen, proto, src, dst, start, len(payload))
+
+
+def _ipv6_headers(data: bytes, proto: int, at: int) -> tuple[int, int]:
+    """Step over IPv6 extension headers from `at`: (next protocol, where its header starts).
+
+    Stops at the fragment header, which the caller reads itself.
+    """
+    while proto in _IPV6_EXT or proto == _IPV6_AH:
+        size = (data[at + 1] + 2) * 4 if proto == _IPV6_AH else (data[at + 1] + 1) * 8
+        proto = data[at]
+        at += size
+    return proto, at
+
+
+# IP fragment reassembly bounds. A datagram's payload is at most 65535 bytes (the
+# IPv4 total length and the IPv6 payload length are 16 bits), so that bounds what
+# one datagram holds; the total bounds all of them together.
+MAX_FRAGMENTED_DATAGRAMS = 256
+FRAGMENT_DATAGRAM_CAP = 65535
+FRAGMENT_TOTAL_CAP = 8 * 1024 * 1024
+
+_FragmentKey = tuple[int, bytes, bytes, bytes, int]  # IP version, source, destination, id, protocol
+
+
+class _Datagram:
+    """The fragments of one IP datagram received so far, laid out at their offsets."""
+
+    __slots__ = ("covered", "data", "have", "number", "total")
+
+    def __init__(self, number: int) -> None:
+        self.data = bytearray()  # payload bytes at their offsets; zeros where nothing came yet
+        self.have = bytearray()  # 1 for each byte of `data` some fragment supplied
+        self.covered = 0  # how many bytes of `data` were supplied: the ones in `have`
+        self.total = -1  # payload length, once the last fragment came
+        self.number = number  # first packet, for problem reports
 
 
 class _Fragments:
-    """Bounded IP fragment reassembly (enough for large UDP DNS responses)."""
+    """Bounded IP fragment reassembly (enough for large UDP DNS responses).
 
-    MAX_DATAGRAMS = 256
+    Each fragment costs work in proportion to its own length, whatever the
+    number of fragments before it: its bytes go straight into the datagram's
+    buffer, and a byte mask counts how many of the datagram's bytes are there.
+    Overlapping fragments are allowed; where they disagree, the later one's
+    bytes are kept. Fragments that contradict the datagram's length drop it.
+    """
 
     def __init__(self, report: Callable[[int, str], None]) -> None:
         self.report = report
-        # key -> ({offset: bytes}, total length or -1, first packet number)
-        self.pending: dict[tuple[int, bytes, bytes, bytes, int],
-                           tuple[dict[int, bytes], list[int], int]] = {}
+        self.pending: dict[_FragmentKey, _Datagram] = {}  # oldest first
+        self.held = 0  # len(data) over every pending datagram
 
-    def add(self, number: int, key: tuple[int, bytes, bytes, bytes, int], offset: int,
-            more: bool, chunk: bytes) -> bytes | None:
-        entry = self.pending.get(key)
-        if entry is None:
-            if len(self.pending) >= self.MAX_DATAGRAMS:
-                old = next(iter(self.pending))
-                self.report(self.pending.pop(old)[2], "IP fragments never completed; dropped")
-            entry = self.pending[key] = ({}, [-1], number)
-        parts, total, _ = entry
-        parts[offset] = chunk
+    def add(self, number: int, key: _FragmentKey, offset: int, more: bool,
+            chunk: bytes) -> bytes | None:
+        """Add one fragment; return the whole payload when this one completes it."""
+        end = offset + len(chunk)
+        if end > FRAGMENT_DATAGRAM_CAP:
+            self.report(number, f"IP fragment ends past 65535 bytes (at {end}); skipped")
+            return None
+        dgram = self.pending.get(key)
+        if dgram is None:
+            if len(self.pending) >= MAX_FRAGMENTED_DATAGRAMS:
+                self._drop(next(iter(self.pending)), "IP fragments never completed; dropped")
+            dgram = self.pending[key] = _Datagram(number)
+        # Bytes past the end the last fragment gave, or a last fragment ending
+        # before bytes already there: the fragments contradict each other (Linux
+        # drops such a datagram too). Past this, len(data) never exceeds total.
+        if dgram.total >= 0:
+            contradicts = end > dgram.total or (not more and end != dgram.total)
+        else:
+            contradicts = not more and end < len(dgram.data)
+        if contradicts:
+            self._drop(key, "IP fragments disagree on the datagram's length; dropped")
+            return None
         if not more:
-            total[0] = offset + len(chunk)
-        if total[0] < 0 or total[0] > 65535 + 8:
-            return None
-        have = 0
-        for start in sorted(parts):
-            if start > have:
-                return None
-            have = max(have, start + len(parts[start]))
-        if have < total[0]:
-            return None
-        del self.pending[key]
-        buf = bytearray(total[0])
-        for start in sorted(parts):
-            buf[start : start + len(parts[start])] = parts[start]
-        return bytes(buf)
+            dgram.total = end
+        grow = end - len(dgram.data)
+        if grow > 0:
+            dgram.data.extend(bytes(grow))
+            dgram.have.extend(bytes(grow))
+            self.held += grow
+        have = dgram.have
+        dgram.covered += len(chunk) - have.count(1, offset, end)
+        have[offset:end] = b"\x01" * len(chunk)
+        dgram.data[offset:end] = chunk
+        if dgram.covered == dgram.total:  # every byte of [0, total) is there
+            del self.pending[key]
+            self.held -= len(dgram.data)
+            return bytes(dgram.data)
+        while self.held > FRAGMENT_TOTAL_CAP:
+            self._drop(next(iter(self.pending)),
+                       "IP fragments never completed (too many bytes waiting); dropped")
+        return None
+
+    def _drop(self, key: _FragmentKey, why: str) -> None:
+        dgram = self.pending.pop(key)
+        self.held -= len(dgram.data)
+        self.report(dgram.number, why)
+
+    def finish(self) -> None:
+        """Report datagrams still missing fragments; called at end of file."""
+        for key in list(self.pending):
+            self._drop(key, "IP fragments never completed at end of file")
 
 
 class _Flow:
     """One direction of a TCP connection: in-order bytes not yet framed."""
 
-    __slots__ = ("broken", "buf", "next_seq", "number", "pending", "pending_bytes")
+    __slots__ = ("broken", "buf", "next_seq", "number", "pending", "pending_bytes", "pos", "waiting")
 
     def __init__(self, next_seq: int, number: int) -> None:
         self.next_seq = next_seq
+        # Bytes taken in order since the flow began: an unbounded count, so that
+        # positions of waiting segments compare without sequence-number wrap.
+        self.pos = 0
         self.buf = bytearray()
-        self.pending: dict[int, bytes] = {}  # out-of-order segments by sequence number
+        self.pending: dict[int, bytes] = {}  # out-of-order segments by stream position
+        self.waiting: list[int] = []  # the keys of `pending`, a heap: the nearest first
         self.pending_bytes = 0
         self.broken = False  # a gap we cannot bridge: ignore until a new SYN
         self.number = number  # last packet seen, for problem reports
 
     def size(self) -> int:
         return len(self.buf) + self.pending_bytes
+
+    def take(self, data: bytes, skip: int) -> None:
+        """Append `data` to the in-order bytes, but for its first `skip` bytes, already there."""
+        self.buf += data[skip:] if skip else data
+        self.pos += len(data) - skip
+        self.next_seq = (self.next_seq + len(data) - skip) & _SEQ_MASK
 
 
 def _seq_diff(a: int, b: int) -> int:
@@ -702,28 +838,28 @@ class _TcpStreams:
                                  "connection skipped")
                 flow.broken = True
                 return
-            old = flow.pending.get(seq)
-            if old is None or len(old) < len(payload):
-                flow.pending[seq] = payload
-                flow.pending_bytes += len(payload) - (len(old) if old else 0)
+            at = flow.pos + ahead
+            old = flow.pending.get(at)
+            if old is None:
+                heapq.heappush(flow.waiting, at)
+                flow.pending[at] = payload
+                flow.pending_bytes += len(payload) + TCP_WAITING_COST
+            elif len(old) < len(payload):
+                flow.pending[at] = payload
+                flow.pending_bytes += len(payload) - len(old)
             return
         if len(payload) > -ahead:
-            flow.buf += payload[-ahead:]
-            flow.next_seq = (seq + len(payload)) & _SEQ_MASK
-        while flow.pending:  # out-of-order segments that now fit
-            progressed = False
-            for pseq in list(flow.pending):
-                behind = -_seq_diff(pseq, flow.next_seq)
-                if behind < 0:
-                    continue
-                chunk = flow.pending.pop(pseq)
-                flow.pending_bytes -= len(chunk)
-                progressed = True
-                if len(chunk) > behind:
-                    flow.buf += chunk[behind:]
-                    flow.next_seq = (pseq + len(chunk)) & _SEQ_MASK
-            if not progressed:
-                break
+            flow.take(payload, -ahead)
+        # Out-of-order segments that now fit, nearest first: each is looked at
+        # once, however many wait behind it.
+        waiting = flow.waiting
+        while waiting and waiting[0] <= flow.pos:
+            at = heapq.heappop(waiting)
+            chunk = flow.pending.pop(at)
+            flow.pending_bytes -= len(chunk) + TCP_WAITING_COST
+            behind = flow.pos - at
+            if len(chunk) > behind:
+                flow.take(chunk, behind)
 
     def _frame(self, flow: _Flow, number: int, ts: float, src: str, sport: int, dst: str,
                dport: int) -> None:
@@ -749,6 +885,7 @@ class _TcpStreams:
             self.report(flow.number, why)
         flow.buf = bytearray()
         flow.pending = {}
+        flow.waiting = []
         flow.pending_bytes = 0
 
     def _evict(self) -> None:
