@@ -9,7 +9,6 @@ names were all answered NXDOMAIN.
 from __future__ import annotations
 
 import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,20 +20,13 @@ import dpkt
 import pytest
 
 from resolver import config as config_mod
+from tests.support.frames import udp_frame
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT, SERVER = "10.0.0.2", "10.0.0.1"
 START = 1_800_000_000.0
-
-
-def frame(src: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes:
-    udp = dpkt.udp.UDP(sport=sport, dport=dport, data=payload)
-    udp.ulen = len(udp)
-    ip = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=dpkt.ip.IP_PROTO_UDP, data=udp)
-    ip.len = len(ip)
-    return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=dpkt.ethernet.ETH_TYPE_IP, data=ip))
 
 
 def write_capture(path: Path, exchanges: list[tuple[str, int]], port: int, noise: bool = True) -> None:
@@ -49,13 +41,13 @@ def write_capture(path: Path, exchanges: list[tuple[str, int]], port: int, noise
             reply.set_rcode(rcode)
             if rcode == dns.rcode.NOERROR:
                 reply.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "A", "192.0.2.1"))
-            writer.writepkt(frame(CLIENT, 40000 + i, SERVER, port, query.to_wire()), ts)
-            writer.writepkt(frame(SERVER, port, CLIENT, 40000 + i, reply.to_wire()), ts + 0.01)
+            writer.writepkt(udp_frame(CLIENT, 40000 + i, SERVER, port, query.to_wire()), ts)
+            writer.writepkt(udp_frame(SERVER, port, CLIENT, 40000 + i, reply.to_wire()), ts + 0.01)
             ts += 1.0
         if noise:
-            writer.writepkt(frame(CLIENT, 443, SERVER, 4433, b"\x00" * 40), ts)  # QUIC-ish, not DNS
+            writer.writepkt(udp_frame(CLIENT, 443, SERVER, 4433, b"\x00" * 40), ts)  # QUIC-ish, not DNS
             mdns = dns.message.make_query("printer.local", "A").to_wire()
-            writer.writepkt(frame(CLIENT, 5353, "224.0.0.251", 5353, mdns), ts)
+            writer.writepkt(udp_frame(CLIENT, 5353, "224.0.0.251", 5353, mdns), ts)
 
 
 def dnsgate(*args: str) -> subprocess.CompletedProcess[str]:

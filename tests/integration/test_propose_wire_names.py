@@ -9,7 +9,6 @@ against later traffic.
 from __future__ import annotations
 
 import json
-import socket
 import struct
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 from resolver import config as config_mod
+from tests.support.frames import udp_frame
 
 pytestmark = pytest.mark.integration
 
@@ -39,23 +39,15 @@ def answer(question: bytes, rcode: int = 0) -> bytes:
     return question[:2] + struct.pack(">H", (flags & ~0xF) | rcode) + question[4:]
 
 
-def frame(src: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes:
-    udp = dpkt.udp.UDP(sport=sport, dport=dport, data=payload)
-    udp.ulen = len(udp)
-    ip = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=dpkt.ip.IP_PROTO_UDP, data=udp)
-    ip.len = len(ip)
-    return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=dpkt.ethernet.ETH_TYPE_IP, data=ip))
-
-
 def write_capture(path: Path, names: list[list[bytes]], answered: bool = True, start: float = START) -> None:
     """One A query per name, answered NOERROR unless ``answered`` is false."""
     with path.open("wb") as fh:
         writer = dpkt.pcap.Writer(fh)
         for i, labels in enumerate(names):
             q = query(labels, i)
-            writer.writepkt(frame(CLIENT, 30000 + i, SERVER, 53, q), start + i)
+            writer.writepkt(udp_frame(CLIENT, 30000 + i, SERVER, 53, q), start + i)
             if answered:
-                writer.writepkt(frame(SERVER, 53, CLIENT, 30000 + i, answer(q)), start + i + 0.01)
+                writer.writepkt(udp_frame(SERVER, 53, CLIENT, 30000 + i, answer(q)), start + i + 0.01)
 
 
 def dnsgate(*args: str) -> subprocess.CompletedProcess[str]:

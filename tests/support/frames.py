@@ -100,3 +100,14 @@ def ng_epb(frame: bytes, usec: int = int(TS * 1e6), iface: int = 0) -> bytes:
 def write(path: Path, content: bytes) -> str:
     path.write_bytes(content)
     return str(path)
+
+
+def udp_frame(src: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes:
+    """An Ethernet/IPv4/UDP frame built with dpkt, lengths filled in (IPv4 addresses only)."""
+    import dpkt
+
+    datagram = dpkt.udp.UDP(sport=sport, dport=dport, data=payload)
+    datagram.ulen = len(datagram)
+    packet = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=dpkt.ip.IP_PROTO_UDP, data=datagram)
+    packet.len = len(packet)
+    return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=dpkt.ethernet.ETH_TYPE_IP, data=packet))
