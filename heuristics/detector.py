@@ -581,7 +581,10 @@ class Detector:
         if old is None:
             self._decision_count += 1
         else:
-            until = max(until, old.until) if quarantine or old.quarantine else until
+            # A flag never shortens a quarantine; a quarantine replaces a flag's hold, so it
+            # ends when quarantine_seconds say even when that is shorter than the hold, and
+            # the pair is scored again from its next query.
+            until = max(until, old.until) if old.quarantine else until
             quarantine = quarantine or old.quarantine
             verdict = verdict or old.verdict
         if verdict is None:

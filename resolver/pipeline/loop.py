@@ -36,7 +36,7 @@ import socket
 from heuristics import name_to_text
 from resolver.config import Config
 from resolver.pipeline.query import Query, Reply, servfail
-from resolver.wire.message import MalformedMessage, Question, add_edns_option, edns_options
+from resolver.wire.message import MalformedMessage, Question, add_edns_option, edns_options, only_edns_option
 
 log = logging.getLogger("dnsgate.loop")
 
@@ -86,8 +86,10 @@ class LoopGuard:
         return {"loops": self.loops, "too_many_hops": self.too_many_hops, "unmarked": self.unmarked}
 
     def marked(self, wire: bytes, question: Question) -> bytes:
-        """The query as it leaves for an upstream, carrying this dnsgate's mark."""
+        """The query as it leaves for an upstream: of the client's EDNS options only the
+        loop marks of earlier hops, then this dnsgate's mark."""
         try:
+            wire = only_edns_option(wire, question, LOOP_OPTION)
             out = add_edns_option(wire, question, LOOP_OPTION, self.mark)
         except MalformedMessage:
             out = None

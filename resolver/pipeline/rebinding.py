@@ -36,13 +36,14 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
 COMPATIBLE = ipaddress.ip_network("::/96")
+TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # IPv4-translated, ::ffff:0:a.b.c.d (RFC 2765)
 
 
 def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     """The IPv4 address an IPv6 address carries, in the forms a stack may route as IPv4."""
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped
-    if address in COMPATIBLE or address in NAT64:
+    if address in COMPATIBLE or address in NAT64 or address in TRANSLATED:
         return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
     if address in SIX_TO_FOUR:
         return address.sixtofour

@@ -427,6 +427,33 @@ def edns_options(wire: bytes, q: Question, code: int) -> list[bytes]:
     return found
 
 
+def only_edns_option(wire: bytes, q: Question, code: int) -> bytes:
+    """The query with its OPT record holding only the options ``code`` it had, in order.
+
+    What a client puts in other options (Client Subnet, cookies, padding, private
+    codes: anything) is no business of the upstream's, and would leave without the
+    detector ever reading it.
+    """
+    if not q.has_edns:
+        return wire
+    for begin, rdata, end in _additional_records(wire, q.end):
+        if _u16(wire, skip_name(wire, begin)) != TYPE_OPT:
+            continue
+        kept = bytearray()
+        pos = rdata
+        while pos + 4 <= end:
+            length = _u16(wire, pos + 2)
+            if _u16(wire, pos) == code:
+                kept += wire[pos : pos + 4 + length]
+            pos += 4 + length
+        if len(kept) == end - rdata:
+            return wire  # nothing else there
+        head = bytearray(wire[:rdata])
+        U16.pack_into(head, rdata - 2, len(kept))
+        return bytes(head) + bytes(kept) + wire[end:]
+    return wire
+
+
 def add_edns_option(wire: bytes, q: Question, code: int, data: bytes) -> bytes | None:
     """The query with an EDNS option added (an OPT record too, when it had none).
 

@@ -87,3 +87,36 @@ def test_tunnel_is_quarantined_once_then_costs_a_lookup(tmp_path: Path) -> None:
     # Every query after the first block was decided by the quarantine, never scored.
     assert detector.observed == first + 1
     assert detector.quarantined_name("agents", b"\x01x\x04evil\x04test\x00", 1100.0)
+
+
+def test_a_quarantine_shorter_than_the_flag_hold_ends_on_time(tmp_path: Path) -> None:
+    # The alert holds the pair decided for one short window (60 s); quarantine_seconds 8
+    # is what enforce promises: after 8 s the domain's next query is scored again, not
+    # answered from the hold. Its windows still show the tunnel, so it is quarantined
+    # again, for another 8 s.
+    path = tmp_path / "dnsgate.yaml"
+    path.write_text(CONFIG.replace("detection: {mode: enforce}",
+                                   "detection: {mode: enforce, thresholds: {quarantine_seconds: 8}}"))
+    config = config_mod.load(path)
+    pipeline = Pipeline(config, Engine.from_config(config, []))
+    detector = pipeline.engine.detector
+    rng = random.Random(5)
+
+    def tunnel(now: float) -> Reply | None:
+        chunk = base64.b32encode(rng.randbytes(25)).decode().rstrip("=").lower().encode()
+        return ask(pipeline, (chunk[:20] + b".", chunk[20:], b"evil", b"test"), "TXT", now)
+
+    start = next(1000.0 + i for i in range(30) if tunnel(1000.0 + i) is not None)  # then the tunnel pauses
+    probe = b"\x01x\x04evil\x04test\x00"
+    observed = detector.observed
+    held = ask(pipeline, (b"www", b"evil", b"test"), "A", start + 7.9)
+    assert held is not None
+    assert held.action == "quarantined"
+    assert detector.observed == observed  # inside the quarantine: decided, not scored
+    assert not detector.quarantined_name("agents", probe, start + 8.1)
+    again = ask(pipeline, (b"www", b"evil", b"test"), "A", start + 8.1)
+    assert detector.observed == observed + 1  # scored again, not answered from the 60 s hold
+    assert again is not None
+    assert again.action == "quarantined"
+    assert detector.quarantined_name("agents", probe, start + 16.0)
+    assert not detector.quarantined_name("agents", probe, start + 16.2)

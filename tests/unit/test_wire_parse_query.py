@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resolver.pipeline.cache import cache_key
-from resolver.wire.message import MalformedMessage, Question, parse_query
+from resolver.wire.message import MalformedMessage, Question, only_edns_option, parse_query
 
 labels = st.lists(st.binary(min_size=1, max_size=20), min_size=1, max_size=5)
 
@@ -113,3 +113,18 @@ def test_edns_options_must_fill_the_opt_record(opts: list[tuple[int, bytes]], ex
     # Octets after the last whole option that are not a whole option header: refused.
     with pytest.raises(MalformedMessage):
         parse_query(query(data + b"\x00\x0a"))
+
+
+@settings(max_examples=300)
+@given(options, st.integers(0, 0xFFFF))
+def test_only_the_kept_option_code_survives(opts: list[tuple[int, bytes]], keep: int) -> None:
+    data = b"".join(struct.pack("!HH", code, len(value)) + value for code, value in opts)
+    question = b"\x03www\x07example\x03com\x00" + struct.pack("!HH", 1, 1)
+    opt = b"\x00" + struct.pack("!HHIH", 41, 1232, 0x8000, len(data)) + data
+    wire = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 1) + question + opt
+    out = only_edns_option(wire, parse_query(wire), keep)
+    kept = b"".join(struct.pack("!HH", code, len(value)) + value for code, value in opts if code == keep)
+    assert out == struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 1) + question + b"\x00" + struct.pack(
+        "!HHIH", 41, 1232, 0x8000, len(kept)) + kept
+    again = parse_query(out)
+    assert (again.qname, again.has_edns, again.do, again.udp_size) == (b"\x03www\x07example\x03com\x00", True, True, 1232)
