@@ -261,6 +261,6 @@ def test_unsupported_triggers_are_logged_with_file_and_line(resolvers: Resolvers
     stderr = (resolvers.dnsgate.config_path.parent / "dnsgate.stderr").read_text()
     first = ZONES[0][1]
     lines = first.read_text().splitlines()
-    for trigger in ("32.1.0.18.198.rpz-ip", "ns.evil.test.rpz-nsdname"):
+    for trigger in ("32.77.113.0.203.rpz-ip", "ns.evil.test.rpz-nsdname"):
         number = next(i for i, line in enumerate(lines, 1) if line.startswith(trigger))
         assert f"{first}:{number}: rpz: {trigger}:" in stderr
