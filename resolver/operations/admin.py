@@ -150,7 +150,7 @@ class AdminServer:
             web.get("/readyz", self.readyz),
             web.post("/reload", self.reload),
             web.get("/quarantines/clients", self.client_quarantines),
-            web.delete("/quarantines/clients/{namespace}/{client}", self.lift_client_quarantine),
+            web.delete("/quarantines/clients/{namespace}/{client:.+}", self.lift_client_quarantine),
         ])
         self._runner: web.AppRunner | None = None
         self._site: web.BaseSite | None = None
@@ -228,7 +228,10 @@ class AdminServer:
         return web.json_response({"ok": True, "quarantines": [q.to_dict() for q in live]})
 
     async def lift_client_quarantine(self, request: web.Request) -> web.Response:
-        """DELETE /quarantines/clients/{namespace}/{client}: end a client's quarantine now."""
+        """DELETE /quarantines/clients/{namespace}/{client}: end a client's quarantine now.
+
+        ``client`` is an address or a pod's key, ``pod:<namespace>/<name>`` (the slash is part of it).
+        """
         refused = self._refusal(request)
         if refused is not None:
             return refused

@@ -15,7 +15,10 @@ way an informer does:
 
 A pod maps while it is Running, is not ``hostNetwork`` (those share the node's
 address) and has addresses (``status.podIPs``, ``status.podIP``). Deleted,
-Succeeded and Failed pods stop mapping as soon as their event arrives.
+Succeeded and Failed pods stop mapping as soon as their event arrives. A pod
+being deleted (``deletionTimestamp`` set) still maps while Running, but loses
+a shared address to a pod that is not, and an older pod to a newer one
+(``creationTimestamp``): see ``PodTable``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def pod_entry(obj: dict[str, Any]) -> tuple[PodIdentity, tuple[str, ...]]:
         service_account=str(spec.get("serviceAccountName") or "default"),
         uid=str(meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}"),
         labels=tuple(sorted((str(k), str(v)) for k, v in (meta.get("labels") or {}).items())),
+        created=str(meta.get("creationTimestamp") or ""),
+        terminating=bool(meta.get("deletionTimestamp")),
     )
     if spec.get("hostNetwork") or status.get("phase") != "Running":
         return pod, ()

@@ -397,7 +397,11 @@ class TcpConnection:
 
 
 class TcpTable:
-    """Open client TCP connections: a cap per client address and a global cap that evicts the idlest."""
+    """Open client TCP connections: a cap per client address and a global cap that evicts the idlest.
+
+    The cap is per address even for a pod with two (dual stack): it is taken at
+    accept, before any query names the pod, and two addresses at most double it.
+    """
 
     def __init__(self) -> None:
         self.connections: dict[TcpConnection, None] = {}  # accept order

@@ -60,13 +60,32 @@ class PrefixTable:
 
 @dataclass(frozen=True, slots=True)
 class PodIdentity:
-    """Who a pod is, as alerts and learn records name it."""
+    """Who a pod is, as alerts and learn records name it.
+
+    ``created`` and ``terminating`` only decide which of two pods listing one
+    address holds it (see :class:`PodTable`).
+    """
 
     namespace: str  # the Kubernetes namespace
     name: str
     service_account: str
     uid: str
     labels: tuple[tuple[str, str], ...] = ()  # the pod's labels, for namespaces that select by label
+    created: str = ""  # metadata.creationTimestamp, RFC 3339 as the API writes it (UTC, "Z"): compares as text
+    terminating: bool = False  # metadata.deletionTimestamp is set: the pod is being deleted
+
+
+def pod_key(pod: PodIdentity) -> str:
+    """The key per-client state (quarantine, rate-limit bucket) is held under for a pod: all its addresses share it.
+
+    ``pod:<namespace>/<name>``: never an address, and readable in the admin API.
+    """
+    return f"pod:{pod.namespace}/{pod.name}"
+
+
+def _claim(pod: PodIdentity) -> tuple[bool, str]:
+    """How strongly a pod claims an address it lists: not terminating first, then the most recently created."""
+    return (not pod.terminating, pod.created)
 
 
 def canonical_address(text: str) -> str | None:
@@ -85,9 +104,14 @@ class PodTable:
 
     The table holds only pods that map (Running, not hostNetwork, with an
     address); the watch (``resolver/operations/kubernetes.py``) decides that and
-    calls :meth:`put` / :meth:`drop` / :meth:`replace`. When two pods claim one
-    address the later event wins: an address handed to a new pod follows it
-    at once, and the old pod's later deletion does not unmap it.
+    calls :meth:`put` / :meth:`drop` / :meth:`replace`. When two pods list one
+    address (a reused address whose old pod is still being deleted), it goes
+    to the pod that is not terminating over one that is, then to the one
+    created last; between equals the later event wins (in a full list, the last
+    by namespace/name). So an address handed to a new pod follows it at once,
+    and neither the old pod's later events nor a relist give it back. A pod
+    that lost an address does not hold it: should the winner go first, the
+    address maps again with the loser's next event or the next list.
     Memory is one small object per pod plus two dict entries per address.
     """
 
@@ -116,13 +140,20 @@ class PodTable:
         """Map ``addresses`` to ``pod``; addresses it held before and no longer lists stop mapping."""
         pod = PodIdentity(
             sys.intern(pod.namespace), pod.name, sys.intern(pod.service_account), pod.uid,
-            tuple((sys.intern(k), sys.intern(v)) for k, v in pod.labels),
+            tuple((sys.intern(k), sys.intern(v)) for k, v in pod.labels), pod.created, pod.terminating,
         )
-        new = tuple(a for a in (canonical_address(x) for x in addresses) if a is not None)
+        listed = tuple(a for a in (canonical_address(x) for x in addresses) if a is not None)
         old = self._addresses.get(pod.uid, ())
         for address in old:
-            if address not in new:
+            if address not in listed:
                 self._unmap(address, pod.uid)
+        claim = _claim(pod)
+        new: list[str] = []
+        for address in listed:
+            previous = self._by_address.get(address)
+            if previous is not None and previous.uid != pod.uid and _claim(previous) > claim:
+                continue  # a live or newer pod holds it: a terminating or older one does not take it back
+            new.append(address)
         if not new:
             self._addresses.pop(pod.uid, None)
             return
@@ -136,7 +167,7 @@ class PodTable:
                 else:
                     self._addresses.pop(previous.uid, None)
             self._by_address[address] = pod
-        self._addresses[pod.uid] = new
+        self._addresses[pod.uid] = tuple(new)
 
     def drop(self, uid: str) -> None:
         """The pod is gone (deleted, Succeeded, Failed, or no longer has an address)."""
@@ -144,10 +175,16 @@ class PodTable:
             self._unmap(address, uid)
 
     def replace(self, pods: Iterable[tuple[PodIdentity, tuple[str, ...]]]) -> None:
-        """Swap in the result of a full list: pods it does not name stop mapping."""
+        """Swap in the result of a full list: pods it does not name stop mapping.
+
+        The list comes in namespace/name order, which says nothing of which pod
+        got a shared address last; applied weakest claim first, each address
+        ends with the pod :meth:`put` would give it.
+        """
         self._by_address = {}
         self._addresses = {}
-        for pod, addresses in pods:
+        ordered = sorted(pods, key=lambda entry: (_claim(entry[0]), entry[0].namespace, entry[0].name))
+        for pod, addresses in ordered:
             self.put(pod, addresses)
         self.synced = True
 

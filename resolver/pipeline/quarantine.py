@@ -7,6 +7,13 @@ client, for any name, get the namespace's deny action until the quarantine
 ends. One ``critical`` alert of kind ``undeclared`` names the name that
 triggered it. With ``on_undeclared: alert`` only the alert is raised.
 
+What is quarantined is the workload: a client the identity stage named as a
+pod is quarantined as that pod (key ``pod:<namespace>/<name>``), so every
+address it has (IPv4 and IPv6 of a dual-stack pod) is cut off, and an address
+the pod leaves behind is not; any other client is quarantined by its address.
+A quarantine of the address is honoured for a pod too (one set before the pod
+list arrived, while the CIDR rule identified it).
+
 The quarantine is checked for every query of every namespace, so a quarantine
 another replica set (shared through Redis) or one left from before a reload
 still holds. It acts only in ``enforce`` mode; ``observe`` alerts
@@ -29,6 +36,7 @@ from heuristics.client_quarantine import ClientQuarantine, ClientQuarantines
 from heuristics.names import labels_of
 from resolver.config import Namespace
 from resolver.pipeline.alerts import Alert, AlertHub, qtype_text
+from resolver.pipeline.identity import pod_key
 from resolver.pipeline.policy import PolicyStage
 from resolver.pipeline.query import Query, Reply
 from resolver.pipeline.rpz import Action
@@ -54,7 +62,13 @@ class QuarantineStage:
         view = query.view
         assert view is not None
         ns = view.namespace
-        if len(self.book) and self.book.until(view.name, query.client) > query.now:
+        pod = query.pod
+        # A pod is quarantined as a whole: its other address (dual stack) must not get it out.
+        holder = query.client if pod is None else pod_key(pod)
+        if len(self.book) and (
+            self.book.until(view.name, holder) > query.now
+            or (pod is not None and self.book.until(view.name, query.client) > query.now)
+        ):
             self.book.blocks += 1
             return self._blocked(query, ns)
         rule = view.on_undeclared
@@ -65,9 +79,9 @@ class QuarantineStage:
         evidence: dict[str, object] = {"mode": view.mode, "on_undeclared": rule.action}
         if enforce:
             until = query.now + rule.duration
-            self.book.set(ClientQuarantine(view.name, query.client, until, query.now, name_to_text(q.qname)))
+            self.book.set(ClientQuarantine(view.name, holder, until, query.now, name_to_text(q.qname)))
             self.book.started += 1
-            evidence.update(until=round(until, 3), duration=rule.duration)
+            evidence.update(until=round(until, 3), duration=rule.duration, quarantined=holder)
         self._alerts.emit(Alert(
             ts=query.now, kind="undeclared", severity="critical", namespace=view.name, client=query.client,
             qname=name_to_text(q.qname), qtype=qtype_text(q.qtype),

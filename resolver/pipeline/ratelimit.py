@@ -17,6 +17,11 @@ its packets. The charge counts work, not time: a server preempted by the
 machine never charges an innocent client for the stall. Only the live server
 charges (``Pipeline.handle``); replay decides the same way it always did.
 
+A client the identity stage named as a pod has one bucket for the pod (key
+``pod:<namespace>/<name>``, see ``pod_key``), not one per address: a
+dual-stack pod does not get twice the rate by asking over IPv4 and IPv6.
+Other clients have one bucket per address.
+
 TCP queries are not limited by the bucket: a TCP client has proved its
 address with the handshake, is where slipped queries are meant to land, and
 is bounded by the listener's per-client connection cap and write backpressure
@@ -32,10 +37,12 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from resolver.pipeline.alerts import AlertHub
+from resolver.pipeline.identity import PodIdentity, pod_key
 from resolver.pipeline.query import Query, Reply
 from resolver.wire.message import NOERROR, truncated
 
@@ -65,7 +72,7 @@ class Bucket:
 
 
 class RateLimiter:
-    """Token buckets per client address, and what was limited, for the metrics."""
+    """Token buckets per client (an address, or a pod's key), and what was limited, for the metrics."""
 
     def __init__(self, max_clients: int = 100_000) -> None:
         self.max_clients = max_clients
@@ -126,11 +133,18 @@ class RateLimiter:
 
 
 class RateLimitStage:
-    """Drops or truncates (TC=1) a client's UDP queries beyond its namespace's rate."""
+    """Drops or truncates (TC=1) a client's UDP queries beyond its namespace's rate.
 
-    def __init__(self, limiter: RateLimiter, alerts: AlertHub) -> None:
+    ``workloads`` (the pod table's lookup, when pod identity is on) names the
+    pod behind a client address the detector charged, so the charge lands in
+    the pod's bucket.
+    """
+
+    def __init__(self, limiter: RateLimiter, alerts: AlertHub,
+                 workloads: Callable[[str], PodIdentity | None] | None = None) -> None:
         self.limiter = limiter
         self._alerts = alerts
+        self._workloads = workloads
 
     def resolve(self, query: Query) -> Reply | None:
         view = query.view
@@ -138,7 +152,8 @@ class RateLimitStage:
         if view.qps <= 0 or query.transport != "udp":
             return None
         burst = view.burst
-        bucket = self.limiter.take(query.client, query.now, view.qps, burst)
+        pod = query.pod
+        bucket = self.limiter.take(query.client if pod is None else pod_key(pod), query.now, view.qps, burst)
         if bucket is None:
             return None
         bucket.namespace = view.name
@@ -164,5 +179,11 @@ class RateLimitStage:
         view = query.view
         if view is None or view.qps <= 0:
             return
+        buckets = self.limiter.buckets
         for client in clients:
-            self.limiter.charge(client, ESTIMATE_TOKENS, view.burst)
+            key = client
+            pod = query.pod if client == query.client else (
+                self._workloads(client) if self._workloads is not None else None)
+            if pod is not None and pod_key(pod) in buckets:
+                key = pod_key(pod)  # else the address's own bucket (a pod a listener's namespace serves)
+            self.limiter.charge(key, ESTIMATE_TOKENS, view.burst)

@@ -9,9 +9,12 @@ test sends each pod's queries from its address.
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
@@ -103,3 +106,135 @@ def test_pod_identity_end_to_end(cluster: tuple[Dnsgate, FakeKubeAPI, int]) -> N
     assert metric_value(metrics, "dnsgate_kubernetes_mapped_pods") == 3.0
     assert (metric_value(metrics, "dnsgate_kubernetes_watch_events_total", type="ADDED") or 0) >= 1.0
     assert metric_value(metrics, "dnsgate_kubernetes_synced") == 1.0
+
+
+TOKEN = "pod-identity-token"
+
+DUAL_CONFIG = """
+listen:
+  - {{address: 127.0.0.1, port: {port}}}
+  - {{address: "::1", port: {port}}}
+upstreams: [{{address: 127.0.0.1, port: {upstream}}}]
+unknown_clients: refuse
+admin: {{address: 127.0.0.1, port: {admin}}}
+alerts: [{{type: jsonl, path: alerts.jsonl}}]
+identity:
+  kubernetes: {{kubeconfig: kubeconfig, watch_timeout: 5}}
+namespaces:
+  agents:
+    mode: enforce
+    allow: [www.allowed.test]
+    on_undeclared: {{action: quarantine, duration: 60s}}
+  limited:
+    mode: enforce
+    allow: [www.allowed.test]
+    rate_limit: {{qps: 0.01, burst: 3, slip: 1}}
+  payments: {{mode: enforce, allow: [api.allowed.test]}}
+  ops:
+    mode: enforce
+    clients: [127.0.0.0/8]
+    allow: [www.allowed.test]
+    on_undeclared: {{action: quarantine, duration: 60s}}
+"""
+
+
+def ask_from(port: int, name: str, source: str) -> dns.message.Message:
+    """A UDP query sent from ``source`` to the listener of its family."""
+    server = "::1" if ":" in source else "127.0.0.1"
+    return dns.query.udp(dns.message.make_query(name, "A"), server, port=port, timeout=3, source=source)
+
+
+def rcode(port: int, name: str, source: str) -> str:
+    return str(dns.rcode.to_text(ask_from(port, name, source).rcode()))
+
+
+def admin_call(admin: int, method: str, path: str) -> tuple[int, dict[str, object]]:
+    request = urllib.request.Request(f"http://127.0.0.1:{admin}{path}", method=method,
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310 - loopback only
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.fixture
+def dual_stack(unbound_upstream: Unbound, tmp_path: Path) -> Iterator[tuple[Dnsgate, FakeKubeAPI, int]]:
+    """dnsgate on 127.0.0.1 and ::1, its pods served by the FAKE API server of tests/support/fake_kube_api.py."""
+    api = FakeKubeAPI(port=free_tcp_port(), bookmark_seconds=0.5).start()
+    api.write_kubeconfig(tmp_path / "kubeconfig")
+    port, admin = free_port(), free_tcp_port()
+    gate = start_dnsgate(DUAL_CONFIG.format(port=port, upstream=unbound_upstream.port, admin=admin), tmp_path, port,
+                         env={"DNSGATE_ADMIN_TOKEN": TOKEN})
+    try:
+        poll(lambda: http_get(f"http://127.0.0.1:{admin}/readyz")[0] == 200, timeout=15, what="first pod list")
+        yield gate, api, admin
+    finally:
+        gate.stop()
+        api.stop()
+
+
+def test_a_dual_stack_pod_is_quarantined_on_both_addresses(dual_stack: tuple[Dnsgate, FakeKubeAPI, int]) -> None:
+    """Pod agents/dual-0 has 127.0.0.40 and ::1 (the fake API's podIPs): an undeclared query over IPv4
+    quarantines the pod, so its queries over IPv6 are denied too. A CIDR client stays per address."""
+    gate, api, admin = dual_stack
+    api.add(make_pod("agents", "dual-0", "127.0.0.40", extra_ips=("::1",)))
+    poll(lambda: rcode(gate.port, "www.allowed.test", "::1") == "NOERROR", timeout=5, what="the pod maps")
+    assert rcode(gate.port, "www.allowed.test", "127.0.0.40") == "NOERROR"
+
+    assert rcode(gate.port, "exfil.example.biz", "127.0.0.40") == "NXDOMAIN"  # undeclared: quarantined
+    assert rcode(gate.port, "www.allowed.test", "127.0.0.40") == "NXDOMAIN"
+    assert rcode(gate.port, "www.allowed.test", "::1") == "NXDOMAIN"  # the same pod, its other address
+
+    status, body = admin_call(admin, "GET", "/quarantines/clients")
+    assert status == 200
+    assert [(q["namespace"], q["client"]) for q in body["quarantines"]] == [("agents", "pod:agents/dual-0")]  # type: ignore[union-attr,index]
+    alerts = [json.loads(x) for x in Path(gate.alerts_path).read_text().splitlines()]
+    undeclared = next(a for a in alerts if a["kind"] == "undeclared")
+    assert (undeclared["client"], undeclared["pod"]) == ("127.0.0.40", "agents/dual-0")
+    assert undeclared["evidence"]["quarantined"] == "pod:agents/dual-0"
+
+    # CIDR clients (ops, 127.0.0.0/8) are quarantined per address: a neighbour is not.
+    assert rcode(gate.port, "exfil.example.biz", "127.0.0.60") == "NXDOMAIN"
+    assert rcode(gate.port, "www.allowed.test", "127.0.0.60") == "NXDOMAIN"
+    assert rcode(gate.port, "www.allowed.test", "127.0.0.61") == "NOERROR"
+
+    # Lifted by the pod's key (the slash is part of it): both addresses are free again.
+    assert admin_call(admin, "DELETE", "/quarantines/clients/agents/pod:agents/dual-0")[0] == 200
+    assert rcode(gate.port, "www.allowed.test", "127.0.0.40") == "NOERROR"
+    assert rcode(gate.port, "www.allowed.test", "::1") == "NOERROR"
+    assert admin_call(admin, "DELETE", "/quarantines/clients/agents/pod:agents/dual-0")[0] == 404
+
+
+def test_a_dual_stack_pod_has_one_rate_limit_bucket(dual_stack: tuple[Dnsgate, FakeKubeAPI, int]) -> None:
+    """Namespace ``limited`` allows a burst of 3 (and next to nothing after): a pod asking over 127.0.0.41
+    and ::1 gets 3 in all, not 3 per address. Limited queries are slipped (TC=1) with slip 1."""
+    gate, api, _ = dual_stack
+    api.add(make_pod("limited", "dual-1", "127.0.0.41", extra_ips=("::1",)))
+    # ::1 is in no CIDR rule: REFUSED (before any bucket) until the pod maps, then its first token.
+    poll(lambda: rcode(gate.port, "www.allowed.test", "::1") == "NOERROR", timeout=5, what="the pod maps")
+    truncated = []
+    for source in ("127.0.0.41", "::1", "127.0.0.41", "::1"):
+        truncated.append(bool(ask_from(gate.port, "www.allowed.test", source).flags & dns.flags.TC))
+    assert truncated == [False, False, True, True]
+
+
+def test_relist_keeps_a_reused_address_with_the_new_pod(dual_stack: tuple[Dnsgate, FakeKubeAPI, int]) -> None:
+    """payments/old holds 127.0.0.50 and is being deleted; the address is handed to agents/new. The watch
+    expires (410 Gone) and dnsgate lists again: the list names agents/new first (namespace order), and the
+    address must stay with it rather than go back to payments/old."""
+    gate, api, admin = dual_stack
+    api.add(make_pod("payments", "old", "127.0.0.50", created="2025-03-01T10:00:00Z"))
+    # www.allowed.test: NXDOMAIN in payments, NOERROR in agents (asking agents for api.allowed.test would quarantine)
+    poll(lambda: rcode(gate.port, "www.allowed.test", "127.0.0.50") == "NXDOMAIN", timeout=5, what="old maps")
+    api.terminate("payments", "old")
+    api.add(make_pod("agents", "new", "127.0.0.50", created="2025-03-01T10:05:00Z"))
+    poll(lambda: rcode(gate.port, "www.allowed.test", "127.0.0.50") == "NOERROR", timeout=5, what="new maps")
+    api.modify(api.pods[("payments", "old")])  # a late status update of the terminating pod
+    api.end_watches()
+    api.add(make_pod("misc", "filler", None))  # a change only a list can see
+    api.compact()
+    base = f"http://127.0.0.1:{admin}"
+    poll(lambda: (metric_value(http_get(f"{base}/metrics")[1].decode(), "dnsgate_kubernetes_relists_total") or 0) >= 1,
+         timeout=15, what="a relist")
+    assert rcode(gate.port, "www.allowed.test", "127.0.0.50") == "NOERROR"  # agents/new, not payments/old

@@ -19,7 +19,9 @@ watch pods against it, the way a kube-apiserver does:
 
 It runs in its own thread and event loop so tests (and dnsgate processes
 started by tests) can use it while the test drives pods with :meth:`add`,
-:meth:`modify`, :meth:`delete`, :meth:`compact` and :meth:`end_watches`.
+:meth:`modify`, :meth:`terminate`, :meth:`delete`, :meth:`compact` and
+:meth:`end_watches`. Like an API server it stamps ``creationTimestamp`` on a
+pod it is given without one.
 It is a fake: no field/label selectors, no other resources, no RBAC.
 """
 
@@ -30,6 +32,7 @@ import contextlib
 import itertools
 import json
 import threading
+import time
 import uuid
 from collections.abc import Coroutine
 from pathlib import Path
@@ -48,16 +51,28 @@ def make_pod(
     service_account: str = "default",
     extra_ips: tuple[str, ...] = (),
     uid: str | None = None,
+    created: str | None = None,
+    deleting: str | None = None,
 ) -> dict[str, Any]:
-    """A Pod object as the API serves it (only the fields a consumer of identity reads, plus a few)."""
+    """A Pod object as the API serves it (only the fields a consumer of identity reads, plus a few).
+
+    ``created`` is ``metadata.creationTimestamp`` (the server stamps the time of
+    :meth:`FakeKubeAPI.add` when it is not given); ``deleting`` sets
+    ``metadata.deletionTimestamp``, as a pod in its grace period has.
+    """
     status: dict[str, Any] = {"phase": phase}
     if ip is not None:
         status["podIP"] = ip
         status["podIPs"] = [{"ip": ip}] + [{"ip": x} for x in extra_ips]
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "uid": uid or str(uuid.uuid4()), "labels": {"app": name}}
+    if created is not None:
+        meta["creationTimestamp"] = created
+    if deleting is not None:
+        meta["deletionTimestamp"] = deleting
     return {
         "kind": "Pod",
         "apiVersion": "v1",
-        "metadata": {"name": name, "namespace": namespace, "uid": uid or str(uuid.uuid4()), "labels": {"app": name}},
+        "metadata": meta,
         "spec": {
             "serviceAccountName": service_account,
             "hostNetwork": host_network,
@@ -65,6 +80,11 @@ def make_pod(
         },
         "status": status,
     }
+
+
+def timestamp(when: float | None = None) -> str:
+    """A time as the API writes it in ``metadata`` (RFC 3339, UTC, whole seconds)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if when is None else when))
 
 
 def _flag(value: str | None) -> bool:
@@ -163,6 +183,12 @@ class FakeKubeAPI:
     def modify(self, pod: dict[str, Any]) -> int:
         return int(self._call(self._event("MODIFIED", pod)))
 
+    def terminate(self, namespace: str, name: str) -> int:
+        """Start a graceful deletion: the pod stays, with ``deletionTimestamp`` set (a MODIFIED event)."""
+        pod = json.loads(json.dumps(self.pods[(namespace, name)]))
+        pod["metadata"]["deletionTimestamp"] = timestamp()
+        return self.modify(pod)
+
     def delete(self, namespace: str, name: str) -> int:
         pod = self.pods[(namespace, name)]
         return int(self._call(self._event("DELETED", pod)))
@@ -173,6 +199,7 @@ class FakeKubeAPI:
             for pod in pods:
                 self.rv += 1
                 pod["metadata"]["resourceVersion"] = str(self.rv)
+                pod["metadata"].setdefault("creationTimestamp", timestamp())
                 self.pods[(pod["metadata"]["namespace"], pod["metadata"]["name"])] = pod
             self.oldest_rv = self.rv
             self.events.clear()
@@ -213,6 +240,9 @@ class FakeKubeAPI:
         pod = json.loads(json.dumps(pod))
         pod["metadata"]["resourceVersion"] = str(self.rv)
         key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+        if kind != "DELETED":  # kept from the stored object, as the API server keeps it
+            stored = self.pods.get(key, {}).get("metadata", {}).get("creationTimestamp")
+            pod["metadata"].setdefault("creationTimestamp", stored or timestamp())
         if kind == "DELETED":
             self.pods.pop(key, None)
         else:

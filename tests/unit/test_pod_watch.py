@@ -218,3 +218,98 @@ def test_table_follows_the_latest_event_for_every_address(events: list[tuple[str
             assert (None if found is None else int(found.name[1:])) == expected, (address, events)
     holding = {p for p, held in claims.items() if any(owner.get(a) == p for a in held)}
     assert len(table) == len(holding)
+
+
+T1, T2, T3 = "2025-03-01T10:00:00Z", "2025-03-01T10:05:00Z", "2025-03-01T10:09:00Z"
+
+
+def test_list_gives_a_shared_address_to_the_pod_not_terminating() -> None:
+    """A full list comes in namespace/name order: the terminating pod last in that order must not win."""
+    table = PodTable()
+    new = PodIdentity("agents", "new", "sa", "u-new", created=T2)
+    old = PodIdentity("payments", "old", "sa", "u-old", created=T1, terminating=True)
+    table.replace([(new, ("10.0.0.50",)), (old, ("10.0.0.50",))])
+    assert table.lookup("10.0.0.50") == new
+    assert len(table) == 1  # the terminating pod holds nothing
+    # Also when the terminating pod is the newer one: not terminating comes first.
+    newer_but_going = PodIdentity("zz", "going", "sa", "u-going", created=T3, terminating=True)
+    table.replace([(new, ("10.0.0.50",)), (newer_but_going, ("10.0.0.50",))])
+    assert table.lookup("10.0.0.50") == new
+
+
+def test_list_gives_a_shared_address_to_the_pod_created_last_then_by_name() -> None:
+    table = PodTable()
+    early = PodIdentity("zz", "early", "sa", "u1", created=T1)
+    late = PodIdentity("aa", "late", "sa", "u2", created=T2)
+    table.replace([(late, ("10.0.0.60",)), (early, ("10.0.0.60",))])
+    assert table.lookup("10.0.0.60") == late
+    # Equal claims: the last by namespace/name, whatever order the items come in.
+    a, b = PodIdentity("aa", "x", "sa", "u3", created=T1), PodIdentity("bb", "x", "sa", "u4", created=T1)
+    for items in ([(a, ("10.0.0.61",)), (b, ("10.0.0.61",))], [(b, ("10.0.0.61",)), (a, ("10.0.0.61",))]):
+        table.replace(items)
+        assert table.lookup("10.0.0.61") == b
+
+
+def test_list_rule_is_per_address() -> None:
+    """A dual-stack pod that loses one address to a newer pod keeps its other one."""
+    table = PodTable()
+    old = PodIdentity("payments", "old", "sa", "u-old", created=T1, terminating=True)
+    new = PodIdentity("agents", "new", "sa", "u-new", created=T2)
+    table.replace([(new, ("10.0.0.70",)), (old, ("10.0.0.70", "fd00::70"))])
+    assert table.lookup("10.0.0.70") == new
+    assert table.lookup("fd00::70") == old
+    assert len(table) == 2
+
+
+def test_terminating_pod_event_does_not_take_an_address_back() -> None:
+    """A MODIFIED event of the old, terminating pod still listing the address arrives after the new pod's."""
+    table = PodTable()
+    old = PodIdentity("payments", "old", "sa", "u-old", created=T1)
+    new = PodIdentity("agents", "new", "sa", "u-new", created=T2)
+    table.replace([(old, ("10.0.0.80",))])
+    table.put(new, ("10.0.0.80",))
+    assert table.lookup("10.0.0.80") == new
+    table.put(PodIdentity("payments", "old", "sa", "u-old", created=T1, terminating=True), ("10.0.0.80",))
+    assert table.lookup("10.0.0.80") == new
+    table.put(old, ("10.0.0.80",))  # an older pod's event, not terminating: still the newer pod's address
+    assert table.lookup("10.0.0.80") == new
+    assert len(table) == 1
+    table.drop("u-old")  # its deletion, at last, does not unmap the new pod
+    assert table.lookup("10.0.0.80") == new
+
+
+def test_address_of_a_terminating_holder_goes_to_a_new_pod() -> None:
+    """The other way round: a new pod's event takes an address from the terminating pod holding it."""
+    table = PodTable()
+    old = PodIdentity("payments", "old", "sa", "u-old", created=T2, terminating=True)
+    table.replace([(old, ("10.0.0.90",))])
+    assert table.lookup("10.0.0.90") == old  # alone, a terminating pod still maps while Running
+    new = PodIdentity("agents", "new", "sa", "u-new", created=T1)  # created earlier, but not terminating
+    table.put(new, ("10.0.0.90",))
+    assert table.lookup("10.0.0.90") == new
+
+
+def test_pod_entry_reads_creation_and_deletion() -> None:
+    pod, _ = pod_entry(make_pod("agents", "p", "10.244.9.9", created=T1, deleting=T2))
+    assert (pod.created, pod.terminating) == (T1, True)
+    pod, _ = pod_entry(make_pod("agents", "p", "10.244.9.9"))
+    assert (pod.created, pod.terminating) == ("", False)
+
+
+async def test_relist_keeps_a_reused_address_with_the_new_pod(api: FakeKubeAPI, tmp_path: Path) -> None:
+    """Through the fake API: payments/old is terminating with 10.244.0.50, agents/new is given it, the watch
+    is compacted away and relists; the list (agents/new first in namespace order) must not hand it back."""
+    api.load([make_pod("payments", "old", "10.244.0.50", created=T1)])
+    async with watching(api, tmp_path) as watch:
+        await until(lambda: watch.table.synced and watch.state == "watching")
+        api.terminate("payments", "old")
+        api.add(make_pod("agents", "new", "10.244.0.50", created=T2))
+        await until(lambda: ns_of(watch.table, "10.244.0.50") == "agents/new")
+        api.modify(api.pods[("payments", "old")])  # a late status update of the old pod
+        await until(lambda: watch.events["MODIFIED"] >= 2)
+        assert ns_of(watch.table, "10.244.0.50") == "agents/new"
+        api.end_watches()
+        api.add(make_pod("misc", "filler", None))  # a change only the relist can see
+        api.compact()
+        await until(lambda: watch.relists >= 1)
+        assert ns_of(watch.table, "10.244.0.50") == "agents/new"

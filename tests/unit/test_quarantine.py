@@ -18,6 +18,7 @@ from heuristics.client_quarantine import ClientQuarantine, ClientQuarantines
 from resolver import config as config_mod
 from resolver.config import ConfigError
 from resolver.pipeline.chain import Engine, Pipeline
+from resolver.pipeline.identity import PodIdentity
 from resolver.pipeline.query import Query, Reply
 from resolver.wire.message import parse_query
 from tests.support.sinks import Collected
@@ -228,3 +229,36 @@ def test_book_sharing_keeps_changes_made_during_the_round_trip() -> None:
     sent = [(c, a[1] if len(a) > 1 else None) for c, a in pipe.commands]
     assert ("zadd", {"agents|10.0.0.6": 200.0}) in sent  # the in-flight change is sent next round
     assert ("hdel", "gone|10.0.0.1") in sent  # the reason of an ended quarantine is forgotten
+
+
+def test_a_pod_is_quarantined_on_every_address_and_a_cidr_client_per_address(tmp_path: Path) -> None:
+    """A client named as a pod is quarantined as the pod: its other address (dual stack) is cut off too,
+    an address it no longer holds is not. Pod identity is set on the query as the identity stage would."""
+    pipeline, _sink = build(tmp_path)
+    dual = PodIdentity("agents", "dual-0", "sa", "u1")
+
+    def as_pod(name: str, client: str, pod: PodIdentity | None, now: float = 1000.0) -> Reply | None:
+        wire = dns.message.make_query(name, "A").to_wire()
+        query = Query(wire, parse_query(wire), client, "udp", now, namespace=pipeline.config.namespaces["agents"],
+                      pod=pod)
+        return pipeline.quarantine.resolve(query)
+
+    reply = as_pod("exfil.example.biz", "10.0.0.40", dual)
+    assert reply is not None
+    assert reply.action == "quarantined"
+    [held] = pipeline.engine.state.clients.active(1000.0)
+    assert (held.namespace, held.client) == ("agents", "pod:agents/dual-0")
+    for client in ("10.0.0.40", "fd00::40"):
+        blocked = as_pod("api.github.com", client, dual, now=1001.0)
+        assert blocked is not None, client
+        assert blocked.action == "quarantined", client
+    # Another pod later given 10.0.0.40 is not the quarantined one.
+    assert as_pod("api.github.com", "10.0.0.40", PodIdentity("agents", "next-0", "sa", "u2"), now=1002.0) is None
+    # A CIDR client (no pod) stays per address: its neighbour is free.
+    assert ask(pipeline, "exfil.example.biz", client="10.0.0.7", now=1003.0) is not None
+    assert ask(pipeline, "api.github.com", client="10.0.0.7", now=1004.0) is not None
+    assert ask(pipeline, "api.github.com", client="10.0.0.8", now=1004.0) is None
+    # An address quarantined before its pod was known (CIDR then) still holds once the pod is named.
+    blocked = as_pod("api.github.com", "10.0.0.7", PodIdentity("agents", "late-0", "sa", "u3"), now=1005.0)
+    assert blocked is not None
+    assert blocked.action == "quarantined"
