@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -226,8 +227,9 @@ def test_a_killed_worker_ends_the_service_for_the_supervisor_to_restart(
     server = start_dnsgate(basic_config(port, unbound_upstream.port) + "workers: 2\n", tmp_path, port)
     try:
         workers = poll(lambda: (w if len(w := _workers_of(server)) == 2 else None), what="two workers")
-        started = (tmp_path / "dnsgate.stderr").read_text()
-        order = [int(pid) for pid in started.split("started 2 workers: ", 1)[1].split()[:2]]
+        started = poll(lambda: re.search(r"started 2 workers: (\d+) (\d+)", (tmp_path / "dnsgate.stderr").read_text()),
+                       what="the parent's line naming its workers")
+        order = [int(started[1]), int(started[2])]
         assert sorted(order) == sorted(workers)
         killed, other = order[victim], order[1 - victim]
         os.kill(killed, signal.SIGKILL)
