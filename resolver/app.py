@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,15 +41,19 @@ class Prepared:
     token: str | None
 
 
-def prepare(config: Config) -> Prepared:
+def prepare(config: Config, serve_admin: bool = True) -> Prepared:
     """Bind every socket and read the admin token with the privileges dnsgate started with, then drop them.
 
     Runs before the event loop, while the process has one thread: capabilities
     are per thread, and a drop done here leaves no thread holding one.
+    ``serve_admin`` False (the workers after the first of ``workers: N``) leaves
+    the admin endpoint to another process; the config keeps its ``admin``, so
+    a reload does not see it as changed.
     """
+    admin = config.admin if serve_admin else None
     try:
         account = privileges.account(config.user) if config.user else None
-        token = admin_token(config.admin, config.path) if config.admin is not None else None
+        token = admin_token(admin, config.path) if admin is not None else None
         listeners = bind_listeners(config.listen, config.workers)
     except (ConfigError, privileges.PrivilegeError) as exc:
         raise StartupError(str(exc)) from exc
@@ -56,9 +61,9 @@ def prepare(config: Config) -> Prepared:
         raise StartupError(exc.strerror) from exc
     admin_sock: socket.socket | None = None
     try:
-        if config.admin is not None:
+        if admin is not None:
             try:
-                admin_sock = bind_socket(Listen(config.admin.address, config.admin.port), socket.SOCK_STREAM)
+                admin_sock = bind_socket(Listen(admin.address, admin.port), socket.SOCK_STREAM)
             except ListenError as exc:
                 raise StartupError(f"admin: {exc.strerror}") from exc
         if account is not None or os.geteuid() != 0:
@@ -75,13 +80,15 @@ def prepare(config: Config) -> Prepared:
     return Prepared(listeners, admin_sock, token)
 
 
-async def run(config: Config, prepared: Prepared | None = None) -> int:
+async def run(config: Config, prepared: Prepared | None = None,
+              reload_siblings: Callable[[], None] | None = None) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads the config and reopens the jsonl sinks.
 
     Also starts the config-file watcher and, when ``admin`` is configured, the
     admin HTTP server (/metrics, /healthz, /readyz, POST /reload). ``prepared``
-    comes from :func:`prepare` (called here when absent). Raises
-    :class:`StartupError` when it cannot start.
+    comes from :func:`prepare` (called here when absent). ``reload_siblings``
+    (the first of several workers) is called after each POST /reload so that
+    the other workers reload too. Raises :class:`StartupError` when it cannot start.
     """
     if prepared is None:
         prepared = prepare(config)
@@ -100,8 +107,8 @@ async def run(config: Config, prepared: Prepared | None = None) -> int:
     if config.identity.kubernetes is not None:
         pod_watch = PodWatch(config.identity.kubernetes, server.engine.pods)
     admin: AdminServer | None = None
-    if config.admin is not None:
-        admin = AdminServer(server, reloader, alert_counts, prepared.token, pod_watch)
+    if config.admin is not None and prepared.admin is not None:
+        admin = AdminServer(server, reloader, alert_counts, prepared.token, pod_watch, reload_siblings)
         await admin.start(config.admin.address, config.admin.port, prepared.admin)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, server.stop)

@@ -9,7 +9,10 @@ import gc
 import ipaddress
 import logging
 import os
+import signal
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
@@ -94,17 +97,25 @@ class UsageError(Exception):
     """A command-line value dnsgate cannot use, or a server that cannot start (one line, exit status 2)."""
 
 
-def _run_one(config: config_mod.Config) -> int:
+def _run_one(config: config_mod.Config, serve_admin: bool = True,
+             reload_siblings: Callable[[], None] | None = None) -> int:
     from resolver.app import prepare, run
 
-    prepared = prepare(config)  # binds and drops privileges before the event loop has threads
+    prepared = prepare(config, serve_admin)  # binds and drops privileges before the event loop has threads
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    return asyncio.run(run(config, prepared))
+    return asyncio.run(run(config, prepared, reload_siblings))
+
+
+# A worker still running this long after the parent's SIGTERM is killed: longer than a
+# worker's own shutdown (in-flight queries, 2 s for the alert sinks' queues).
+WORKER_STOP_SECONDS = 10.0
+# Sent by the first worker to the parent after POST /reload, so the other workers reload too.
+RELOAD_SIBLINGS = signal.SIGUSR1
 
 
 def _serve_workers(config: config_mod.Config) -> int:
@@ -112,45 +123,114 @@ def _serve_workers(config: config_mod.Config) -> int:
 
     The kernel spreads queries over them; each keeps its own cache and local
     detector view (use the Redis backend to share windows and quarantines).
-    Only the first worker serves the admin HTTP endpoint. SIGTERM, SIGINT and
-    SIGHUP sent to this parent are passed on to every worker.
-    """
-    import signal
+    Only the first worker serves the admin HTTP endpoint; its POST /reload
+    asks this parent (RELOAD_SIBLINGS) to send SIGHUP to the others. SIGTERM,
+    SIGINT and SIGHUP sent to this parent are passed on to every worker.
 
+    A worker that ends while the service is not being stopped (killed, crashed,
+    failed to start) ends the service: one line names it, its pid and how it
+    ended; the other workers get SIGTERM (SIGKILL after WORKER_STOP_SECONDS);
+    the status is the worker's own when it exited with one, else 1, so that
+    the supervisor (systemd, Kubernetes) restarts dnsgate whole rather than
+    leaving it serving on fewer workers than configured.
+    """
     from resolver.app import StartupError
 
     log = logging.getLogger("dnsgate")
-    children: list[int] = []
+    parent = os.getpid()
+    workers: dict[int, int] = {}  # pid -> worker index
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = stopping or signum != signal.SIGHUP
+        _signal_workers(list(workers), signum)
+
+    def reload_siblings(_signum: int, _frame: object) -> None:
+        _signal_workers([pid for pid, index in workers.items() if index != 0], signal.SIGHUP)
+
+    def ask_parent() -> None:
+        if os.getppid() == parent:  # not a parent that is gone (the worker would be init's)
+            os.kill(parent, RELOAD_SIBLINGS)
+
+    # Handlers are installed before the first fork, so no signal finds the parent unprepared;
+    # the signals are blocked around each fork so that none runs a parent's handler in a child.
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, RELOAD_SIBLINGS)
+    for signum in handled[:3]:
+        signal.signal(signum, forward)
+    signal.signal(RELOAD_SIBLINGS, reload_siblings)
     for index in range(config.workers):
+        signal.pthread_sigmask(signal.SIG_BLOCK, handled)
         pid = os.fork()
         if pid == 0:
-            worker_config = config if index == 0 else replace(config, admin=None)
+            for signum in handled:
+                signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
             try:
-                code = _run_one(worker_config)
+                code = _run_one(config, serve_admin=index == 0,
+                                reload_siblings=ask_parent if index == 0 and config.admin is not None else None)
             except StartupError as exc:
                 print(f"dnsgate: worker {index}: {exc}", file=sys.stderr)
                 code = 2
             os._exit(code)
-        children.append(pid)
-    log.info("started %d workers: %s", len(children), " ".join(map(str, children)))
+        workers[pid] = index
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
+    log.info("started %d workers: %s", len(workers), " ".join(map(str, workers)))
 
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
     status = 0
-    for child in children:
-        while True:
-            try:
-                _, code = os.waitpid(child, 0)
-                break
-            except InterruptedError:
-                continue
-        status = status or os.waitstatus_to_exitcode(code)
+    while workers:
+        pid, wait_status = os.wait()  # any worker; retried after a signal handler (PEP 475)
+        if pid not in workers:
+            continue
+        index = workers.pop(pid)
+        code = os.waitstatus_to_exitcode(wait_status)
+        if stopping:
+            status = status or (code if code >= 0 else 128 - code)
+            continue
+        status = code if code > 0 else 1
+        log.error("worker %d (pid %d) %s; stopping the other %d and exiting with status %d so that the "
+                  "supervisor restarts dnsgate", index, pid, _how_it_ended(code), len(workers), status)
+        stopping = True
+        _stop_workers(workers, WORKER_STOP_SECONDS)
     return status
+
+
+def _signal_workers(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def _how_it_ended(code: int) -> str:
+    """A worker's end, from ``os.waitstatus_to_exitcode``: a status, or the signal that killed it."""
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = str(-code)
+    return f"was killed by signal {name}"
+
+
+def _stop_workers(workers: dict[int, int], grace: float) -> None:
+    """SIGTERM to every worker left; SIGKILL to those still running after ``grace`` seconds."""
+    log = logging.getLogger("dnsgate")
+    _signal_workers(list(workers), signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while workers:
+        pid, _ = os.waitpid(-1, os.WNOHANG)
+        if pid:
+            workers.pop(pid, None)
+            continue
+        if time.monotonic() >= deadline:
+            for pid, index in workers.items():
+                log.warning("worker %d (pid %d) still running %.0f s after SIGTERM: killed", index, pid, grace)
+            _signal_workers(list(workers), signal.SIGKILL)
+            for pid in list(workers):
+                os.waitpid(pid, 0)
+                del workers[pid]
+            return
+        time.sleep(0.05)  # the interval between checks while the workers shut down
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@
     GET  /readyz    200 once the policy is loaded, an upstream is healthy and (pod identity on)
                     the first Pod list is applied, else 503
     POST /reload    reload the config now; 200 with the new generation, 422 with the error
+                    (with workers: N, the other workers are sent SIGHUP and reload too)
     GET  /quarantines/clients                       clients quarantined now (on_undeclared)
     DELETE /quarantines/clients/{namespace}/{client} lift one client's quarantine
 
@@ -29,7 +30,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -133,9 +134,12 @@ class AdminServer:
     """aiohttp application serving /metrics, /healthz, /readyz and POST /reload."""
 
     def __init__(self, server: Server, reloader: Reloader, alert_counts: AlertCounts,
-                 token: str | None = None, pod_watch: PodWatch | None = None) -> None:
+                 token: str | None = None, pod_watch: PodWatch | None = None,
+                 reload_siblings: Callable[[], None] | None = None) -> None:
         self.server = server
         self.reloader = reloader
+        # With workers: N, this (the first) worker's POST /reload reaches the others through this.
+        self.reload_siblings = reload_siblings
         self.token = token
         self.caller: Caller | None = None
         self._refused = 0
@@ -250,5 +254,7 @@ class AdminServer:
         if refused is not None:
             return refused
         result = self.reloader.reload("POST /reload")
+        if self.reload_siblings is not None:
+            self.reload_siblings()
         body = {"ok": result.ok, "generation": result.generation, "error": result.error}
         return web.json_response(body, status=200 if result.ok else 422)

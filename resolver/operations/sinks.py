@@ -6,8 +6,9 @@ full), so a slow or dead receiver never touches the query path. Delivery is
 retried with exponential backoff; a batch that still fails is dropped and
 counted. Nothing is lost silently: the hub hands every alert to every sink, so
 the jsonl sink, when one is configured, holds each alert a remote sink could
-not deliver; when none is configured a dropped alert is logged as one JSON
-line on stderr.
+not deliver; when none is configured the drops are logged on stderr, at most
+one line per sink a minute carrying their count and one of them as JSON
+(``DropLog``), so a flood of alerts to a dead receiver cannot flood the log.
 
 ``build(spec)`` validates a sink's options once, when the engine is built,
 raising ConfigError with the file, line and key of the bad option.
@@ -23,6 +24,7 @@ import os
 import random
 import re
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,9 +69,60 @@ class Delivery:
         return base * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
 
 
-def spill_to_log(sink: str, alert: Alert) -> None:
-    """Where a dropped alert goes when no jsonl sink holds a copy."""
-    log.warning("alert not delivered to sink %s: %s", sink, alert.to_json())
+DROP_LOG_SECONDS = 60.0  # at most one "alerts not delivered" line per sink in this time
+
+
+class DropLog:
+    """Where a remote sink's dropped alerts go when no jsonl sink holds a copy: the log, bounded.
+
+    A flood of alerts to a dead receiver (a client raising a tunnel alert per
+    new domain) would otherwise write one line per alert. The first drop is
+    logged at once; the drops that follow within ``interval`` are counted and
+    written as one line when it has passed (a timer makes sure that line comes
+    even when the drops stop), with their exact count, the last reason and one
+    of the alerts as JSON. ``flush`` writes what is pending now (on close).
+    Every drop is still counted in the sink's ``dropped`` (the metrics).
+    """
+
+    def __init__(self, interval: float = DROP_LOG_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.pending = 0
+        self._sink = ""
+        self._reason = ""
+        self._example: Alert | None = None
+        self._logged = -interval
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, sink: str, batch: list[Alert], reason: str) -> None:
+        """Count ``batch`` as dropped by ``sink``; log now if the last line is ``interval`` old."""
+        if not batch:
+            return
+        self.pending += len(batch)
+        self._sink, self._reason = sink, reason
+        if self._example is None:
+            self._example = batch[0]
+        wait = self._logged + self.interval - self.clock()
+        if wait <= 0:
+            self.flush()
+        elif self._timer is None:
+            with contextlib.suppress(RuntimeError):  # no event loop: written by the next drop or flush
+                self._timer = asyncio.get_running_loop().call_later(wait, self.flush)
+
+    def flush(self) -> None:
+        """Write one line for the drops not yet logged, if any."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.pending or self._example is None:
+            return
+        log.warning(
+            "%d alerts not delivered to sink %s since the last such line (last reason: %s); one of them: %s",
+            self.pending, self._sink, self._reason, self._example.to_json(),
+        )
+        self._logged = self.clock()
+        self.pending = 0
+        self._example = None
 
 
 class QueuedSink:
@@ -85,7 +138,7 @@ class QueuedSink:
         self.delivered = 0
         self.retried = 0
         self.dropped = 0
-        self.spill: Callable[[str, Alert], None] | None = spill_to_log
+        self.spill: DropLog | None = DropLog()  # None when a jsonl sink holds every alert
         self.down = False
         self._queue: deque[Alert] = deque()
         self._wakeup: asyncio.Event | None = None
@@ -136,6 +189,8 @@ class QueuedSink:
         if self._queue:
             self._drop(list(self._queue), "sink closed")
             self._queue.clear()
+        if self.spill is not None:
+            self.spill.flush()
         await self.release()
 
     async def open(self) -> None:
@@ -195,8 +250,7 @@ class QueuedSink:
     def _drop(self, batch: list[Alert], reason: str) -> None:
         self.dropped += len(batch)
         if self.spill is not None:
-            for alert in batch:
-                self.spill(self.name, alert)
+            self.spill.add(self.name, batch, reason)
         else:
             log.debug(
                 "alert sink %s dropped %d alerts (%s); the jsonl sink has them",
@@ -734,7 +788,7 @@ def connect_fallbacks(sinks: list[Sink]) -> None:
     """Give sinks unique names and decide where remote sinks' dropped alerts go.
 
     With a jsonl sink configured, it already received every alert, so a remote
-    drop is only counted; without one, the dropped alert is logged as JSON.
+    drop is only counted; without one, drops are logged, bounded (``DropLog``).
     """
     seen: dict[str, int] = {}
     for sink in sinks:
@@ -745,7 +799,7 @@ def connect_fallbacks(sinks: list[Sink]) -> None:
     has_jsonl = any(isinstance(s, JsonlSink) for s in sinks)
     for sink in sinks:
         if isinstance(sink, QueuedSink):
-            sink.spill = None if has_jsonl else spill_to_log
+            sink.spill = None if has_jsonl else DropLog()
 
 
 def build_sinks(config: Config) -> list[Sink]:

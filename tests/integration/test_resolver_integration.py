@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
 import subprocess
 import time
@@ -16,7 +19,7 @@ import dns.rdatatype
 import pytest
 
 from tests.support.harness import ask
-from tests.support.observability import poll
+from tests.support.observability import free_tcp_port, http_get, http_post, poll
 from tests.support.upstream_servers import (
     Dnsgate,
     Unbound,
@@ -207,6 +210,66 @@ def test_workers_share_the_port_and_stop_together(unbound_upstream: Unbound, tmp
     finally:
         assert server.stop() == 0
     assert all(not Path(f"/proc/{pid}").exists() for pid in children)
+
+
+def _workers_of(server: Dnsgate) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True, check=False).stdout
+    return [int(pid) for pid in out.split()]
+
+
+@pytest.mark.parametrize("victim", [0, 1])
+def test_a_killed_worker_ends_the_service_for_the_supervisor_to_restart(
+    unbound_upstream: Unbound, tmp_path: Path, victim: int
+) -> None:
+    """kill -9 of either worker: the parent notices at once, names the worker, stops the other
+    and exits non-zero, rather than serving on half its workers with /healthz still OK."""
+    port = free_port()
+    server = start_dnsgate(basic_config(port, unbound_upstream.port) + "workers: 2\n", tmp_path, port)
+    try:
+        workers = poll(lambda: (w if len(w := _workers_of(server)) == 2 else None), what="two workers")
+        started = poll(lambda: re.search(r"started 2 workers: (\d+) (\d+)", (tmp_path / "dnsgate.stderr").read_text()),
+                       what="the parent's line naming its workers")
+        order = [int(started[1]), int(started[2])]
+        assert sorted(order) == sorted(workers)
+        killed, other = order[victim], order[1 - victim]
+        os.kill(killed, signal.SIGKILL)
+        poll(lambda: server.proc.poll() is not None, timeout=15, what="dnsgate exited")
+        status = server.proc.returncode
+    finally:
+        server.stop()
+    assert status == 1
+    log = (tmp_path / "dnsgate.stderr").read_text()
+    line = f"worker {victim} (pid {killed}) was killed by signal SIGKILL; stopping the other 1 and exiting with status 1"
+    assert sum(line in text for text in log.splitlines()) == 1, log
+    assert not Path(f"/proc/{other}").exists()  # the other worker was stopped and reaped, not orphaned
+    assert not Path(f"/proc/{killed}").exists()  # no <defunct> left
+
+
+def test_post_reload_reaches_every_worker(unbound_upstream: Unbound, tmp_path: Path) -> None:
+    port, admin_port = free_port(), free_tcp_port()
+    text = basic_config(port, unbound_upstream.port) + f"workers: 2\nadmin: {{address: 127.0.0.1, port: {admin_port}}}\n"
+    server = start_dnsgate(text, tmp_path, port, env={"DNSGATE_ADMIN_TOKEN": "t0ken"})
+    log = tmp_path / "dnsgate.stderr"
+    try:
+        poll(lambda: _admin_up(admin_port), what="admin HTTP up")
+        status, body = http_post(f"http://127.0.0.1:{admin_port}/reload", token="t0ken")
+        assert status == 200, body
+        # The first worker answered the POST; the other was sent SIGHUP by the parent.
+        poll(lambda: "reload by POST /reload: generation 1" in log.read_text(), what="first worker reloaded")
+        poll(lambda: "reload by SIGHUP: generation 1" in log.read_text(), what="second worker reloaded")
+        assert server.proc.poll() is None
+        assert ask(port, "www.allowed.test").rcode() == dns.rcode.NOERROR
+    finally:
+        assert server.stop() == 0
+    assert log.read_text().count("reload by") == 2  # each worker once
+    assert "need a restart" not in log.read_text()  # the second worker does not take admin: as changed
+
+
+def _admin_up(port: int) -> bool:
+    try:
+        return http_get(f"http://127.0.0.1:{port}/healthz", timeout=0.5)[0] == 200
+    except OSError:
+        return False
 
 
 def _udp_sockets_on(port: int) -> int:
