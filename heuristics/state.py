@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .client_quarantine import ClientQuarantines
@@ -25,7 +26,24 @@ __all__ = ["Geometry", "MemoryState", "RedisState", "State"]
 log = logging.getLogger(__name__)
 
 SHORT, LONG = "s", "l"
-ANNOUNCE_OVERLAP = 30.0  # seconds of the shared-pairs index read again each flush (clock skew)
+QUARANTINE_MARGIN = 60.0  # seconds an ended domain quarantine stays in the index (replicas' clocks differ)
+
+# Announces pairs in ``<prefix>:shared`` with scores above every score already there,
+# atomically: a reader keeps the newest score it read as its cursor and reads only
+# what is above it, and no announcement can land below a cursor, whatever the
+# announcing replica's clock says. The score stays close to epoch seconds, so the
+# index is trimmed by age. KEYS[1] the index; ARGV[1] the announcer's clock; ARGV[2..]
+# the pair key prefixes.
+ANNOUNCE_SCRIPT = """
+local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+local score = tonumber(ARGV[1])
+if top[2] ~= nil and tonumber(top[2]) > score then score = tonumber(top[2]) end
+for i = 2, #ARGV do
+  score = score + 0.000001
+  redis.call('ZADD', KEYS[1], score, ARGV[i])
+end
+return 0
+"""
 
 
 def _add(lru: LRU, key: Any, value: Any) -> None:
@@ -159,13 +177,22 @@ class RedisState(State):
 
     - ``dnsgate:{ns|domain}:<pair>:<scale>:<bucket>`` hash of counters (HINCRBY), TTL
     - ``dnsgate:{ns|domain}:<pair>:u:<bucket>`` HyperLogLog of name hashes (PFADD), TTL
-    - ``dnsgate:{ns|domain}:quarantine`` expiry (epoch seconds) and the index
-      sorted set ``dnsgate:quarantines`` (member ``ns|domain``, score = until)
+    - ``dnsgate:quarantines`` sorted set of domain quarantines (member
+      ``ns|domain``, score = until); a member is trimmed ``QUARANTINE_MARGIN``
+      seconds after its quarantine ends
 
     - ``dnsgate:shared`` sorted set of pair key prefixes some replica shares
-      (score = when it started): a pair is shared by every replica as soon as
-      one of them has local evidence, so a channel whose queries alternate
-      between replicas is judged on all of its queries, not half on each
+      (score = when it started, made strictly increasing by ``ANNOUNCE_SCRIPT``):
+      a pair is shared by every replica as soon as one of them has local
+      evidence, so a channel whose queries alternate between replicas is judged
+      on all of its queries, not half on each. Each replica reads only the
+      announcements above the newest score it has read, at most
+      ``max_announce_read`` a flush.
+
+    Background work is bounded by configuration, not by past traffic: a merge
+    round reads back at most ``max_merge`` pairs, each followed for at most
+    ``merge_rounds`` rounds after its last local change and dropped sooner once
+    a merge finds nothing changed in Redis.
 
     ``<pair>`` is ``n`` for the namespace pair, ``c:<client>`` for a client pair.
     If Redis fails the error is counted (``errors``), the outage counted once
@@ -190,6 +217,7 @@ class RedisState(State):
         hot_flush_seconds: float = 0.05,
         max_hot_merge: int = 64,
         cluster: bool = False,
+        max_announce_read: int = 2048,
     ) -> None:
         super().__init__(max_keys=max_keys, max_names=max_names)
         self.shares = True
@@ -203,7 +231,9 @@ class RedisState(State):
         self.prefix = prefix
         self.share_min_names = share_min_names
         self.max_merge = max_merge  # pairs merged back per round, most recently changed first
-        self.merge_rounds = 5  # merges per pair after its last local change
+        self.merge_rounds = 5  # merge rounds a pair is followed after its last local change, at most
+        self.max_announce_read = max_announce_read  # announcements read per flush, at most
+        self.merge_round = 0  # merge rounds run
         self.backend_in_use = "redis"
         self.clients.shared = True
         self.dropped = 0  # batched updates lost while Redis was unreachable or lagging
@@ -212,7 +242,8 @@ class RedisState(State):
         # (redis key prefix, scale, bucket) -> [field deltas], members for the HLL
         self._pending: dict[tuple[str, str, int], list[int]] = {}
         self._pending_members: dict[tuple[str, int], set[bytes]] = {}
-        self._touched: dict[str, tuple[PairWindows, int]] = {}  # redis key prefix -> windows
+        # redis key prefix -> (windows, merge round of its last local change), oldest change first
+        self._touched: dict[str, tuple[PairWindows, int]] = {}
         self._ttl: dict[str, int] = {}
         self._pending_quarantines: list[tuple[str, str, float]] = []
         # Sharing is decided for all replicas at once: a pair one replica shares is
@@ -220,7 +251,8 @@ class RedisState(State):
         self._candidates: LRU = LRU(max_keys)  # redis key prefix -> windows not shared yet
         self._announced: LRU = LRU(max_keys)  # prefixes another replica shares, not active here yet
         self._announce: dict[str, None] = {}  # prefixes to announce at the next flush
-        self._announced_since = 0.0  # score of the newest announcement read
+        self._announced_since = float("-inf")  # cursor: score of the newest announcement read
+        self.wall: Callable[[], float] = time.time  # this replica's clock (a test sets a skewed one)
         self.adopted = 0  # pairs shared here because another replica announced them
         # Shared pairs changed since the last flush: pushed and merged back at once, so
         # replicas taking turns on one channel see each other's queries within ~hot_flush_seconds.
@@ -290,10 +322,17 @@ class RedisState(State):
                 counts[field] = counts[field] + amount  # not +=: see Window.add()
         if member is not None and windows.short.sketches is not None:
             self._pending_members.setdefault((base, windows.short.head), set()).add(member)
-        self._touched[base] = (windows, self.merge_rounds)
-        if len(self._touched) > self.max_keys:
-            del self._touched[next(iter(self._touched))]
+        self._follow(base, windows)
         self._heat(base, windows)
+
+    def _follow(self, base: str, windows: PairWindows) -> None:
+        """Merge a pair back for the next ``merge_rounds`` rounds (it goes last: newest change)."""
+        touched = self._touched
+        if base in touched:
+            del touched[base]
+        touched[base] = (windows, self.merge_round)
+        if len(touched) > self.max_keys:
+            del touched[next(iter(touched))]
 
     @property
     def hot(self) -> int:
@@ -316,9 +355,7 @@ class RedisState(State):
                 counts = self._pending.setdefault((base, scale, bucket), [0] * Field.COUNT)
                 for field, amount in enumerate(row):
                     counts[field] = counts[field] + amount  # not +=: see Window.add()
-        self._touched[base] = (windows, self.merge_rounds)
-        if len(self._touched) > self.max_keys:
-            del self._touched[next(iter(self._touched))]
+        self._follow(base, windows)
         self._heat(base, windows)
 
     def set_quarantine(self, namespace: str, domain: str, until: float) -> None:
@@ -423,19 +460,12 @@ class RedisState(State):
         do_merge = merge if merge is not None else clock - self._last_merge >= self.merge_seconds
         touched: dict[str, tuple[PairWindows, int]] = {}
         if do_merge:
-            # Keep merging a pair for a few rounds after its last local change, so
-            # other replicas' later contributions reach a quiet replica too.
-            items = list(self._touched.items())
-            touched = dict(items[-self.max_merge :])
+            touched = self._due()
             for pw, _ in touched.values():
                 for w in (pw.short, pw.long):
                     pushed[id(w)] = (w.head, list(w.totals))
-            waiting = dict(items[: -self.max_merge]) if len(items) > self.max_merge else {}
-            waiting.update(
-                (base, (windows, rounds - 1)) for base, (windows, rounds) in touched.items() if rounds > 1
-            )
-            self._touched = waiting
         try:
+            unchanged: set[str] = set()
             adopted = await self._push(pending, members, quarantines, announce)
             if not do_merge:
                 # Pairs that just changed or were just adopted: fetch the other
@@ -443,9 +473,16 @@ class RedisState(State):
                 touched = {base: (windows, 0) for base, windows in hot.items()}
                 touched.update((base, self._touched[base]) for base in adopted if base in self._touched)
             if do_merge or touched:
-                await self._merge(touched, pushed)
+                unchanged = await self._merge(touched, pushed)
             if do_merge:
                 self._last_merge = clock
+                # Nothing new in Redis and no local change since: stop following the pair
+                # (a later local change follows it again).
+                following = self._touched
+                for base in unchanged:
+                    entry = following.get(base)
+                    if entry is not None and entry is touched.get(base):
+                        del following[base]
         except Exception as exc:  # noqa: BLE001 - redis.RedisError, OSError, timeouts
             self._failed(exc, len(pending) + len(members) + len(quarantines))
             # Quarantines are decisions worth keeping: re-queue them for later.
@@ -458,6 +495,30 @@ class RedisState(State):
             log.warning("redis %s is back: sharing detector state again", self.url)
         self.flushes += 1
         return True
+
+    def _due(self) -> dict[str, tuple[PairWindows, int]]:
+        """Start a merge round: the pairs to merge back, newest local change first.
+
+        Pairs followed for ``merge_rounds`` rounds since their last local change
+        are dropped; at most ``max_merge`` of the rest are returned. What a burst
+        of traffic leaves behind is thus gone ``merge_rounds`` rounds later.
+        """
+        touched = self._touched
+        oldest = self.merge_round - self.merge_rounds
+        stale: list[str] = []
+        for base, (_, changed) in touched.items():  # oldest change first
+            if changed > oldest:
+                break
+            stale.append(base)
+        for base in stale:
+            del touched[base]
+        due: dict[str, tuple[PairWindows, int]] = {}
+        for base in reversed(touched):
+            if len(due) >= self.max_merge:
+                break
+            due[base] = touched[base]
+        self.merge_round += 1
+        return due
 
     def _failed(self, exc: BaseException, lost: int) -> None:
         self.errors += 1
@@ -497,20 +558,23 @@ class RedisState(State):
             pipe.expire(key, self._ttl.get(SHORT, 120))
         index = f"{self.prefix}:quarantines"
         for namespace, domain, until in quarantines:
-            member = f"{namespace}|{domain}"
-            pipe.zadd(index, {member: until}, gt=True)
-            pipe.set(f"{self.prefix}:{{{member}}}:quarantine", repr(until))
+            pipe.zadd(index, {f"{namespace}|{domain}": until}, gt=True)
+        wall = self.wall()
+        now = self._last_now or wall
+        pipe.zremrangebyscore(index, "-inf", now - QUARANTINE_MARGIN)
         shared = f"{self.prefix}:shared"
-        wall = time.time()
         if announce:
-            pipe.zadd(shared, dict.fromkeys(announce, wall))
+            pipe.eval(ANNOUNCE_SCRIPT, 1, shared, repr(wall), *announce)
             # The index only needs to outlive the longest window it can apply to.
             pipe.zremrangebyscore(shared, "-inf", wall - self._ttl.get(LONG, 86400))
-        self.clients.queue(pipe, self.prefix, self._last_now or time.time())
-        # Pull everyone's live quarantines and shared pairs in the same round trip.
+        self.clients.queue(pipe, self.prefix, now)
+        # Pull everyone's live quarantines and the new shared pairs in the same round trip.
         pipe.zrangebyscore(index, self._last_now, "+inf", withscores=True)
-        # Read back with some overlap: replicas' clocks differ a little, re-reading is harmless.
-        pipe.zrangebyscore(shared, self._announced_since - ANNOUNCE_OVERLAP, "+inf", withscores=True)
+        since = self._announced_since
+        pipe.zrangebyscore(
+            shared, "-inf" if since == float("-inf") else f"({since!r}", "+inf",
+            start=0, num=self.max_announce_read, withscores=True,
+        )
         results = await pipe.execute()
         self.clients.pulled(results[-4], results[-3])
         for raw, until in results[-2]:
@@ -520,7 +584,7 @@ class RedisState(State):
         adopted: list[str] = []
         for raw, score in results[-1]:
             base = raw.decode() if isinstance(raw, bytes) else str(raw)
-            self._announced_since = max(self._announced_since, float(score))
+            self._announced_since = max(self._announced_since, float(score))  # read in score order
             if base in announce:
                 continue
             windows = self._candidates.pop(base, None)
@@ -536,11 +600,15 @@ class RedisState(State):
         self,
         touched: dict[str, tuple[PairWindows, int]],
         pushed: dict[int, tuple[int, list[int]]] | None = None,
-    ) -> None:
+    ) -> set[str]:
+        """Read the pairs' totals back from Redis into their windows.
+
+        Returns the pairs whose Redis view did not change since their last merge.
+        """
         if not touched:
-            return
+            return set()
         pipe = self._client.pipeline(transaction=False)
-        plan: list[tuple[Window, int, bool]] = []
+        plan: list[tuple[str, Window, int, bool]] = []
         for base, (windows, _) in touched.items():
             for scale, window, unique in (
                 (SHORT, windows.short, True),
@@ -549,19 +617,23 @@ class RedisState(State):
                 head = window.head
                 for bucket in range(head - window.size + 1, head + 1):
                     pipe.hmget(f"{base}:{scale}:{bucket}", *Field.NAMES)
-                plan.append((window, head, False))
+                plan.append((base, window, head, False))
                 if unique and window.sketches is not None:
                     live = range(head - window.size + 1, head + 1)
                     # execute_command: redis-py blocks the pfcount() method in cluster pipelines,
                     # though every key here shares one hash tag, so one slot.
                     pipe.execute_command("PFCOUNT", *(f"{base}:u:{b}" for b in live))
-                    plan.append((window, head, True))
+                    plan.append((base, window, head, True))
         results = await pipe.execute()
+        changed: set[str] = set()
         i = 0
-        for window, head, is_unique in plan:
+        for base, window, head, is_unique in plan:
             if is_unique:
-                window.remote_unique = int(results[i])
+                estimate = int(results[i])
                 i += 1
+                if estimate != window.remote_unique:
+                    changed.add(base)
+                window.remote_unique = estimate
                 continue
             totals = [0] * Field.COUNT
             for _ in range(window.size):
@@ -570,12 +642,15 @@ class RedisState(State):
                 for field, value in enumerate(row):
                     if value is not None:
                         totals[field] += int(value)
+            if totals != window.remote or head != window.remote_head:
+                changed.add(base)
             window.remote = totals
             window.remote_head = head
             mine = (pushed or {}).get(id(window))
             # Our own part of ``totals``, when known for this head bucket; else the
             # plain maximum of the two views is used (never an overcount).
             window.remote_local = mine[1] if mine is not None and mine[0] == head else None
+        return set(touched).difference(changed)
 
     def stats(self) -> dict[str, Any]:
         out = super().stats()
