@@ -27,14 +27,15 @@ log = logging.getLogger(__name__)
 
 SHORT, LONG = "s", "l"
 QUARANTINE_MARGIN = 60.0  # seconds an ended domain quarantine stays in the index (replicas' clocks differ)
+QUARANTINE_LOG_SECONDS = 300.0  # how long a change stays in the quarantine log (a replica further behind resyncs)
 
-# Announces pairs in ``<prefix>:shared`` with scores above every score already there,
-# atomically: a reader keeps the newest score it read as its cursor and reads only
-# what is above it, and no announcement can land below a cursor, whatever the
-# announcing replica's clock says. The score stays close to epoch seconds, so the
-# index is trimmed by age. KEYS[1] the index; ARGV[1] the announcer's clock; ARGV[2..]
-# the pair key prefixes.
-ANNOUNCE_SCRIPT = """
+# Adds members to a log sorted set (``<prefix>:shared``, ``<prefix>:quarantines:log``)
+# with scores above every score already there, atomically: a reader keeps the newest
+# score it read as its cursor and reads only what is above it, and no entry can land
+# below a cursor, whatever the writing replica's clock says. Scores stay close to
+# epoch seconds, so a log is trimmed by age. KEYS[1] the log; ARGV[1] the writer's
+# clock; ARGV[2..] the members.
+SEQUENCE_SCRIPT = """
 local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 local score = tonumber(ARGV[1])
 if top[2] ~= nil and tonumber(top[2]) > score then score = tonumber(top[2]) end
@@ -52,6 +53,11 @@ def _add(lru: LRU, key: Any, value: Any) -> None:
     if len(lru) > lru.limit:
         lru.popitem(last=False)
         lru.evictions += 1
+
+
+def _above(cursor: float) -> str:
+    """The ZRANGEBYSCORE lower bound of what lies above a log cursor (``-inf``: the whole log)."""
+    return "-inf" if cursor == float("-inf") else f"({cursor!r}"
 
 
 class State:
@@ -179,10 +185,13 @@ class RedisState(State):
     - ``dnsgate:{ns|domain}:<pair>:u:<bucket>`` HyperLogLog of name hashes (PFADD), TTL
     - ``dnsgate:quarantines`` sorted set of domain quarantines (member
       ``ns|domain``, score = until); a member is trimmed ``QUARANTINE_MARGIN``
-      seconds after its quarantine ends
+      seconds after its quarantine ends. A replica reads it whole once (at
+      start, after an outage); then only the changes since, from
+      ``dnsgate:quarantines:log`` (member ``until|ns|domain``, scored by
+      ``SEQUENCE_SCRIPT``, kept ``QUARANTINE_LOG_SECONDS``)
 
     - ``dnsgate:shared`` sorted set of pair key prefixes some replica shares
-      (score = when it started, made strictly increasing by ``ANNOUNCE_SCRIPT``):
+      (score = when it started, made strictly increasing by ``SEQUENCE_SCRIPT``):
       a pair is shared by every replica as soon as one of them has local
       evidence, so a channel whose queries alternate between replicas is judged
       on all of its queries, not half on each. Each replica reads only the
@@ -252,6 +261,8 @@ class RedisState(State):
         self._announced: LRU = LRU(max_keys)  # prefixes another replica shares, not active here yet
         self._announce: dict[str, None] = {}  # prefixes to announce at the next flush
         self._announced_since = float("-inf")  # cursor: score of the newest announcement read
+        self._quarantines_since = float("-inf")  # cursor in the quarantine log
+        self._quarantines_synced = False  # the whole index read since the last outage
         self.wall: Callable[[], float] = time.time  # this replica's clock (a test sets a skewed one)
         self.adopted = 0  # pairs shared here because another replica announced them
         # Shared pairs changed since the last flush: pushed and merged back at once, so
@@ -524,6 +535,7 @@ class RedisState(State):
         self.errors += 1
         self.dropped += lost
         self._retry_at = time.monotonic() + self.retry_seconds
+        self._quarantines_synced = False  # the log may have moved on (or Redis restarted empty)
         if self.backend_in_use == "redis":
             self.fallbacks += 1
             self.backend_in_use = "memory"
@@ -557,30 +569,54 @@ class RedisState(State):
             pipe.pfadd(key, *found)
             pipe.expire(key, self._ttl.get(SHORT, 120))
         index = f"{self.prefix}:quarantines"
+        changes = f"{index}:log"
+        wall = self.wall()
         for namespace, domain, until in quarantines:
             pipe.zadd(index, {f"{namespace}|{domain}": until}, gt=True)
-        wall = self.wall()
+        if quarantines:
+            logged = (f"{until!r}|{namespace}|{domain}" for namespace, domain, until in quarantines)
+            pipe.eval(SEQUENCE_SCRIPT, 1, changes, repr(wall), *logged)
+            pipe.zremrangebyscore(changes, "-inf", wall - QUARANTINE_LOG_SECONDS)
+            pipe.expire(changes, int(QUARANTINE_LOG_SECONDS))  # gone when no quarantine is set for that long
         now = self._last_now or wall
         pipe.zremrangebyscore(index, "-inf", now - QUARANTINE_MARGIN)
         shared = f"{self.prefix}:shared"
         if announce:
-            pipe.eval(ANNOUNCE_SCRIPT, 1, shared, repr(wall), *announce)
+            pipe.eval(SEQUENCE_SCRIPT, 1, shared, repr(wall), *announce)
             # The index only needs to outlive the longest window it can apply to.
             pipe.zremrangebyscore(shared, "-inf", wall - self._ttl.get(LONG, 86400))
+            pipe.expire(shared, self._ttl.get(LONG, 86400))
         self.clients.queue(pipe, self.prefix, now)
-        # Pull everyone's live quarantines and the new shared pairs in the same round trip.
-        pipe.zrangebyscore(index, self._last_now, "+inf", withscores=True)
+        # Pull everyone's new quarantines and shared pairs in the same round trip.
+        synced = self._quarantines_synced
+        if synced:
+            pipe.zrangebyscore(changes, _above(self._quarantines_since), "+inf",
+                               start=0, num=self.max_announce_read, withscores=True)
+        else:
+            # The log's newest score first: a change made between the two reads is read again later.
+            pipe.zrange(changes, -1, -1, withscores=True)
+            pipe.zrangebyscore(index, self._last_now, "+inf", withscores=True)
         since = self._announced_since
-        pipe.zrangebyscore(
-            shared, "-inf" if since == float("-inf") else f"({since!r}", "+inf",
-            start=0, num=self.max_announce_read, withscores=True,
-        )
+        pipe.zrangebyscore(shared, _above(since), "+inf", start=0, num=self.max_announce_read, withscores=True)
         results = await pipe.execute()
-        self.clients.pulled(results[-4], results[-3])
-        for raw, until in results[-2]:
-            member = raw.decode() if isinstance(raw, bytes) else str(raw)
-            namespace, _, domain = member.partition("|")
-            super().set_quarantine(namespace, domain, float(until))
+        reads = 1 if synced else 2
+        pulled = len(results) - 1 - reads - ClientQuarantines.PULL_COMMANDS
+        self.clients.pulled(results[pulled], results[pulled + 1])
+        if synced:
+            for raw, score in results[-2]:
+                entry = raw.decode() if isinstance(raw, bytes) else str(raw)
+                ends, _, member = entry.partition("|")
+                namespace, _, domain = member.partition("|")
+                super().set_quarantine(namespace, domain, float(ends))
+                self._quarantines_since = float(score)  # read in score order
+        else:
+            for _, score in results[-3]:
+                self._quarantines_since = float(score)
+            for raw, until in results[-2]:
+                member = raw.decode() if isinstance(raw, bytes) else str(raw)
+                namespace, _, domain = member.partition("|")
+                super().set_quarantine(namespace, domain, float(until))
+            self._quarantines_synced = True
         adopted: list[str] = []
         for raw, score in results[-1]:
             base = raw.decode() if isinstance(raw, bytes) else str(raw)

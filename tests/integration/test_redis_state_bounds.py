@@ -11,7 +11,7 @@ import dns.name
 import redis
 
 from heuristics import Detector, DetectorSettings
-from heuristics.state import QUARANTINE_MARGIN, RedisState
+from heuristics.state import QUARANTINE_LOG_SECONDS, QUARANTINE_MARGIN, RedisState
 
 
 def wire(text: str) -> bytes:
@@ -39,6 +39,30 @@ def announcements_read(state: RedisState) -> list[list[bytes]]:
 
     state._client.pipeline = pipeline
     return replies
+
+
+def quarantine_changes_read(state: RedisState) -> list[list[bytes]]:
+    """The quarantine changes each of the state's flushes reads from now on, in order."""
+    read: list[list[bytes]] = []
+    make = state._client.pipeline
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = make(*args, **kwargs)
+        execute = pipe.execute
+
+        async def recorded(*a: Any, **k: Any) -> Any:
+            commands = [args for args, _ in pipe.command_stack]
+            out = await execute(*a, **k)
+            for i, command in enumerate(commands):
+                if command[:2] == ("ZRANGEBYSCORE", f"{state.prefix}:quarantines:log"):
+                    read.append([member for member, _ in out[i]])
+            return out
+
+        pipe.execute = recorded
+        return pipe
+
+    state._client.pipeline = pipeline
+    return read
 
 
 async def commands_of_one_flush(server: redis.Redis, state: RedisState) -> int:
@@ -76,6 +100,7 @@ async def test_idle_flushes_after_a_burst_fall_to_a_small_bound(redis_server) ->
         read = announcements_read(a)
         counts = [await commands_of_one_flush(server, a) for _ in range(a.merge_rounds + 2)]
         # The burst's newest pairs are merged back at first (HMGET per bucket, PFCOUNT)...
+        print("commands per idle flush after the burst:", counts)
         assert counts[0] > 128 * 30, counts
         # ...then, the burst over, a flush is a handful of commands: quarantines and the
         # announcement cursor, nothing that grows with what the client did.
@@ -148,6 +173,7 @@ async def test_ended_domain_quarantines_leave_nothing_in_redis(redis_server) -> 
     redis_server.flushall()
     server = redis.Redis.from_url(str(redis_server))
     state = RedisState(str(redis_server), flush_seconds=3600, hot_flush_seconds=3600)
+    state.wall = lambda: 10_000.0
     await state.start()
     try:
         state.note_time(10_000.0)  # the query clock (capture time in replay)
@@ -156,14 +182,50 @@ async def test_ended_domain_quarantines_leave_nothing_in_redis(redis_server) -> 
         state.set_quarantine("ns", "live.example", 10_600.0)
         assert await state.flush()
         assert server.zrange("dnsgate:quarantines", 0, -1) == [b"ns|ending.example", b"ns|live.example"]
-        # No per-quarantine key: nothing read it. The index is all there is.
-        assert server.keys("*") == [b"dnsgate:quarantines"]
+        # No per-quarantine key (nothing read it): the index and the change log are all there is.
+        assert sorted(server.keys("*")) == [b"dnsgate:quarantines", b"dnsgate:quarantines:log"]
+        assert 0 < server.ttl("dnsgate:quarantines:log") <= QUARANTINE_LOG_SECONDS
         state.note_time(10_030.0 + QUARANTINE_MARGIN + 1)
         assert await state.flush()
         assert server.zrange("dnsgate:quarantines", 0, -1) == [b"ns|live.example"]
         state.note_time(10_600.0 + QUARANTINE_MARGIN + 1)
         assert await state.flush()
-        assert server.keys("*") == []
+        assert server.keys("*") == [b"dnsgate:quarantines:log"]
+        # The log keeps QUARANTINE_LOG_SECONDS of changes (and expires whole when idle that long).
+        state.wall = lambda: 10_000.0 + QUARANTINE_LOG_SECONDS + 1
+        state.set_quarantine("ns", "next.example", 20_000.0)
+        assert await state.flush()
+        assert server.zrange("dnsgate:quarantines:log", 0, -1) == [b"20000.0|ns|next.example"]
     finally:
         await state.close()
         server.close()
+
+
+async def test_a_replica_reads_only_the_quarantine_changes_after_its_first_pull(redis_server) -> None:
+    """The whole live set is read once; then only what changed, however many are live."""
+    redis_server.flushall()
+    a = RedisState(str(redis_server), flush_seconds=3600, hot_flush_seconds=3600)
+    b = RedisState(str(redis_server), flush_seconds=3600, hot_flush_seconds=3600)
+    await a.start()
+    await b.start()
+    try:
+        for state in (a, b):
+            state.note_time(5_000.0)  # the query clock
+        for i in range(500):
+            b.set_quarantine("ns", f"q{i}.example", 10_000.0)
+        assert await b.flush()
+        assert await a.flush()
+        assert a.quarantine_until("ns", "q499.example") == 10_000.0
+        count = a.active_quarantines(0.0)
+        b.set_quarantine("ns", "q7.example", 20_000.0)  # extended
+        b.set_quarantine("ns", "new.example", 20_000.0)
+        assert await b.flush()
+        read = quarantine_changes_read(a)
+        assert await a.flush()
+        assert await a.flush()
+        assert read == [[b"20000.0|ns|q7.example", b"20000.0|ns|new.example"], []]
+        assert a.quarantine_until("ns", "q7.example") == 20_000.0
+        assert a.active_quarantines(0.0) == count + 1
+    finally:
+        await a.close()
+        await b.close()
