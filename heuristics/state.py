@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .client_quarantine import ClientQuarantines
@@ -25,7 +26,25 @@ __all__ = ["Geometry", "MemoryState", "RedisState", "State"]
 log = logging.getLogger(__name__)
 
 SHORT, LONG = "s", "l"
-ANNOUNCE_OVERLAP = 30.0  # seconds of the shared-pairs index read again each flush (clock skew)
+QUARANTINE_MARGIN = 60.0  # seconds an ended domain quarantine stays in the index (replicas' clocks differ)
+QUARANTINE_LOG_SECONDS = 300.0  # how long a change stays in the quarantine log (a replica further behind resyncs)
+
+# Adds members to a log sorted set (``<prefix>:shared``, ``<prefix>:quarantines:log``)
+# with scores above every score already there, atomically: a reader keeps the newest
+# score it read as its cursor and reads only what is above it, and no entry can land
+# below a cursor, whatever the writing replica's clock says. Scores stay close to
+# epoch seconds, so a log is trimmed by age. KEYS[1] the log; ARGV[1] the writer's
+# clock; ARGV[2..] the members.
+SEQUENCE_SCRIPT = """
+local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+local score = tonumber(ARGV[1])
+if top[2] ~= nil and tonumber(top[2]) > score then score = tonumber(top[2]) end
+for i = 2, #ARGV do
+  score = score + 0.000001
+  redis.call('ZADD', KEYS[1], score, ARGV[i])
+end
+return 0
+"""
 
 
 def _add(lru: LRU, key: Any, value: Any) -> None:
@@ -34,6 +53,11 @@ def _add(lru: LRU, key: Any, value: Any) -> None:
     if len(lru) > lru.limit:
         lru.popitem(last=False)
         lru.evictions += 1
+
+
+def _above(cursor: float) -> str:
+    """The ZRANGEBYSCORE lower bound of what lies above a log cursor (``-inf``: the whole log)."""
+    return "-inf" if cursor == float("-inf") else f"({cursor!r}"
 
 
 class State:
@@ -159,13 +183,25 @@ class RedisState(State):
 
     - ``dnsgate:{ns|domain}:<pair>:<scale>:<bucket>`` hash of counters (HINCRBY), TTL
     - ``dnsgate:{ns|domain}:<pair>:u:<bucket>`` HyperLogLog of name hashes (PFADD), TTL
-    - ``dnsgate:{ns|domain}:quarantine`` expiry (epoch seconds) and the index
-      sorted set ``dnsgate:quarantines`` (member ``ns|domain``, score = until)
+    - ``dnsgate:quarantines`` sorted set of domain quarantines (member
+      ``ns|domain``, score = until); a member is trimmed ``QUARANTINE_MARGIN``
+      seconds after its quarantine ends. A replica reads it whole once (at
+      start, after an outage); then only the changes since, from
+      ``dnsgate:quarantines:log`` (member ``until|ns|domain``, scored by
+      ``SEQUENCE_SCRIPT``, kept ``QUARANTINE_LOG_SECONDS``)
 
     - ``dnsgate:shared`` sorted set of pair key prefixes some replica shares
-      (score = when it started): a pair is shared by every replica as soon as
-      one of them has local evidence, so a channel whose queries alternate
-      between replicas is judged on all of its queries, not half on each
+      (score = when it started, made strictly increasing by ``SEQUENCE_SCRIPT``):
+      a pair is shared by every replica as soon as one of them has local
+      evidence, so a channel whose queries alternate between replicas is judged
+      on all of its queries, not half on each. Each replica reads only the
+      announcements above the newest score it has read, at most
+      ``max_announce_read`` a flush.
+
+    Background work is bounded by configuration, not by past traffic: a merge
+    round reads back at most ``max_merge`` pairs, each followed for at most
+    ``merge_rounds`` rounds after its last local change and dropped sooner once
+    a merge finds nothing changed in Redis.
 
     ``<pair>`` is ``n`` for the namespace pair, ``c:<client>`` for a client pair.
     If Redis fails the error is counted (``errors``), the outage counted once
@@ -190,6 +226,7 @@ class RedisState(State):
         hot_flush_seconds: float = 0.05,
         max_hot_merge: int = 64,
         cluster: bool = False,
+        max_announce_read: int = 2048,
     ) -> None:
         super().__init__(max_keys=max_keys, max_names=max_names)
         self.shares = True
@@ -203,7 +240,9 @@ class RedisState(State):
         self.prefix = prefix
         self.share_min_names = share_min_names
         self.max_merge = max_merge  # pairs merged back per round, most recently changed first
-        self.merge_rounds = 5  # merges per pair after its last local change
+        self.merge_rounds = 5  # merge rounds a pair is followed after its last local change, at most
+        self.max_announce_read = max_announce_read  # announcements read per flush, at most
+        self.merge_round = 0  # merge rounds run
         self.backend_in_use = "redis"
         self.clients.shared = True
         self.dropped = 0  # batched updates lost while Redis was unreachable or lagging
@@ -212,7 +251,8 @@ class RedisState(State):
         # (redis key prefix, scale, bucket) -> [field deltas], members for the HLL
         self._pending: dict[tuple[str, str, int], list[int]] = {}
         self._pending_members: dict[tuple[str, int], set[bytes]] = {}
-        self._touched: dict[str, tuple[PairWindows, int]] = {}  # redis key prefix -> windows
+        # redis key prefix -> (windows, merge round of its last local change), oldest change first
+        self._touched: dict[str, tuple[PairWindows, int]] = {}
         self._ttl: dict[str, int] = {}
         self._pending_quarantines: list[tuple[str, str, float]] = []
         # Sharing is decided for all replicas at once: a pair one replica shares is
@@ -220,7 +260,10 @@ class RedisState(State):
         self._candidates: LRU = LRU(max_keys)  # redis key prefix -> windows not shared yet
         self._announced: LRU = LRU(max_keys)  # prefixes another replica shares, not active here yet
         self._announce: dict[str, None] = {}  # prefixes to announce at the next flush
-        self._announced_since = 0.0  # score of the newest announcement read
+        self._announced_since = float("-inf")  # cursor: score of the newest announcement read
+        self._quarantines_since = float("-inf")  # cursor in the quarantine log
+        self._quarantines_synced = False  # the whole index read since the last outage
+        self.wall: Callable[[], float] = time.time  # this replica's clock (a test sets a skewed one)
         self.adopted = 0  # pairs shared here because another replica announced them
         # Shared pairs changed since the last flush: pushed and merged back at once, so
         # replicas taking turns on one channel see each other's queries within ~hot_flush_seconds.
@@ -290,10 +333,17 @@ class RedisState(State):
                 counts[field] = counts[field] + amount  # not +=: see Window.add()
         if member is not None and windows.short.sketches is not None:
             self._pending_members.setdefault((base, windows.short.head), set()).add(member)
-        self._touched[base] = (windows, self.merge_rounds)
-        if len(self._touched) > self.max_keys:
-            del self._touched[next(iter(self._touched))]
+        self._follow(base, windows)
         self._heat(base, windows)
+
+    def _follow(self, base: str, windows: PairWindows) -> None:
+        """Merge a pair back for the next ``merge_rounds`` rounds (it goes last: newest change)."""
+        touched = self._touched
+        if base in touched:
+            del touched[base]
+        touched[base] = (windows, self.merge_round)
+        if len(touched) > self.max_keys:
+            del touched[next(iter(touched))]
 
     @property
     def hot(self) -> int:
@@ -316,9 +366,7 @@ class RedisState(State):
                 counts = self._pending.setdefault((base, scale, bucket), [0] * Field.COUNT)
                 for field, amount in enumerate(row):
                     counts[field] = counts[field] + amount  # not +=: see Window.add()
-        self._touched[base] = (windows, self.merge_rounds)
-        if len(self._touched) > self.max_keys:
-            del self._touched[next(iter(self._touched))]
+        self._follow(base, windows)
         self._heat(base, windows)
 
     def set_quarantine(self, namespace: str, domain: str, until: float) -> None:
@@ -423,19 +471,12 @@ class RedisState(State):
         do_merge = merge if merge is not None else clock - self._last_merge >= self.merge_seconds
         touched: dict[str, tuple[PairWindows, int]] = {}
         if do_merge:
-            # Keep merging a pair for a few rounds after its last local change, so
-            # other replicas' later contributions reach a quiet replica too.
-            items = list(self._touched.items())
-            touched = dict(items[-self.max_merge :])
+            touched = self._due()
             for pw, _ in touched.values():
                 for w in (pw.short, pw.long):
                     pushed[id(w)] = (w.head, list(w.totals))
-            waiting = dict(items[: -self.max_merge]) if len(items) > self.max_merge else {}
-            waiting.update(
-                (base, (windows, rounds - 1)) for base, (windows, rounds) in touched.items() if rounds > 1
-            )
-            self._touched = waiting
         try:
+            unchanged: set[str] = set()
             adopted = await self._push(pending, members, quarantines, announce)
             if not do_merge:
                 # Pairs that just changed or were just adopted: fetch the other
@@ -443,9 +484,16 @@ class RedisState(State):
                 touched = {base: (windows, 0) for base, windows in hot.items()}
                 touched.update((base, self._touched[base]) for base in adopted if base in self._touched)
             if do_merge or touched:
-                await self._merge(touched, pushed)
+                unchanged = await self._merge(touched, pushed)
             if do_merge:
                 self._last_merge = clock
+                # Nothing new in Redis and no local change since: stop following the pair
+                # (a later local change follows it again).
+                following = self._touched
+                for base in unchanged:
+                    entry = following.get(base)
+                    if entry is not None and entry is touched.get(base):
+                        del following[base]
         except Exception as exc:  # noqa: BLE001 - redis.RedisError, OSError, timeouts
             self._failed(exc, len(pending) + len(members) + len(quarantines))
             # Quarantines are decisions worth keeping: re-queue them for later.
@@ -459,10 +507,35 @@ class RedisState(State):
         self.flushes += 1
         return True
 
+    def _due(self) -> dict[str, tuple[PairWindows, int]]:
+        """Start a merge round: the pairs to merge back, newest local change first.
+
+        Pairs followed for ``merge_rounds`` rounds since their last local change
+        are dropped; at most ``max_merge`` of the rest are returned. What a burst
+        of traffic leaves behind is thus gone ``merge_rounds`` rounds later.
+        """
+        touched = self._touched
+        oldest = self.merge_round - self.merge_rounds
+        stale: list[str] = []
+        for base, (_, changed) in touched.items():  # oldest change first
+            if changed > oldest:
+                break
+            stale.append(base)
+        for base in stale:
+            del touched[base]
+        due: dict[str, tuple[PairWindows, int]] = {}
+        for base in reversed(touched):
+            if len(due) >= self.max_merge:
+                break
+            due[base] = touched[base]
+        self.merge_round += 1
+        return due
+
     def _failed(self, exc: BaseException, lost: int) -> None:
         self.errors += 1
         self.dropped += lost
         self._retry_at = time.monotonic() + self.retry_seconds
+        self._quarantines_synced = False  # the log may have moved on (or Redis restarted empty)
         if self.backend_in_use == "redis":
             self.fallbacks += 1
             self.backend_in_use = "memory"
@@ -496,31 +569,58 @@ class RedisState(State):
             pipe.pfadd(key, *found)
             pipe.expire(key, self._ttl.get(SHORT, 120))
         index = f"{self.prefix}:quarantines"
+        changes = f"{index}:log"
+        wall = self.wall()
         for namespace, domain, until in quarantines:
-            member = f"{namespace}|{domain}"
-            pipe.zadd(index, {member: until}, gt=True)
-            pipe.set(f"{self.prefix}:{{{member}}}:quarantine", repr(until))
+            pipe.zadd(index, {f"{namespace}|{domain}": until}, gt=True)
+        if quarantines:
+            logged = (f"{until!r}|{namespace}|{domain}" for namespace, domain, until in quarantines)
+            pipe.eval(SEQUENCE_SCRIPT, 1, changes, repr(wall), *logged)
+            pipe.zremrangebyscore(changes, "-inf", wall - QUARANTINE_LOG_SECONDS)
+            pipe.expire(changes, int(QUARANTINE_LOG_SECONDS))  # gone when no quarantine is set for that long
+        now = self._last_now or wall
+        pipe.zremrangebyscore(index, "-inf", now - QUARANTINE_MARGIN)
         shared = f"{self.prefix}:shared"
-        wall = time.time()
         if announce:
-            pipe.zadd(shared, dict.fromkeys(announce, wall))
+            pipe.eval(SEQUENCE_SCRIPT, 1, shared, repr(wall), *announce)
             # The index only needs to outlive the longest window it can apply to.
             pipe.zremrangebyscore(shared, "-inf", wall - self._ttl.get(LONG, 86400))
-        self.clients.queue(pipe, self.prefix, self._last_now or time.time())
-        # Pull everyone's live quarantines and shared pairs in the same round trip.
-        pipe.zrangebyscore(index, self._last_now, "+inf", withscores=True)
-        # Read back with some overlap: replicas' clocks differ a little, re-reading is harmless.
-        pipe.zrangebyscore(shared, self._announced_since - ANNOUNCE_OVERLAP, "+inf", withscores=True)
+            pipe.expire(shared, self._ttl.get(LONG, 86400))
+        self.clients.queue(pipe, self.prefix, now)
+        # Pull everyone's new quarantines and shared pairs in the same round trip.
+        synced = self._quarantines_synced
+        if synced:
+            pipe.zrangebyscore(changes, _above(self._quarantines_since), "+inf",
+                               start=0, num=self.max_announce_read, withscores=True)
+        else:
+            # The log's newest score first: a change made between the two reads is read again later.
+            pipe.zrange(changes, -1, -1, withscores=True)
+            pipe.zrangebyscore(index, self._last_now, "+inf", withscores=True)
+        since = self._announced_since
+        pipe.zrangebyscore(shared, _above(since), "+inf", start=0, num=self.max_announce_read, withscores=True)
         results = await pipe.execute()
-        self.clients.pulled(results[-4], results[-3])
-        for raw, until in results[-2]:
-            member = raw.decode() if isinstance(raw, bytes) else str(raw)
-            namespace, _, domain = member.partition("|")
-            super().set_quarantine(namespace, domain, float(until))
+        reads = 1 if synced else 2
+        pulled = len(results) - 1 - reads - ClientQuarantines.PULL_COMMANDS
+        self.clients.pulled(results[pulled], results[pulled + 1])
+        if synced:
+            for raw, score in results[-2]:
+                entry = raw.decode() if isinstance(raw, bytes) else str(raw)
+                ends, _, member = entry.partition("|")
+                namespace, _, domain = member.partition("|")
+                super().set_quarantine(namespace, domain, float(ends))
+                self._quarantines_since = float(score)  # read in score order
+        else:
+            for _, score in results[-3]:
+                self._quarantines_since = float(score)
+            for raw, until in results[-2]:
+                member = raw.decode() if isinstance(raw, bytes) else str(raw)
+                namespace, _, domain = member.partition("|")
+                super().set_quarantine(namespace, domain, float(until))
+            self._quarantines_synced = True
         adopted: list[str] = []
         for raw, score in results[-1]:
             base = raw.decode() if isinstance(raw, bytes) else str(raw)
-            self._announced_since = max(self._announced_since, float(score))
+            self._announced_since = max(self._announced_since, float(score))  # read in score order
             if base in announce:
                 continue
             windows = self._candidates.pop(base, None)
@@ -536,11 +636,15 @@ class RedisState(State):
         self,
         touched: dict[str, tuple[PairWindows, int]],
         pushed: dict[int, tuple[int, list[int]]] | None = None,
-    ) -> None:
+    ) -> set[str]:
+        """Read the pairs' totals back from Redis into their windows.
+
+        Returns the pairs whose Redis view did not change since their last merge.
+        """
         if not touched:
-            return
+            return set()
         pipe = self._client.pipeline(transaction=False)
-        plan: list[tuple[Window, int, bool]] = []
+        plan: list[tuple[str, Window, int, bool]] = []
         for base, (windows, _) in touched.items():
             for scale, window, unique in (
                 (SHORT, windows.short, True),
@@ -549,19 +653,23 @@ class RedisState(State):
                 head = window.head
                 for bucket in range(head - window.size + 1, head + 1):
                     pipe.hmget(f"{base}:{scale}:{bucket}", *Field.NAMES)
-                plan.append((window, head, False))
+                plan.append((base, window, head, False))
                 if unique and window.sketches is not None:
                     live = range(head - window.size + 1, head + 1)
                     # execute_command: redis-py blocks the pfcount() method in cluster pipelines,
                     # though every key here shares one hash tag, so one slot.
                     pipe.execute_command("PFCOUNT", *(f"{base}:u:{b}" for b in live))
-                    plan.append((window, head, True))
+                    plan.append((base, window, head, True))
         results = await pipe.execute()
+        changed: set[str] = set()
         i = 0
-        for window, head, is_unique in plan:
+        for base, window, head, is_unique in plan:
             if is_unique:
-                window.remote_unique = int(results[i])
+                estimate = int(results[i])
                 i += 1
+                if estimate != window.remote_unique:
+                    changed.add(base)
+                window.remote_unique = estimate
                 continue
             totals = [0] * Field.COUNT
             for _ in range(window.size):
@@ -570,12 +678,15 @@ class RedisState(State):
                 for field, value in enumerate(row):
                     if value is not None:
                         totals[field] += int(value)
+            if totals != window.remote or head != window.remote_head:
+                changed.add(base)
             window.remote = totals
             window.remote_head = head
             mine = (pushed or {}).get(id(window))
             # Our own part of ``totals``, when known for this head bucket; else the
             # plain maximum of the two views is used (never an overcount).
             window.remote_local = mine[1] if mine is not None and mine[0] == head else None
+        return set(touched).difference(changed)
 
     def stats(self) -> dict[str, Any]:
         out = super().stats()
