@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 __all__ = ["ClientQuarantine", "ClientQuarantines"]
 
@@ -54,7 +54,7 @@ def _split(member: str) -> tuple[str, str]:
 class ClientQuarantines:
     """The quarantined clients this replica knows of, bounded to ``limit`` entries."""
 
-    PULL_COMMANDS = 2  # commands ``queue`` appends last, whose results ``pulled`` reads
+    PULL_COMMANDS: Final = 2  # commands ``queue`` appends last, whose results ``pulled`` reads
 
     MAX_CHANGES = 10_000  # unsent changes kept while Redis is away
 
