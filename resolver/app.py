@@ -81,19 +81,21 @@ def prepare(config: Config, serve_admin: bool = True) -> Prepared:
 
 
 async def run(config: Config, prepared: Prepared | None = None,
-              reload_siblings: Callable[[], None] | None = None) -> int:
+              reload_siblings: Callable[[], None] | None = None, pinned: dict[str, object] | None = None) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads the config and reopens the jsonl sinks.
 
     Also starts the config-file watcher and, when ``admin`` is configured, the
     admin HTTP server (/metrics, /healthz, /readyz, POST /reload). ``prepared``
     comes from :func:`prepare` (called here when absent). ``reload_siblings``
     (the first of several workers) is called after each POST /reload so that
-    the other workers reload too. Raises :class:`StartupError` when it cannot start.
+    the other workers reload too. ``pinned``: config fields the command line set
+    (``--listen``, ``--user``), kept over what a reloaded file says. Raises
+    :class:`StartupError` when it cannot start.
     """
     if prepared is None:
         prepared = prepare(config)
     try:
-        server = Server(config)
+        server = Server(config, pinned=pinned)
     except ConfigError as exc:  # sink options are validated when the sinks are built
         raise StartupError(str(exc)) from exc
     alert_counts = AlertCounts()

@@ -62,17 +62,21 @@ def _serve(args: argparse.Namespace) -> int:
     config = config_mod.load(path)
     compile_policies(config)
     check_sinks(config)
+    # What the command line sets stays set when the file is loaded again (a reload).
+    pinned: dict[str, object] = {}
     if args.listen:
-        config = replace(config, listen=(parse_listen(args.listen),))
+        pinned["listen"] = (parse_listen(args.listen),)
+    if args.user:
+        pinned["user"] = args.user
+    config = replace(config, **pinned)  # type: ignore[arg-type]
+    if args.listen:
         config_mod.refuse_forwarding_loop(config.path, config.upstreams_line, config.listen, config.upstreams,
                                           f"(--listen {args.listen})")
-    if args.user:
-        config = replace(config, user=args.user)
     logging.getLogger("dnsgate").info("config %s", path)
     try:
         if config.workers > 1:
-            return _serve_workers(config)
-        return _run_one(config)
+            return _serve_workers(config, pinned)
+        return _run_one(config, pinned=pinned)
     except StartupError as exc:
         raise UsageError(str(exc)) from exc
 
@@ -98,7 +102,7 @@ class UsageError(Exception):
 
 
 def _run_one(config: config_mod.Config, serve_admin: bool = True,
-             reload_siblings: Callable[[], None] | None = None) -> int:
+             reload_siblings: Callable[[], None] | None = None, pinned: dict[str, object] | None = None) -> int:
     from resolver.app import prepare, run
 
     prepared = prepare(config, serve_admin)  # binds and drops privileges before the event loop has threads
@@ -108,7 +112,7 @@ def _run_one(config: config_mod.Config, serve_admin: bool = True,
         uvloop.install()
     except ImportError:
         pass
-    return asyncio.run(run(config, prepared, reload_siblings))
+    return asyncio.run(run(config, prepared, reload_siblings, pinned))
 
 
 # A worker still running this long after the parent's SIGTERM is killed: longer than a
@@ -118,7 +122,7 @@ WORKER_STOP_SECONDS = 10.0
 RELOAD_SIBLINGS = signal.SIGUSR1
 
 
-def _serve_workers(config: config_mod.Config) -> int:
+def _serve_workers(config: config_mod.Config, pinned: dict[str, object] | None = None) -> int:
     """``workers: N``: N processes share the listening ports through SO_REUSEPORT.
 
     The kernel spreads queries over them; each keeps its own cache and local
@@ -168,7 +172,8 @@ def _serve_workers(config: config_mod.Config) -> int:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
             try:
                 code = _run_one(config, serve_admin=index == 0,
-                                reload_siblings=ask_parent if index == 0 and config.admin is not None else None)
+                                reload_siblings=ask_parent if index == 0 and config.admin is not None else None,
+                                pinned=pinned)
             except StartupError as exc:
                 print(f"dnsgate: worker {index}: {exc}", file=sys.stderr)
                 code = 2

@@ -29,7 +29,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -133,8 +133,10 @@ def bind_socket(listen: Listen, kind: socket.SocketKind, workers: int = 1) -> so
 class Server:
     """Owns the listeners and the current Pipeline; ``reload`` swaps the pipeline."""
 
-    def __init__(self, config: Config, engine: Engine | None = None) -> None:
+    def __init__(self, config: Config, engine: Engine | None = None, pinned: dict[str, object] | None = None) -> None:
         self.config = config
+        # Fields the command line set (--listen, --user): a reloaded file does not undo them.
+        self.pinned: dict[str, object] = dict(pinned or {})
         self.engine = engine or Engine.from_config(config, build_sinks(config))
         # The live server charges the detector's work to the rate limit: the detector lists
         # the client of every name it estimates (replay leaves this off).
@@ -174,6 +176,8 @@ class Server:
         """Load, validate and compile the config again; keep the old policy when it is bad."""
         try:
             new = config_mod.load(path or self.config.path)
+            if self.pinned:
+                new = replace(new, **self.pinned)  # type: ignore[arg-type]
             check_sinks(new)
             pipeline = Pipeline(new, self.engine)
         except ConfigError as exc:

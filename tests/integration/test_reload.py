@@ -9,7 +9,10 @@ apply; an invalid swap must change nothing.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -24,7 +27,7 @@ import pytest
 
 from tests.support.harness import ask
 from tests.support.observability import free_tcp_port, http_get, http_post, metric_value, poll
-from tests.support.upstream_servers import Dnsgate, Unbound, free_port, start_dnsgate
+from tests.support.upstream_servers import ROOT, Dnsgate, Unbound, free_port, start_dnsgate, wait_for_dns
 
 pytestmark = pytest.mark.integration
 
@@ -240,3 +243,31 @@ def test_sighup_reopens_the_jsonl_file_for_logrotate(unbound_upstream: Unbound, 
         assert "after.denied.test" not in (tmp_path / "alerts.jsonl.1").read_text()
     finally:
         assert gate.dnsgate.stop() == 0
+
+
+def test_a_reload_keeps_what_the_command_line_set(unbound_upstream: Unbound, tmp_path: Path) -> None:
+    # serve --listen P overrides the file's listen address; a reload reads the file
+    # again and must neither move back to the file's address nor warn about it.
+    (tmp_path / "policy.rpz").write_text(RPZ_HEAD)
+    (tmp_path / "admin.token").write_text(ADMIN_TOKEN + "\n")
+    config = tmp_path / "dnsgate.yaml"
+    admin, listen = free_tcp_port(), free_port()
+    config.write_text(config_text(free_port(), unbound_upstream.port, admin, allow_api=True))
+    with open(tmp_path / "dnsgate.stderr", "wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "resolver.cli", "serve", "--config", str(config), "--listen", f"127.0.0.1:{listen}"],
+            stdout=subprocess.DEVNULL, stderr=stderr, cwd=ROOT, env=dict(os.environ),
+        )
+    try:
+        wait_for_dns(listen, name="www.allowed.test", proc=proc)
+        assert rcode_of(listen, "api.allowed.test") == dns.rcode.NOERROR
+        config.write_text(config_text(free_port(), unbound_upstream.port, admin, allow_api=False))
+        proc.send_signal(signal.SIGHUP)
+        poll(lambda: rcode_of(listen, "api.allowed.test") == dns.rcode.NXDOMAIN, what="the new policy on --listen")
+        assert rcode_of(listen, "www.allowed.test") == dns.rcode.NOERROR
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    log = (tmp_path / "dnsgate.stderr").read_text()
+    assert "reloaded" in log
+    assert "listen addresses changed" not in log
