@@ -578,6 +578,10 @@ def run_propose(args: argparse.Namespace) -> int:
     if args.max_names < 1:
         print(f"{prog}: --max-names takes a number of records, at least 1 (not {args.max_names})", file=sys.stderr)
         return 2
+    if args.collapse < 0:
+        print(f"{prog}: --collapse takes a number of names, 0 (never collapse) or more (not {args.collapse})",
+              file=sys.stderr)
+        return 2
     if args.config:
         loaded = config_mod.read_document(config_mod.read_text(Path(args.config))) or {}
         raw = _absolute(loaded, Path(args.config).resolve().parent)

@@ -144,3 +144,12 @@ def test_max_names_below_one_is_refused(tmp_path: Path, value: str) -> None:
     assert out.returncode == 2
     assert out.stdout == ""
     assert out.stderr == f"dnsgate propose: --max-names takes a number of records, at least 1 (not {value})\n"
+
+
+def test_a_negative_collapse_is_refused(tmp_path: Path) -> None:
+    capture = tmp_path / "one.pcap"
+    write_capture(capture, [[b"www", b"example", b"org"]])
+    out = dnsgate("propose", str(capture), "--collapse=-1")
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert out.stderr == "dnsgate propose: --collapse takes a number of names, 0 (never collapse) or more (not -1)\n"
