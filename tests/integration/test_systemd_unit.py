@@ -69,3 +69,38 @@ def test_security_exposure_is_the_documented_figure(scratch_root: Path) -> None:
     assert found is not None, result.stdout
     assert float(found.group(1)) == DOCUMENTED_EXPOSURE
     assert f"{DOCUMENTED_EXPOSURE} {found.group(2)}" in (ROOT / "docs" / "operations.md").read_text()
+
+
+def directives() -> dict[str, list[str]]:
+    """The unit's Key=value lines (comments skipped), each key with every value it is given."""
+    found: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            found.setdefault(key, []).append(value)
+    return found
+
+
+def test_the_unit_keeps_its_hardening() -> None:
+    unit = directives()
+
+    def single(key: str) -> str:
+        assert len(unit.get(key, [])) == 1, f"{key}: {unit.get(key)}"
+        return unit[key][0]
+
+    assert single("DynamicUser") == "yes"
+    assert single("AmbientCapabilities") == "CAP_NET_BIND_SERVICE"  # port 53, nothing else
+    assert single("CapabilityBoundingSet") == "CAP_NET_BIND_SERVICE"
+    assert single("NoNewPrivileges") == "yes"
+    assert single("ProtectSystem") == "strict"
+    assert single("ProtectHome") == "yes"
+    assert single("PrivateTmp") == "yes"
+    assert single("PrivateDevices") == "yes"
+    assert set(single("RestrictAddressFamilies").split()) <= {"AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK"}
+    assert "@system-service" in unit["SystemCallFilter"]
+    # A dead worker ends the service with a non-zero status (docs/operations.md "Several workers"): restart it.
+    assert single("Restart") == "on-failure"
+    assert re.fullmatch(r"[0-9]+[KMG]?", single("MemoryMax"))
+    assert single("LogsDirectory") == "dnsgate"  # where the documented jsonl alert file goes
+    assert "/var/log/dnsgate/" in (ROOT / "docs" / "operations.md").read_text()
