@@ -286,3 +286,8 @@ def test_containerfile_is_multistage_nonroot_pinned() -> None:
     assert all(":" in image and not image.endswith(":latest") for image in froms)
     assert "USER 10053" in text
     assert "COPY --from=build" in text
+    # The runtime stage: no compiler installed, and a health check on the admin endpoint's /healthz.
+    runtime = text[text.rindex("\nFROM "):]
+    assert "apt-get" not in runtime and "gcc" not in runtime
+    healthcheck = runtime[runtime.index("\nHEALTHCHECK "):].replace("\\\n", "").split("\n")[1]
+    assert " CMD " in healthcheck and "http://127.0.0.1:9153/healthz" in healthcheck
