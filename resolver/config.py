@@ -368,7 +368,6 @@ REBINDING_RANGES = (
     "224.0.0.0/4", "ff00::/8",  # multicast
     "255.255.255.255/32",  # limited broadcast
     "240.0.0.0/4",  # reserved (RFC 1112), never routed
-    "198.18.0.0/15",  # benchmarking networks (RFC 2544), used inside networks
     "192.0.0.0/24",  # IETF protocol assignments (DS-Lite, NAT64 discovery ...)
     "fec0::/10",  # site-local, deprecated but still routed inside some networks
     "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215): a translator inside the network

@@ -36,13 +36,13 @@ def test_every_ipv6_form_of_a_guarded_ipv4_address_is_guarded(network: ipaddress
 @pytest.mark.parametrize("address", [
     "64:ff9b:1::a00:1", "64:ff9b:1:ffff::1",  # local-use NAT64: wherever its IPv4 sits
     "::ffff:0:a00:1",  # IPv4-translated 10.0.0.1
-    "fec0::1", "198.18.0.1", "198.19.255.255", "192.0.0.192", "240.0.0.1", "255.255.255.254",
+    "fec0::1", "192.0.0.192", "240.0.0.1", "255.255.255.254",
 ])
 def test_special_purpose_ranges_inside_networks_are_guarded(address: str) -> None:
     assert GUARDED.covering(ipaddress.ip_address(address)) is not None
 
 
-@pytest.mark.parametrize("address", ["64:ff9b::808:808", "::ffff:0:808:808", "2001:4860:4860::8888", "198.20.0.1"])
+@pytest.mark.parametrize("address", ["64:ff9b::808:808", "::ffff:0:808:808", "2001:4860:4860::8888", "198.18.0.1"])
 def test_public_addresses_and_their_translated_forms_pass(address: str) -> None:
     assert GUARDED.covering(ipaddress.ip_address(address)) is None
 
