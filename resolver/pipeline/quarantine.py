@@ -64,16 +64,17 @@ class QuarantineStage:
         ns = view.namespace
         pod = query.pod
         # A pod is quarantined as a whole: its other address (dual stack) must not get it out.
-        holder = query.client if pod is None else pod_key(pod)
+        # An address's own quarantine holds for a pod too (set before the pod list arrived).
         if len(self.book) and (
-            self.book.until(view.name, holder) > query.now
-            or (pod is not None and self.book.until(view.name, query.client) > query.now)
+            self.book.until(view.name, query.client) > query.now
+            or (pod is not None and self.book.until(view.name, pod_key(pod)) > query.now)
         ):
             self.book.blocks += 1
             return self._blocked(query, ns)
         rule = view.on_undeclared
         if rule is None or view.mode == "learn" or not self.undeclared(ns, query.question.qname):
             return None
+        holder = query.client if pod is None else pod_key(pod)
         enforce = view.mode == "enforce" and rule.action == "quarantine"
         q = query.question
         evidence: dict[str, object] = {"mode": view.mode, "on_undeclared": rule.action}

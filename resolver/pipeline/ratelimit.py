@@ -184,6 +184,6 @@ class RateLimitStage:
             key = client
             pod = query.pod if client == query.client else (
                 self._workloads(client) if self._workloads is not None else None)
-            if pod is not None and pod_key(pod) in buckets:
-                key = pod_key(pod)  # else the address's own bucket (a pod a listener's namespace serves)
+            if pod is not None and (pod_bucket := pod_key(pod)) in buckets:
+                key = pod_bucket  # else the address's own bucket (a pod a listener's namespace serves)
             self.limiter.charge(key, ESTIMATE_TOKENS, view.burst)
