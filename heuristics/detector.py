@@ -30,6 +30,7 @@ __all__ = ["SEVERITIES", "Detector", "Verdict"]
 
 SEVERITIES: Final = ("info", "warning", "high", "critical")
 _NX: Final = 3  # RCODE NXDOMAIN
+MAX_CHURN: Final = 1024  # domain_churn reports waiting for the caller, at most
 _RARE_DOMAIN: Final = ((Field.NEW_NAMES, 1),)  # a client's first name under a domain new to the namespace
 _ANSWER: Final = ((Field.RESPONSES, 1),)  # the deltas of an answer, and of an NXDOMAIN one
 _NX_ANSWER: Final = ((Field.RESPONSES, 1), (Field.NXDOMAIN, 1))
@@ -75,7 +76,7 @@ class _Limits:
     """
 
     __slots__ = (
-        "alert_points", "client_budget_long_bytes", "client_budget_short_bytes", "concentration",
+        "alert_points", "churn_domains", "client_budget_long_bytes", "client_budget_short_bytes", "concentration",
         "data_qtype_names_long", "data_qtype_names_short", "encoded_label_min", "encoded_names_long",
         "encoded_names_short", "entropy_ratio", "fresh_ratio", "long_label", "long_label_names",
         "long_window_seconds", "lowest_budget_bytes", "namespace_budget_long_bytes",
@@ -113,6 +114,7 @@ class _Limits:
     nxdomain_ratio: float
     nxdomain_min_responses: int
     rare_domains_per_hour: int
+    churn_domains: int
     alert_points: int
     suppress_seconds: float
     lowest_budget_bytes: int  # the lowest of the five budgets: any window's first bar
@@ -146,6 +148,7 @@ class _Limits:
         self.nxdomain_ratio = float(s.nxdomain_ratio)
         self.nxdomain_min_responses = int(s.nxdomain_min_responses)
         self.rare_domains_per_hour = int(s.rare_domains_per_hour)
+        self.churn_domains = int(s.churn_domains)
         self.alert_points = int(s.alert_points)
         self.suppress_seconds = float(s.suppress_seconds)
         self.lowest_budget_bytes = min(
@@ -250,6 +253,11 @@ class Detector:
         self.deferred = 0  # queries whose estimate waited (and maybe never came)
         self.promotions = 0
         self.estimated = 0  # queries that paid for the estimate
+        # Clients past ``churn_domains`` never-seen domains in the long window, for the caller
+        # to alert (namespace, client, the name that crossed, its qtype, the count): once per
+        # client and ``suppress_seconds``, at most MAX_CHURN waiting.
+        self.churned: list[tuple[str, str, bytes, int, int]] = []
+        self._churn_noted: dict[tuple[str, str], float] = {}
         # When a list, the client of every never-seen name estimated is appended to it:
         # the live server charges that work to the client's rate-limit bucket.
         self.estimated_for: list[str] | None = None
@@ -295,6 +303,8 @@ class Detector:
             self.decided_queries += 1
             return decided.verdict
         state = self.state
+        if now > state.clock:
+            state.clock = now  # whether a pair is still live when it comes up for eviction
         tag = feats.tag(namespace)
         geometry = derived.geometry
         ns_pair = state.pair(tag, geometry)
@@ -361,6 +371,10 @@ class Detector:
             if shares:
                 # Shared like the pairs, so that a client spread over replicas is counted once.
                 state.record(f"{namespace}||rare", "c|" + client, client_rare, _RARE_DOMAIN, None)
+            if lim.churn_domains:
+                churn = client_rare.long.total(Field.NEW_NAMES)
+                if churn >= lim.churn_domains:
+                    self._note_churn(namespace, client, qname, qtype, churn, now, lim)
         else:
             client_rare.long.advance(now)
             client_rare.short.advance(now)
@@ -603,6 +617,23 @@ class Detector:
             for domain in list(decisions)[: max(1, len(decisions) // 4)]:
                 del decisions[domain]
                 self._decision_count -= 1
+
+    def _note_churn(
+        self, namespace: str, client: str, qname: bytes, qtype: int, count: int, now: float, s: _Limits
+    ) -> None:
+        """A client asked ``count`` never-seen domains in the long window: each cost the detector
+        a pair, and enough of them would push other pairs' evidence out (state.KEEP_INFO_BYTES
+        slows that, it cannot stop it), so the flood is itself reported."""
+        key = (namespace, client)
+        noted = self._churn_noted
+        last = noted.get(key)
+        if last is not None and now - last < s.suppress_seconds:
+            return
+        if len(noted) >= self.max_alerts:
+            noted.clear()
+        noted[key] = now
+        if len(self.churned) < MAX_CHURN:
+            self.churned.append((namespace, client, qname, qtype, count))
 
     def _could_alert(
         self, ns_pair: PairWindows, client_pair: PairWindows, client_rare: PairWindows, s: _Limits

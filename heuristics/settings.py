@@ -174,6 +174,9 @@ class DetectorSettings:
     nxdomain_ratio: Ratio = 0.8
     nxdomain_min_responses: Count = 10
     rare_domains_per_hour: Count = 200  # distinct never-seen domains per client per hour
+    # never-seen domains one client may ask in the long window before domain_churn is alerted
+    # (each costs the detector a pair; keep it under a quarter of max_pairs); 0: off
+    churn_domains: Count = 20_000
 
     # --- decisions ----------------------------------------------------------
     alert_points: Count = 3  # window evidence needed before a verdict is returned

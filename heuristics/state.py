@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from .client_quarantine import ClientQuarantines
 from .lru import LRU
@@ -45,6 +45,24 @@ for i = 2, #ARGV do
 end
 return 0
 """
+
+
+# A pair whose long window holds at least this much new text (charged, or waiting to be
+# charged) is spared when it is the oldest in line for eviction, while that window is live:
+# a flood of never-seen domains with short names (at most spread_free_bytes, 24, each: free
+# in every meter) must not push a channel's evidence out. A flood that carries more under
+# every domain is spared too, and then evicts like before: the detector reports such a
+# client (domain_churn) long before it could evict max_keys pairs.
+KEEP_INFO_BYTES: Final = 25
+KEEP_SCAN: Final = 8  # pairs looked at per eviction, at most; then the oldest goes whatever it holds
+
+
+def worth_keeping(windows: PairWindows, clock: float) -> bool:
+    """True when ``windows`` carries evidence worth a second chance at ``clock`` (see KEEP_INFO_BYTES)."""
+    long = windows.long
+    if long.totals[Field.INFO] + windows.pending_bytes < KEEP_INFO_BYTES:
+        return False
+    return long.head > int(clock // long.width) - long.size
 
 
 def _add(lru: LRU, key: Any, value: Any) -> None:
@@ -82,6 +100,11 @@ class State:
         self.shares = False
         self.errors = 0
         self.fallbacks = 0
+        # The latest query time the detector passed: whether a pair's windows are still
+        # live when it comes up for eviction (capture time in replay, like everything here).
+        self.clock = 0.0
+        self.spared = 0  # evictions that passed over a pair worth keeping
+        self.evicted_live = 0  # pairs worth keeping evicted all the same (every pair in line was)
 
     # --- windows -------------------------------------------------------------
     def pair(self, key: str, geometry: Geometry, unique: bool = True) -> PairWindows:
@@ -94,10 +117,35 @@ class State:
             return windows
         windows = geometry.windows(unique)
         if found is None:
-            _add(pairs, key, (geometry, windows))
+            pairs[key] = (geometry, windows)
+            if len(pairs) > pairs.limit:
+                self._evict_pair()
         else:
             pairs.put(key, (geometry, windows))
         return windows
+
+    def _evict_pair(self) -> None:
+        """Evict the least recently used pair, passing over up to ``KEEP_SCAN`` live pairs with
+        evidence (each goes to the back of the line, as if just used).
+
+        Without this, a client asking never-seen domains faster than a channel sends
+        evicts the channel's windows between two of its queries, and the channel is
+        never scored on more than one. When every pair in line carries evidence, the
+        oldest goes all the same (``evicted_live``): memory stays bounded by ``max_keys``.
+        """
+        pairs = self._pairs
+        clock = self.clock
+        for _ in range(KEEP_SCAN):
+            key, value = pairs.popitem(last=False)
+            if not worth_keeping(value[1], clock):
+                pairs.evictions += 1
+                return
+            pairs[key] = value
+            self.spared += 1
+        _key, value = pairs.popitem(last=False)
+        pairs.evictions += 1
+        if worth_keeping(value[1], clock):
+            self.evicted_live += 1
 
     def find(self, key: str) -> PairWindows | None:
         """The windows of a pair key if they exist (never creates, never reorders)."""
@@ -159,6 +207,8 @@ class State:
             "pairs": len(self._pairs),
             "names": len(self._seen),
             "pair_evictions": self._pairs.evictions,
+            "pairs_spared": self.spared,
+            "pair_evictions_live": self.evicted_live,
             "name_evictions": self._seen.evictions,
             "errors": self.errors,
             "fallbacks": self.fallbacks,

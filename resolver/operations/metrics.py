@@ -398,6 +398,14 @@ class Collector(_CollectorBase):
         yield counter("dnsgate_state_redis_errors", "Redis operations that failed.", state["errors"])
         yield counter("dnsgate_state_redis_fallbacks", "Falls back from Redis to local memory.",
                       state["fallbacks"])
+        yield gauge("dnsgate_detector_pairs", "Window pairs the detector holds (at most max_pairs).", state["pairs"])
+        yield counter("dnsgate_detector_pair_evictions", "Window pairs evicted to make room.",
+                      state["pair_evictions"])
+        yield counter("dnsgate_detector_pairs_spared",
+                      "Evictions that passed over a live pair carrying new text.", state["pairs_spared"])
+        yield counter("dnsgate_detector_pair_evictions_live",
+                      "Live pairs carrying new text evicted all the same: state under pressure.",
+                      state["pair_evictions_live"])
         detector = engine.detector.stats()
         yield labelled(
             CounterMetricFamily, "dnsgate_detector_queries",

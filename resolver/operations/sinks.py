@@ -42,7 +42,10 @@ from resolver.schema import Choice, ConfigError, Kind, Positive, Rule, Section, 
 log = logging.getLogger("dnsgate.sinks")
 
 CLOSE_GRACE = 2.0  # seconds a closing sink keeps delivering what is still queued
-ALERTNAMES = {"tunnel": "DNSTunnel", "policy": "DNSPolicyDenied", "undeclared": "DNSUndeclaredEgress"}
+ALERTNAMES = {
+    "tunnel": "DNSTunnel", "policy": "DNSPolicyDenied", "undeclared": "DNSUndeclaredEgress",
+    "domain_churn": "DNSDomainChurn",
+}
 
 
 class DeliveryError(Exception):
@@ -415,6 +418,7 @@ FALCO_RULES = {
     "tunnel": "DNS tunnel suspected",
     "rebinding": "DNS answer rebinding into a private range",
     "rate_limit": "DNS client over its rate limit",
+    "domain_churn": "DNS client asking a flood of never-seen domains",
     "undeclared": "Workload quarantined for undeclared DNS egress",
 }
 # MITRE ATT&CK tags in Falco's style: T1071.004 is "Application Layer Protocol: DNS",
@@ -424,6 +428,7 @@ FALCO_TAGS = {
     "tunnel": ["dns", "network", "mitre_exfiltration", "mitre_command_and_control", "T1048", "T1071.004"],
     "rebinding": ["dns", "network", "mitre_initial_access"],
     "rate_limit": ["dns", "network", "mitre_impact"],
+    "domain_churn": ["dns", "network", "mitre_defense_evasion", "T1562"],
     "undeclared": ["dns", "network", "mitre_exfiltration"],
 }
 

@@ -223,7 +223,10 @@ class JsonlSink:
 
 
 # Severity of a decision alert by kind: (alerted only, blocked).
-SEVERITY = {"policy": ("info", "warning"), "rebinding": ("warning", "high"), "rate_limit": ("warning", "warning")}
+SEVERITY = {
+    "policy": ("info", "warning"), "rebinding": ("warning", "high"), "rate_limit": ("warning", "warning"),
+    "domain_churn": ("warning", "warning"),
+}
 
 
 _QTYPE_TEXT: dict[int, str] = {}
@@ -328,6 +331,20 @@ class AlertHub:
             return
         alert = self._alert(
             "rate_limit", now, namespace, client, qname, qtype, "blocked", ["rate_limit"], dict(evidence)
+        )
+        self._open(key, now, alert)
+        self.emit(alert)
+
+    def domain_churn(
+        self, now: float, namespace: str, client: str, qname: bytes, qtype: int, evidence: dict[str, Any]
+    ) -> None:
+        """One ``domain_churn`` alert per (namespace, client) and window, then one with the count:
+        a client asking so many never-seen domains that the detector's state is under pressure."""
+        key = ("domain_churn", namespace, client, b"")
+        if self._repeated(key, now):
+            return
+        alert = self._alert(
+            "domain_churn", now, namespace, client, qname, qtype, "alerted", ["domain_churn"], dict(evidence)
         )
         self._open(key, now, alert)
         self.emit(alert)

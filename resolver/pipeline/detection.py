@@ -43,7 +43,10 @@ class DetectionStage:
         # lowercased name only in case, the detector prices the case too.
         sent = query.wire[12 : 12 + len(qname)]
         raw = sent if sent != qname and sent.lower() == qname else None
-        verdict = self.detector.observe(view.name, query.client, qname, q.qtype, query.now, view.thresholds, raw)
+        detector = self.detector
+        verdict = detector.observe(view.name, query.client, qname, q.qtype, query.now, view.thresholds, raw)
+        if detector.churned:
+            self._report_churn(query.now, view.thresholds.long_window_seconds, view.thresholds.churn_domains)
         if verdict is None:
             return None
         query.domain = verdict.domain
@@ -56,6 +59,16 @@ class DetectionStage:
             self.quarantine_blocks += 1
             return self._blocked(query, view.namespace)
         return None
+
+    def _report_churn(self, now: float, window: float, threshold: int) -> None:
+        """``domain_churn`` alerts for the clients the detector reported past ``churn_domains``."""
+        churned = self.detector.churned
+        for namespace, client, qname, qtype, count in churned:
+            self._alerts.domain_churn(
+                now, namespace, client, qname, qtype,
+                {"never_seen_domains": count, "window_seconds": window, "churn_domains": threshold},
+            )
+        churned.clear()
 
     def on_reply(self, query: Query, _answer: UpstreamAnswer, info: ReplyInfo, /) -> Reply | None:
         """Feed the answer's rcode to the detector's windows (NXDOMAIN ratios, answered names)."""
