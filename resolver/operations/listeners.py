@@ -4,8 +4,9 @@ A malformed datagram is answered FORMERR when its header is readable and
 dropped otherwise; nothing a client sends can stop a listener.
 
 TCP is a resource a client could hold or fill, so every part of it is bounded
-(``TcpTable``): connections per client address (``tcp_max_connections_per_client``),
-connections in all (``tcp_max_connections``; when full, the connection idle the
+(``TcpTable``): connections per client (``tcp_max_connections_per_client``: per
+pod for a client identified as a pod, whatever address it connects from, else per
+address), connections in all (``tcp_max_connections``; when full, the connection idle the
 longest is closed so the new one is served), replies a client has not read
 (``tcp_max_unsent`` bytes: past it dnsgate stops reading that connection until
 the client reads, and closes it after ``tcp_idle_timeout``), queries of one
@@ -275,7 +276,11 @@ class Server:
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listen: Listen) -> None:
         peer = writer.get_extra_info("peername")
-        conn = TcpConnection(peer[0] if peer else "", writer, time.monotonic())
+        client = peer[0] if peer else ""
+        # The slot's key is taken now and kept on the connection: it is released
+        # under it even if the pod table has changed by the time the connection closes.
+        key = self.pipeline.identity.client_key(client, listen.namespace)
+        conn = TcpConnection(client, key, writer, time.monotonic())
         config = self.config
         if self._stopping.is_set() or not self.tcp.admit(
             conn, config.tcp_max_connections, config.tcp_max_connections_per_client
@@ -388,7 +393,8 @@ TCP_EOF_GRACE = 0.5  # seconds past servfail_after a half-closed connection wait
 class TcpConnection:
     """One client TCP connection, as the table of connections sees it."""
 
-    client: str
+    client: str  # the peer's address: what its queries are answered as
+    key: str  # its per-client slot: ``pod:<namespace>/<name>`` for a pod, else the address (IdentityStage.client_key)
     writer: asyncio.StreamWriter
     last_active: float  # monotonic time of its last query (or of the accept)
     inflight: int = 0  # its queries waiting on an upstream
@@ -401,15 +407,19 @@ class TcpConnection:
 
 
 class TcpTable:
-    """Open client TCP connections: a cap per client address and a global cap that evicts the idlest.
+    """Open client TCP connections: a cap per client and a global cap that evicts the idlest.
 
-    The cap is per address even for a pod with two (dual stack): it is taken at
-    accept, before any query names the pod, and two addresses at most double it.
+    A client is a connection's ``key``, the one the rate limit and the
+    quarantine use: the pod for a client identified as a pod (so a pod with
+    an IPv4 and an IPv6 address, or several, holds one cap, not one per
+    address), else the address. The key is taken at accept and kept on the
+    connection, so the slot is given back under it however the pod table
+    changed meanwhile.
     """
 
     def __init__(self) -> None:
         self.connections: dict[TcpConnection, None] = {}  # accept order
-        self.per_client: dict[str, int] = {}
+        self.per_client: dict[str, int] = {}  # connection key -> its open connections
         self.refused_per_client = 0
         self.refused_full = 0
         self.evicted_idle = 0
@@ -430,7 +440,7 @@ class TcpTable:
 
     def admit(self, conn: TcpConnection, max_total: int, max_per_client: int) -> bool:
         """Take a slot for ``conn``; at the global cap, close the connection idle the longest first."""
-        if self.per_client.get(conn.client, 0) >= max_per_client:
+        if self.per_client.get(conn.key, 0) >= max_per_client:
             self.refused_per_client += 1
             return False
         if len(self.connections) >= max_total:
@@ -442,17 +452,17 @@ class TcpTable:
             victim.writer.transport.abort()  # its reader sees EOF and its task ends
             self.evicted_idle += 1
         self.connections[conn] = None
-        self.per_client[conn.client] = self.per_client.get(conn.client, 0) + 1
+        self.per_client[conn.key] = self.per_client.get(conn.key, 0) + 1
         return True
 
     def release(self, conn: TcpConnection) -> None:
         """Give the slot back (idempotent: an evicted connection's task releases it again)."""
         if self.connections.pop(conn, False) is not False:
-            left = self.per_client[conn.client] - 1
+            left = self.per_client[conn.key] - 1
             if left:
-                self.per_client[conn.client] = left
+                self.per_client[conn.key] = left
             else:
-                del self.per_client[conn.client]
+                del self.per_client[conn.key]
 
 
 UDP_READ_PER_TURN = 2048  # datagrams read from a socket per event-loop turn (reading and shedding one is ~1 us)

@@ -252,8 +252,7 @@ class IdentityStage:
         if view is None and self._pods is not None:
             pod = self._pods.lookup(query.client)
             if pod is not None:
-                # Label selectors first (the narrower rule), then the Kubernetes namespace's name.
-                view = (self._selectors.match(pod) if self._selectors else None) or self._by_kube.get(pod.namespace)
+                view = self._pod_view(pod)
                 if view is not None:
                     query.pod = pod
         if view is None:
@@ -262,3 +261,23 @@ class IdentityStage:
             return Reply(header_reply(query.wire, query.question, REFUSED), REFUSED, "refused")
         query.view = view
         return None
+
+    def _pod_view(self, pod: PodIdentity) -> NamespaceView | None:
+        # Label selectors first (the narrower rule), then the Kubernetes namespace's name.
+        return (self._selectors.match(pod) if self._selectors else None) or self._by_kube.get(pod.namespace)
+
+    def client_key(self, client: str, listener_namespace: str | None) -> str:
+        """The key per-client state is held under for ``client``, as :meth:`resolve` would name it.
+
+        ``pod_key`` of the pod when a query from ``client`` on this listener would
+        be served as that pod (``query.pod`` set: the rate-limit bucket's and the
+        quarantine's key), else the address itself. For what is taken before any
+        query is read (the TCP connection cap, at accept): one table lookup, no I/O.
+        """
+        pods = self._pods
+        if pods is None or (listener_namespace is not None and listener_namespace in self._namespaces):
+            return client
+        pod = pods.lookup(client)
+        if pod is None or self._pod_view(pod) is None:
+            return client
+        return pod_key(pod)

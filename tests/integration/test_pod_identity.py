@@ -9,6 +9,8 @@ test sends each pod's queries from its address.
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -118,6 +120,7 @@ upstreams: [{{address: 127.0.0.1, port: {upstream}}}]
 unknown_clients: refuse
 admin: {{address: 127.0.0.1, port: {admin}}}
 alerts: [{{type: jsonl, path: alerts.jsonl}}]
+tcp_max_connections_per_client: 3
 identity:
   kubernetes: {{kubeconfig: kubeconfig, watch_timeout: 5}}
 namespaces:
@@ -238,3 +241,110 @@ def test_relist_keeps_a_reused_address_with_the_new_pod(dual_stack: tuple[Dnsgat
     poll(lambda: (metric_value(http_get(f"{base}/metrics")[1].decode(), "dnsgate_kubernetes_relists_total") or 0) >= 1,
          timeout=15, what="a relist")
     assert rcode(gate.port, "www.allowed.test", "127.0.0.50") == "NOERROR"  # agents/new, not payments/old
+
+
+def tcp_served(port: int, source: str) -> socket.socket | None:
+    """A TCP connection from ``source`` that dnsgate kept and answered a query on (left open); None when
+    dnsgate closed it at once (a per-client cap reached)."""
+    server = "::1" if ":" in source else "127.0.0.1"
+    sock = socket.create_connection((server, port), timeout=3, source_address=(source, 0))
+    wire = dns.message.make_query("www.allowed.test", "A").to_wire()
+    try:
+        sock.sendall(struct.pack("!H", len(wire)) + wire)
+        head = sock.recv(2)
+    except ConnectionResetError:
+        head = b""
+    if len(head) < 2:
+        sock.close()
+        return None
+    length = struct.unpack("!H", head)[0]
+    body = b""
+    while len(body) < length:
+        chunk = sock.recv(length - len(body))
+        assert chunk, "closed in the middle of a reply"
+        body += chunk
+    dns.message.from_wire(body)
+    return sock
+
+
+def tcp_metrics(admin: int) -> tuple[float, float]:
+    """dnsgate_tcp_connections and dnsgate_tcp_refused_per_client_total."""
+    text = http_get(f"http://127.0.0.1:{admin}/metrics")[1].decode()
+    return (
+        metric_value(text, "dnsgate_tcp_connections") or 0.0,
+        metric_value(text, "dnsgate_tcp_refused_per_client_total") or 0.0,
+    )
+
+
+def mapped_pods(admin: int) -> float | None:
+    return metric_value(http_get(f"http://127.0.0.1:{admin}/metrics")[1].decode(), "dnsgate_kubernetes_mapped_pods")
+
+
+def test_a_pod_holds_one_tcp_connection_cap_for_all_its_addresses(dual_stack: tuple[Dnsgate, FakeKubeAPI, int]) -> None:
+    """tcp_max_connections_per_client is 3. Pod agents/multi-0 has 127.0.0.42, 127.0.0.43 and ::1 and opens
+    two connections from each: 3 are served in all, not 3 per address. A CIDR client keeps its own 3 per
+    address, and the pod gets its slots back when its connections close."""
+    gate, api, admin = dual_stack
+    api.add(make_pod("agents", "multi-0", "127.0.0.42", extra_ips=("127.0.0.43", "::1")))
+    poll(lambda: rcode(gate.port, "www.allowed.test", "::1") == "NOERROR", timeout=5, what="the pod maps")
+    held: list[socket.socket] = []
+    try:
+        served = []
+        for source in ("127.0.0.42", "127.0.0.43", "::1") * 2:
+            sock = tcp_served(gate.port, source)
+            served.append(sock is not None)
+            if sock is not None:
+                held.append(sock)
+        assert served == [True, True, True, False, False, False]
+        assert tcp_metrics(admin) == (3.0, 3.0)
+
+        # Clients mapped by CIDR (ops) are one client per address, as before.
+        cidr = [tcp_served(gate.port, source) for source in ["127.0.0.60"] * 4 + ["127.0.0.61"]]
+        held.extend(sock for sock in cidr if sock is not None)
+        assert [sock is not None for sock in cidr] == [True, True, True, False, True]
+        assert tcp_metrics(admin) == (7.0, 4.0)
+
+        for sock in held[:3]:  # the pod's
+            sock.close()
+        poll(lambda: tcp_metrics(admin)[0] == 4.0, timeout=5, what="the pod's connections released")
+        again = [tcp_served(gate.port, source) for source in ("::1", "127.0.0.43", "127.0.0.42", "127.0.0.42")]
+        held.extend(sock for sock in again if sock is not None)
+        assert [sock is not None for sock in again] == [True, True, True, False]
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_tcp_slot_is_released_under_the_key_it_was_taken_with(dual_stack: tuple[Dnsgate, FakeKubeAPI, int]) -> None:
+    """Pod agents/move-0 (127.0.0.44 and ::1) holds its 3 connections; then it is deleted and its
+    addresses go to payments/pay-0 while those connections are still open. Closing them frees
+    move-0's slots (not pay-0's, which never had any): both pods then get exactly their cap."""
+    gate, api, admin = dual_stack
+    api.add(make_pod("agents", "move-0", "127.0.0.44", extra_ips=("::1",)))
+    poll(lambda: rcode(gate.port, "www.allowed.test", "::1") == "NOERROR", timeout=5, what="move-0 maps")
+    held = [tcp_served(gate.port, source) for source in ("127.0.0.44", "::1", "127.0.0.44", "::1")]
+    try:
+        assert [sock is not None for sock in held] == [True, True, True, False]
+
+        api.delete("agents", "move-0")
+        api.add(make_pod("payments", "pay-0", "127.0.0.44", extra_ips=("::1",)))
+        # www.allowed.test: NOERROR in agents, NXDOMAIN in payments
+        poll(lambda: rcode(gate.port, "www.allowed.test", "::1") == "NXDOMAIN", timeout=5, what="pay-0 maps")
+        for sock in held:
+            if sock is not None:
+                sock.close()
+        poll(lambda: tcp_metrics(admin)[0] == 0.0, timeout=5, what="every slot released")
+
+        held = [tcp_served(gate.port, source) for source in ("127.0.0.44", "::1", "::1", "127.0.0.44")]
+        assert [sock is not None for sock in held] == [True, True, True, False]  # pay-0: its own 3
+
+        api.add(make_pod("agents", "move-0", "127.0.0.45"))  # move-0 again, elsewhere: its old slots are free
+        poll(lambda: mapped_pods(admin) == 2.0, timeout=5, what="move-0 maps again")
+        moved = [tcp_served(gate.port, "127.0.0.45") for _ in range(4)]
+        held.extend(moved)
+        assert [sock is not None for sock in moved] == [True, True, True, False]
+    finally:
+        for sock in held:
+            if sock is not None:
+                sock.close()
+    assert "Traceback" not in (gate.config_path.parent / "dnsgate.stderr").read_text()

@@ -147,3 +147,38 @@ def test_pod_labels_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load(tmp_path, LABELS.replace("{tier: batch}", "[tier]"))
     assert "namespaces.batch.pod_labels: must be a mapping of label: value" in str(info.value)
+
+
+def test_client_key_is_the_key_per_client_state_is_held_under(tmp_path: Path) -> None:
+    """``client_key`` (the TCP connection cap's key, taken at accept) names a client as ``resolve`` would:
+    the pod when a query would be served as the pod (``query.pod``), the address otherwise."""
+    from resolver.pipeline.identity import IdentityStage, PodIdentity, PodTable, pod_key
+    from resolver.pipeline.query import Query
+    from resolver.wire.message import U16, name_from_text, parse_query
+
+    wire = U16.pack(7) + bytes.fromhex("0100 0001 0000 0000 0000") + name_from_text("a.test") + b"\x00\x01\x00\x01"
+    pods = PodTable()
+    agent = PodIdentity("agents", "agent-0", "runner", "u1")
+    coredns = PodIdentity("kube-system", "coredns", "coredns", "u2")
+    pods.replace([(agent, ("10.244.1.5", "fd00::5")), (coredns, ("10.244.1.6",))])
+    stage = IdentityStage(load(tmp_path, PRECEDENCE), pods)
+
+    def resolved(client: str, listener: str | None) -> str:
+        query = Query(wire, parse_query(wire), client, "udp", 0.0, listener_namespace=listener)
+        stage.resolve(query)
+        return client if query.pod is None else pod_key(query.pod)
+
+    cases = [
+        ("10.244.1.5", None, "pod:agents/agent-0"),
+        ("fd00::5", None, "pod:agents/agent-0"),  # the pod's other address: the same key
+        ("::ffff:10.244.1.5", None, "pod:agents/agent-0"),
+        ("10.244.1.5", "bound", "10.244.1.5"),  # the listener decides: served per address
+        ("10.244.1.6", None, "10.244.1.6"),  # a pod no namespace serves: its address
+        ("10.244.9.9", None, "10.244.9.9"),  # CIDR
+        ("192.0.2.1", None, "192.0.2.1"),  # refused: its address
+    ]
+    for client, listener, key in cases:
+        assert stage.client_key(client, listener) == key == resolved(client, listener), (client, listener)
+    # Without identity.kubernetes the pod table is not consulted: every client is its address.
+    plain = IdentityStage(load(tmp_path, PRECEDENCE.replace("identity:\n  kubernetes: {}\n", "")), pods)
+    assert plain.client_key("10.244.1.5", None) == "10.244.1.5"
