@@ -326,26 +326,24 @@ class AlertHub:
         self, now: float, namespace: str, client: str, qname: bytes, qtype: int, evidence: dict[str, Any]
     ) -> None:
         """One ``rate_limit`` alert per limited (namespace, client) and window, then one with the count."""
-        key = ("rate_limit", namespace, client, b"")
-        if self._repeated(key, now):
-            return
-        alert = self._alert(
-            "rate_limit", now, namespace, client, qname, qtype, "blocked", ["rate_limit"], dict(evidence)
-        )
-        self._open(key, now, alert)
-        self.emit(alert)
+        self._per_client_window("rate_limit", "blocked", now, namespace, client, qname, qtype, evidence)
 
     def domain_churn(
         self, now: float, namespace: str, client: str, qname: bytes, qtype: int, evidence: dict[str, Any]
     ) -> None:
         """One ``domain_churn`` alert per (namespace, client) and window, then one with the count:
         a client asking so many never-seen domains that the detector's state is under pressure."""
-        key = ("domain_churn", namespace, client, b"")
+        self._per_client_window("domain_churn", "alerted", now, namespace, client, qname, qtype, evidence)
+
+    def _per_client_window(
+        self, kind: str, action: str, now: float, namespace: str, client: str, qname: bytes, qtype: int,
+        evidence: dict[str, Any],
+    ) -> None:
+        """An alert about a client, not a name: the first of a window, then one with the count."""
+        key = (kind, namespace, client, b"")
         if self._repeated(key, now):
             return
-        alert = self._alert(
-            "domain_churn", now, namespace, client, qname, qtype, "alerted", ["domain_churn"], dict(evidence)
-        )
+        alert = self._alert(kind, now, namespace, client, qname, qtype, action, [kind], dict(evidence))
         self._open(key, now, alert)
         self.emit(alert)
 
