@@ -19,6 +19,7 @@ __all__ = [
     "ancestors",
     "domain_text",
     "domains_wire",
+    "is_public_suffix",
     "is_subdomain",
     "label_offsets",
     "label_to_text",
@@ -248,6 +249,29 @@ def registrable_offset(qname: bytes, offsets: list[int] | None = None) -> int:
         flags.append(child.flags)
     keep = min(n, _public_depth(flags, n) + 1)
     return offsets[n - keep]
+
+
+def is_public_suffix(qname: bytes) -> bool:
+    """True when the wire name is itself a public suffix: ``com``, ``co.uk``, ``github.io``,
+    ``s3.amazonaws.com`` (the list's private section included), a name a wildcard rule
+    covers (``anything.ck``, not the exception ``www.ck``), and any single label (the
+    list's default rule ``*``: an unlisted top-level domain is one too). The root is.
+
+    For offline checks (``dnsgate import``), not the query path: the same trie and
+    rule precedence as :func:`registrable_offset`.
+    """
+    offsets = label_offsets(qname)
+    n = len(offsets)
+    flags: list[int] = []
+    node = _TRIE
+    for k in range(n - 1, -1, -1):
+        i = offsets[k]
+        child = node.children.get(qname[i + 1 : i + 1 + qname[i]])
+        if child is None:
+            break
+        node = child
+        flags.append(child.flags)
+    return _public_depth(flags, n) >= n
 
 
 def registrable_wire(qname: bytes) -> bytes:

@@ -302,6 +302,10 @@ def _declared_arguments(p: argparse.ArgumentParser) -> None:
                    help="YAML mapping of purl type to the hosts serving it, for CycloneDX SBOMs")
     p.add_argument("--ignore-unknown", action="store_true",
                    help="skip documents of other kinds (Deployments ...) instead of failing")
+    p.add_argument("--mesh-export-to", metavar="LIST",
+                   help="exportTo of ServiceEntries without one, as your mesh's defaultServiceExportTo: "
+                        "'*' (Istio's default: every namespace), '.', '~' or namespace names, comma-separated; "
+                        "without it such a ServiceEntry is declared for its own namespace only, with a warning")
 
 
 # The cyclic garbage collector's default (a collection every 700 net allocations,
@@ -458,7 +462,8 @@ def _main(argv: list[str] | None) -> tuple[int, str]:
         description="Read declared egress (Istio ServiceEntry and Sidecar, Cilium toFQDNs, skill manifest "
                     "egressRequirements, CycloneDX JSON SBOMs, plain host lists; YAML or JSON) and print a "
                     "config fragment `namespaces: {NAME: {allow: [...]}}`, every entry commented with its "
-                    "sources. Values that are not names (IP addresses, ports, '*') are listed as skipped.",
+                    "sources. Values that are not names (IP addresses, ports, '*') are listed as skipped; "
+                    "wildcards over a public suffix (*.com) are skipped with a warning.",
         epilog="example: dnsgate import deploy/istio/*.yaml skills/*.json --namespace agents > declared.yaml",
     )
     importer.add_argument("files", nargs="+", metavar="FILE", help="YAML (multi-document), JSON or text files")

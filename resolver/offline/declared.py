@@ -17,6 +17,12 @@ Every value becomes an allow entry in dnsgate's syntax (an exact name or
 ``*.domain``) or a :class:`Skipped` record that says why it could not be one.
 The result renders as a config fragment that ``dnsgate check-config`` accepts,
 each entry commented with every source that declared it.
+
+Nothing widens a namespace's egress silently: a ServiceEntry without ``exportTo``
+is declared for its own namespace only (Istio's default, every namespace, only
+with ``--mesh-export-to '*'``), exports beyond a namespace are listed, and a
+wildcard over a public suffix (``*.com``, ``*.github.io``) is skipped, with a
+one-line warning.
 """
 
 from __future__ import annotations
@@ -36,14 +42,18 @@ import dns.exception
 import dns.name
 import yaml
 
+from heuristics.names import is_public_suffix, wire_of
+
 __all__ = [
     "Declaration",
     "DeclarationError",
+    "PublicSuffixWildcard",
     "Skipped",
     "Source",
     "declared_name",
     "load_declarations",
     "load_registry_map",
+    "parse_mesh_export_to",
     "render",
 ]
 
@@ -51,6 +61,7 @@ DEFAULT_NAMESPACE = "default"
 ISTIO_KINDS = ("ServiceEntry", "Sidecar")
 CILIUM_KINDS = ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy")
 HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
+NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a Kubernetes namespace (RFC 1123 label)
 MAX_DEPTH = 32  # nesting searched for egressRequirements / externalReferences
 
 
@@ -86,6 +97,10 @@ class NotAName(ValueError):
     """A declared value that cannot become an allow entry; the message is the reason."""
 
 
+class PublicSuffixWildcard(NotAName):
+    """A wildcard over a public suffix (``*.com``, ``*.github.io``): skipped, and warned about."""
+
+
 @dataclass(slots=True)
 class Declaration:
     """Allow entries per namespace, each with every source that declared it."""
@@ -94,6 +109,12 @@ class Declaration:
     notes: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     skipped: list[Skipped] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    # One line each, printed on stderr by `import` and `diff`: what was assumed, what was refused.
+    warnings: list[str] = field(default_factory=list)
+    # ServiceEntries declared for no namespace but their own because they had no exportTo.
+    assumed: list[str] = field(default_factory=list)
+    # ServiceEntries whose hosts were declared for namespaces other than their own.
+    exports: list[str] = field(default_factory=list)
 
     def add(self, namespace: str, entry: str, source: Source, note: str = "") -> None:
         sources = self.allow.setdefault(namespace, {}).setdefault(entry, [])
@@ -106,6 +127,10 @@ class Declaration:
 
     def skip(self, source: Source, value: Any, reason: str) -> None:
         self.skipped.append(Skipped(source, str(value), reason))
+
+    def warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
 
     def entries(self, namespace: str) -> tuple[str, ...]:
         """The allow entries of one namespace, sorted by domain (reversed labels)."""
@@ -211,6 +236,9 @@ def declared_name(value: Any) -> tuple[str, list[str]]:
         raise NotAName("not a name: the root")
     if not HOST_NAME.fullmatch(text):
         raise NotAName("not a host name: only letters, digits, '-' and '_' belong in its labels")
+    if wildcard and is_public_suffix(wire_of(text)):
+        raise PublicSuffixWildcard(
+            f"'{text}' is a public suffix: the wildcard would allow every domain registered under it")
     return ("*." + text if wildcard else text), notes
 
 
@@ -279,6 +307,23 @@ def _namespace_of(doc: dict[str, Any], default: str) -> str:
     return default
 
 
+def _export_text(items: list[str] | tuple[str, ...]) -> str:
+    """exportTo values as written in messages: ``'.', 'research'``."""
+    return ", ".join(f"'{_printable(item)}'" for item in items)
+
+
+def parse_mesh_export_to(text: str) -> tuple[str, ...]:
+    """``--mesh-export-to``: Istio's defaultServiceExportTo, comma-separated ``.``, ``*``, ``~``
+    or namespace names. Raises DeclarationError (one line) on anything else."""
+    items = tuple(item.strip() for item in text.split(","))
+    for item in items:
+        if item not in (".", "*", "~") and not NAMESPACE_NAME.fullmatch(item):
+            raise DeclarationError(f"--mesh-export-to: {_printable(item)!r} is not '.', '*', '~' or a namespace name")
+    if "~" in items and len(items) > 1:
+        raise DeclarationError("--mesh-export-to: '~' (no namespace) cannot be combined with other values")
+    return items
+
+
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
@@ -291,10 +336,13 @@ class Importer:
     """Reads declaration files into one :class:`Declaration`."""
 
     def __init__(self, namespace: str = DEFAULT_NAMESPACE, registry_map: dict[str, tuple[str, ...]] | None = None,
-                 ignore_unknown: bool = False) -> None:
+                 ignore_unknown: bool = False, mesh_export_to: tuple[str, ...] | None = None) -> None:
         self.namespace = namespace
         self.registry_map = registry_map or {}
         self.ignore_unknown = ignore_unknown
+        # Istio's meshConfig.defaultServiceExportTo, for ServiceEntries without exportTo. None:
+        # not given, so such a ServiceEntry is declared for its own namespace only, with a warning.
+        self.mesh_export_to = mesh_export_to
         self.out = Declaration()
         # ServiceEntries exported to every namespace are added to every namespace at the end.
         self._everywhere: list[tuple[str, Source, str]] = []
@@ -346,15 +394,28 @@ class Importer:
                 raise DeclarationError(message)
             self.out.skip(Source(path, f"document {index}", ""), what, "not a recognised declaration")
 
-    def _add(self, namespace: str, value: Any, source: Source, note: str = "") -> None:
+    def _entry(self, value: Any, source: Source, shown: Any = None) -> str | None:
+        """The allow entry for a declared value, or None with the value recorded as skipped
+        (and warned about, when it is a wildcard over a public suffix). ``shown``: the value
+        as the document wrote it, when ``value`` is a translation (Cilium's ``**.``)."""
+        shown = value if shown is None else shown
         try:
             entry, notes = declared_name(value)
+        except PublicSuffixWildcard as exc:
+            self.out.skip(source, shown, str(exc))
+            self.out.warn(f"{source}: {_printable(str(shown))}: skipped: {exc}")
+            return None
         except NotAName as exc:
-            self.out.skip(source, value, str(exc))
-            return
+            self.out.skip(source, shown, str(exc))
+            return None
         for n in notes:
-            self.out.skip(source, value, n)
-        self.out.add(namespace, entry, source, note)
+            self.out.skip(source, shown, n)
+        return entry
+
+    def _add(self, namespace: str, value: Any, source: Source, note: str = "", shown: Any = None) -> None:
+        entry = self._entry(value, source, shown)
+        if entry is not None:
+            self.out.add(namespace, entry, source, note)
 
     # -- formats --
     def _plain(self, path: str, text: str) -> None:
@@ -367,7 +428,27 @@ class Importer:
         spec = _dict(doc.get("spec"))
         own = _namespace_of(doc, self.namespace)
         source = Source(path, "ServiceEntry", _name_of(doc))
-        export = [str(x) for x in _list(spec.get("exportTo"))] or ["*"]
+        hosts = _list(spec.get("hosts"))
+        if not hosts:
+            self.out.skip(source, "spec.hosts", "no hosts declared")
+            return
+        raw = spec.get("exportTo")
+        written = [str(x) for x in (raw if isinstance(raw, list) else [raw] if isinstance(raw, str) else [])]
+        where = f"{source} (namespace {own})"
+        if written:
+            export, how = written, f"exportTo {_export_text(written)}"
+        elif self.mesh_export_to is not None:
+            export = list(self.mesh_export_to)
+            how = f"no exportTo, --mesh-export-to {_export_text(export)}"
+        else:
+            # Istio's own default is every namespace (unless the mesh's defaultServiceExportTo
+            # says otherwise): whoever may write a ServiceEntry in one namespace would widen every
+            # namespace's declared egress. Declared for its own namespace only, and said so.
+            export, how = ["."], ""
+            assumed = (f"{where}: no exportTo: declared for namespace {own} only, not every namespace "
+                       "as Istio's default would (--mesh-export-to '*' if your mesh keeps that default)")
+            self.out.assumed.append(assumed)
+            self.out.warn(assumed)
         targets: list[str] = []
         everywhere = False
         for item in export:
@@ -375,30 +456,27 @@ class Importer:
                 targets.append(own)
             elif item == "*":
                 everywhere = True
-            elif item == "~":
-                continue
-            else:
+            elif item != "~" and item not in targets:
                 targets.append(item)
-        if not _list(spec.get("hosts")):
-            self.out.skip(source, "spec.hosts", "no hosts declared")
-            return
         if not targets and not everywhere:
-            for host in _list(spec.get("hosts")):
+            for host in hosts:
                 self.out.skip(source, host, "exportTo '~': visible to no namespace")
             return
-        for host in _list(spec.get("hosts")):
+        beyond = [ns for ns in targets if ns != own]
+        if everywhere:
+            self.out.exports.append(f"{where}: {how}: every namespace of this output")
+        elif beyond:
+            self.out.exports.append(f"{where}: {how}: namespace(s) {', '.join(beyond)}")
+        note = how if everywhere else ""
+        for host in hosts:
+            entry = self._entry(host, source)
+            if entry is None:
+                continue
             for ns in targets:
-                self._add(ns, host, source)
+                self.out.add(ns, entry, source)
             if everywhere:
-                try:
-                    entry, notes = declared_name(host)
-                except NotAName as exc:
-                    self.out.skip(source, host, str(exc))
-                    continue
-                for n in notes:
-                    self.out.skip(source, host, n)
-                self.out.add(own, entry, source)
-                self._everywhere.append((entry, source, "exportTo '*'"))
+                self.out.add(own, entry, source, note)
+                self._everywhere.append((entry, source, note))
 
     def _sidecar(self, path: str, doc: dict[str, Any]) -> None:
         spec = _dict(doc.get("spec"))
@@ -445,10 +523,11 @@ class Importer:
             self.out.skip(source, pattern, "matchPattern '*' matches every name: not a name")
             return
         if text.startswith("**.") and "*" not in text[3:]:
-            self._add(ns, "*." + text[3:], source)
+            self._add(ns, "*." + text[3:], source, shown=pattern)
             return
         if text.startswith("*.") and "*" not in text[2:]:
-            self._add(ns, text, source, note="widened: Cilium's '*.' matches one label, dnsgate's any depth")
+            self._add(ns, text, source, note="widened: Cilium's '*.' matches one label, dnsgate's any depth",
+                      shown=pattern)
             return
         if "*" in text:
             self.out.skip(source, pattern, "a '*' inside a label or below the first label has no dnsgate "
@@ -598,9 +677,13 @@ def load_registry_map(path: str) -> dict[str, tuple[str, ...]]:
 
 def load_declarations(paths: list[str], namespace: str = DEFAULT_NAMESPACE,
                       registry_map: dict[str, tuple[str, ...]] | None = None,
-                      ignore_unknown: bool = False) -> Declaration:
-    """Read every file into one Declaration; raise DeclarationError on an unrecognised document."""
-    importer = Importer(namespace, registry_map, ignore_unknown)
+                      ignore_unknown: bool = False, mesh_export_to: tuple[str, ...] | None = None) -> Declaration:
+    """Read every file into one Declaration; raise DeclarationError on an unrecognised document.
+
+    ``mesh_export_to``: the exportTo of ServiceEntries that have none (Istio's
+    ``defaultServiceExportTo``); None declares them for their own namespace, with a warning.
+    """
+    importer = Importer(namespace, registry_map, ignore_unknown, mesh_export_to)
     for path in paths:
         importer.read(path)
     return importer.finish()
@@ -626,6 +709,12 @@ def render(declaration: Declaration) -> str:
         f"{len(declaration.skipped)} declared value(s) skipped (listed at the end)",
         "# Merge into your config (clients, mode ...), then: dnsgate check-config FILE",
     ]
+    if declaration.exports:
+        out.append("# declared beyond their own namespace (review these):")
+        out.extend(f"#   {_printable(line)}" for line in declaration.exports)
+    if declaration.assumed:
+        out.append("# declared for their own namespace only:")
+        out.extend(f"#   {_printable(line)}" for line in declaration.assumed)
     if not declaration.allow:
         out.append("namespaces: {}")
     else:
@@ -655,14 +744,20 @@ def _quoted(entry: str) -> str:
 
 
 def declarations_or_error(prog: str, files: list[str], args: argparse.Namespace) -> Declaration | None:
-    """Read ``files`` with the command's --namespace, --registry-map and --ignore-unknown;
-    print the error and return None when they cannot be read."""
+    """Read ``files`` with the command's --namespace, --registry-map, --ignore-unknown and
+    --mesh-export-to; print the warnings, one line each; print the error and return None
+    when they cannot be read."""
     try:
         registry = load_registry_map(args.registry_map) if args.registry_map else None
-        return load_declarations(files, args.namespace, registry, args.ignore_unknown)
+        mesh = getattr(args, "mesh_export_to", None)
+        declaration = load_declarations(files, args.namespace, registry, args.ignore_unknown,
+                                        parse_mesh_export_to(mesh) if mesh is not None else None)
     except DeclarationError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return None
+    for warning in declaration.warnings:
+        print(f"{prog}: warning: {_printable(warning)}", file=sys.stderr)
+    return declaration
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -672,6 +767,10 @@ def run_import(args: argparse.Namespace) -> int:
         return 2
     sys.stdout.write(render(declaration))
     total = sum(len(v) for v in declaration.allow.values())
+    exported = f", {len(declaration.exports)} ServiceEntry(s) declared beyond their namespace" \
+        if declaration.exports else ""
     print(f"{prog}: {total} allow entries in {len(declaration.allow)} namespace(s), "
-          f"{len(declaration.skipped)} value(s) skipped", file=sys.stderr)
+          f"{len(declaration.skipped)} value(s) skipped{exported}", file=sys.stderr)
+    for line in declaration.exports:
+        print(f"{prog}: declared beyond its namespace: {_printable(line)}", file=sys.stderr)
     return 0

@@ -41,7 +41,7 @@ DNSGATE = [sys.executable, "-m", "resolver.cli"]
 TOKEN = "declared-test-token"
 DECLARED_FILES = ["istio-serviceentries.yaml", "istio-sidecar.yaml", "cilium-policies.yaml",
                   "skill-web-search.yaml", "skill-summarise.json", "sbom.cdx.json", "hosts.txt"]
-RECORDS = [*UPSTREAM_RECORDS, "api.github.com. 300 IN A 192.0.2.10", "eu.inference.example.net. 300 IN A 192.0.2.11", "search.example.com. 300 IN A 192.0.2.12", "xn--bcher-kva.example. 300 IN A 192.0.2.13", "a.b.cdn.example.net. 300 IN A 192.0.2.14", "github.com. 300 IN A 192.0.2.15", "exfil.example.biz. 300 IN A 192.0.2.66"]
+RECORDS = [*UPSTREAM_RECORDS, "api.github.com. 300 IN A 192.0.2.10", "eu.inference.example.net. 300 IN A 192.0.2.11", "search.example.com. 300 IN A 192.0.2.12", "xn--bcher-kva.example. 300 IN A 192.0.2.13", "a.b.cdn.example.net. 300 IN A 192.0.2.14", "github.com. 300 IN A 192.0.2.15", "exfil.example.biz. 300 IN A 192.0.2.66", "paste.evil-c2.net. 300 IN A 192.0.2.70"]
 
 
 def dnsgate(*args: str) -> subprocess.CompletedProcess[str]:
@@ -178,6 +178,45 @@ def test_diff_from_redis(redis_server: RedisServer) -> None:
     down = dnsgate("diff", "--declared", str(DATA / "hosts.txt"), "--from-redis", f"redis://127.0.0.1:{free_port()}/0")
     assert down.returncode == 2, down.stderr
     assert len(down.stderr.strip().splitlines()) == 1, down.stderr
+
+
+
+
+def test_a_team_namespace_declaration_does_not_widen_another_namespace(upstream: Unbound, tmp_path: Path) -> None:
+    """import -> check-config -> serve: the sandbox's ServiceEntry stays in sandbox (prod-agents is
+    denied paste.evil-c2.net), '*.com' is not allowed anywhere; the import says both, one line each."""
+    se = DATA / "review-team-namespace.yaml"  # a security review's reproduction
+    out = dnsgate("import", str(se))
+    assert out.returncode == 0, out.stderr
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("dnsgate import: warning: ")]
+    assert len(warnings) == 4, out.stderr
+    assert all(f"{se}: " in line for line in warnings)
+    assert "Traceback" not in out.stderr
+    port = free_port()
+    body = out.stdout.replace('  "prod-agents":\n', '  "prod-agents":\n    clients: [127.0.0.16/28]\n    mode: enforce\n')
+    body = body.replace('  "sandbox":\n', '  "sandbox":\n    clients: [127.0.0.32/28]\n    mode: enforce\n')
+    config = (f"listen: [{{address: 127.0.0.1, port: {port}}}]\n"
+              f"upstreams: [{{address: 127.0.0.1, port: {upstream.port}}}]\n"
+              "unknown_clients: refuse\nalerts: [{type: jsonl, path: alerts.jsonl}]\n" + body)
+    (tmp_path / "check.yaml").write_text(config)
+    check = dnsgate("check-config", str(tmp_path / "check.yaml"))
+    assert check.returncode == 0, check.stderr
+    before = upstream.queries().count("paste.evil-c2.net")
+    gate = start_dnsgate(config, tmp_path, port, probe="github.com")
+    try:
+        prod, sandbox = "127.0.0.17", "127.0.0.33"
+        denied = ask(port, "paste.evil-c2.net", source=prod)
+        assert denied.rcode() == dns.rcode.NXDOMAIN
+        assert denied.flags & dns.flags.AA  # dnsgate's own denial, not the upstream's answer
+        allowed = ask(port, "paste.evil-c2.net", source=sandbox)
+        assert [rr.address for rrset in allowed.answer for rr in rrset] == ["192.0.2.70"]
+        for name in ("github.com", "tunnel.ngrok-free.app", "shop.example.co.uk"):
+            reply = ask(port, name, source=sandbox)
+            assert reply.rcode() == dns.rcode.NXDOMAIN, name
+            assert reply.flags & dns.flags.AA, name
+        assert upstream.queries().count("paste.evil-c2.net") == before + 1  # the sandbox's, only
+    finally:
+        assert gate.stop() == 0
 
 
 # -- workload quarantine ------------------------------------------------------------------

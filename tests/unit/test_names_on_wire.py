@@ -22,6 +22,7 @@ from heuristics import names as _names
 from heuristics.names import (
     ancestors,
     domain_text,
+    is_public_suffix,
     is_subdomain,
     label_to_text,
     labels_of,
@@ -231,6 +232,27 @@ def test_registrable_domain_agrees_with_the_psl_library(rule: tuple[bytes, ...],
     text = ".".join(part.decode() for part in labels)
     expected = _PSL.privatesuffix(text) or text  # a public suffix is its own domain
     assert registrable_domain(wire_of(text)) == expected
+
+
+@settings(max_examples=2000)
+@given(
+    st.sampled_from(_PSL_RULES),
+    st.integers(min_value=0, max_value=4),
+    st.lists(st.sampled_from([b"www", b"a1", b"x", b"s3", b"city", b"kobe", b"jp", b"uk"]), max_size=2),
+)
+def test_is_public_suffix_agrees_with_the_psl_library(rule: tuple[bytes, ...], cut: int, front: list[bytes]) -> None:
+    """``is_public_suffix`` (what `dnsgate import` refuses wildcards over) says what the
+    publicsuffixlist package's is_public says, for rules, their suffixes, and names below them."""
+    labels = [*front, *rule[min(cut, len(rule) - 1) :]]
+    text = ".".join(part.decode() for part in labels)
+    assert is_public_suffix(wire_of(text)) == _PSL.is_public(text)
+
+
+def test_is_public_suffix_examples() -> None:
+    for public in ("com", "co.uk", "github.io", "s3.amazonaws.com", "anything.ck", "internal", "."):
+        assert is_public_suffix(wire_of(public)), public
+    for owned in ("example.com", "amazonaws.com", "www.ck", "user.github.io", "cluster.local"):
+        assert not is_public_suffix(wire_of(owned)), owned
 
 
 def _text_octet_by_octet(qname: bytes) -> str:
