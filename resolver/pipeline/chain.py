@@ -36,6 +36,7 @@ from resolver.pipeline.scrub import MalformedReply, Scrubber, UpstreamAnswer
 from resolver.pipeline.upstream import Forwarder
 from resolver.wire.message import (
     MalformedMessage,
+    Question,
     ReplyInfo,
     fit_udp,
     inspect_reply,
@@ -144,6 +145,8 @@ class Pipeline:
             cache,
         )
         self.rebinding = RebindingGuard(config, engine.alerts, engine.rebinding)
+        self.max_ttl: int = config.cache.max_ttl
+        self.negative_ttl: int = config.cache.negative_ttl
         # The reply side, in order: each sees the scrubbed answer; the first to return a
         # Reply replaces it, and the cache (last) keeps only what all of them let through.
         self.reply_hooks: tuple[ReplyHook, ...] = (self.detection, self.policy, self.rebinding, cache)
@@ -196,7 +199,8 @@ class Pipeline:
             return servfail(query.wire, query.question)
         try:
             answer = self.engine.scrubber.scrub(raw, target, client_edns=True)
-        except MalformedReply as exc:
+            self._inspect(answer, target)
+        except (MalformedReply, MalformedMessage, IndexError) as exc:
             self._malformed(query, exc)
             return servfail(query.wire, query.question)
         reply = append_followed(local, answer)
@@ -217,9 +221,7 @@ class Pipeline:
             return servfail(query.wire, q)
         try:
             answer = self.engine.scrubber.scrub(raw, q, client_edns=q.has_edns)
-            info = inspect_reply(
-                answer.wire, q.end, max_ttl=self.config.cache.max_ttl, neg_ttl=self.config.cache.negative_ttl
-            )
+            info = self._inspect(answer, q)
         except (MalformedReply, MalformedMessage, IndexError) as exc:
             self._malformed(query, exc)
             return servfail(query.wire, q)
@@ -234,6 +236,14 @@ class Pipeline:
         if query.transport == "udp":
             wire = fit_udp(wire, query.wire, q)
         return Reply(wire, info.rcode, "allowed")
+
+    def _inspect(self, answer: UpstreamAnswer, q: Question) -> ReplyInfo:
+        """The reply's TTLs, rcode and offsets; a TTL above ``max_ttl`` (or with its top bit set)
+        is lowered in the answer itself, so no client sees it, relayed or from the cache."""
+        info = inspect_reply(answer.wire, q.end, max_ttl=self.max_ttl, neg_ttl=self.negative_ttl)
+        if info.over_max_ttl:
+            answer.clamp_ttls(info.ttl_offsets, self.max_ttl)
+        return info
 
     def _on_reply(self, query: Query, answer: UpstreamAnswer, info: ReplyInfo) -> Reply | None:
         """The reply hooks in the order of ``reply_hooks``: the first Reply returned replaces the

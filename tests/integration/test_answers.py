@@ -1,0 +1,109 @@
+"""What an upstream's answer may carry to a client, against a real dnsgate and a misbehaving upstream.
+
+The upstream is a dnspython-built responder on loopback (tests/support/rogue_upstream.py):
+
+- TTLs: whatever 32-bit TTL it sends, a client never sees more than ``max_ttl``, relayed or
+  from the cache, and a TTL with the top bit set is 0 (RFC 2181 section 8).
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from collections.abc import Iterator
+
+import dns.message
+import dns.rcode
+import dns.rrset
+import pytest
+from dnslib import DNSRecord
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support.harness import free_port, wire_ttls
+from tests.support.rogue_upstream import RogueUpstream, rogue_upstream
+from tests.support.upstream_servers import Dnsgate, start_dnsgate
+
+MAX_TTL = 3600
+
+
+def answer(_request: DNSRecord, data: bytes) -> bytes:
+    """The reply, chosen by the question name's first label."""
+    query = dns.message.from_wire(data)
+    reply = dns.message.make_response(query)
+    name = query.question[0].name
+    label = name.labels[0].decode()
+    if label.startswith("ttl"):  # ttl<N>-<n>: every record with TTL N, in all three sections
+        ttl = int(label[3:].split("-")[0])
+        reply.answer.append(dns.rrset.from_text(name, ttl, "IN", "A", "203.0.113.9"))
+        reply.authority.append(dns.rrset.from_text("allowed.test.", ttl, "IN", "NS", "ns.allowed.test."))
+        reply.additional.append(dns.rrset.from_text("ns.allowed.test.", ttl, "IN", "A", "203.0.113.53"))
+    else:
+        reply.answer.append(dns.rrset.from_text(name, 60, "IN", "A", "203.0.113.1"))
+    return reply.to_wire()
+
+
+@pytest.fixture(scope="module")
+def rogue() -> Iterator[tuple[RogueUpstream, int]]:
+    with rogue_upstream(answer) as pair:
+        yield pair
+
+
+@pytest.fixture(scope="module")
+def gate(rogue: tuple[RogueUpstream, int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dnsgate]:
+    workdir = tmp_path_factory.mktemp("answers")
+    port = free_port()
+    config = f"""
+listen: [{{address: 127.0.0.1, port: {port}}}]
+upstreams: [{{address: 127.0.0.1, port: {rogue[1]}}}]
+upstream_timeout: 0.5
+servfail_after: 1.5
+cache: {{max_ttl: {MAX_TTL}}}
+alerts: [{{type: jsonl, path: alerts.jsonl}}]
+policy_alert_window: 0.001
+namespaces:
+  agents:
+    clients: [127.0.0.1/32]
+    allow: [allowed.test, "*.allowed.test"]
+"""
+    server = start_dnsgate(config, workdir, port, probe="www.allowed.test")
+    yield server
+    assert server.stop() == 0
+    assert "Traceback" not in (workdir / "dnsgate.stderr").read_text()
+
+
+def ask_wire(port: int, name: str, rdtype: str = "A") -> bytes:
+    """One question over UDP; the reply's octets as they arrived."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        s.sendto(dns.message.make_query(name, rdtype).to_wire(), ("127.0.0.1", port))
+        return s.recv(65535)
+
+
+# -- TTLs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sent", "seen"), [(4294967295, 0), (2**31, 0), (2**31 - 1, MAX_TTL), (86400, MAX_TTL),
+                                            (MAX_TTL, MAX_TTL), (59, 59)])
+def test_ttls_are_capped_relayed_and_from_the_cache(gate: Dnsgate, sent: int, seen: int) -> None:
+    name = f"ttl{sent}-fixed.allowed.test"
+    relayed = ask_wire(gate.port, name)
+    assert dns.message.from_wire(relayed).rcode() == dns.rcode.NOERROR
+    assert wire_ttls(relayed) == [seen] * 3
+    again = wire_ttls(ask_wire(gate.port, name))  # from the cache, unless the TTL was 0
+    assert all(seen - 2 <= ttl <= seen for ttl in again), again
+
+
+NAMES = itertools.count()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([MAX_TTL + 1, 2**31 - 1, 2**31, 2**32 - 1])))
+def test_no_ttl_an_upstream_sends_reaches_a_client_above_max_ttl(gate: Dnsgate, sent: int) -> None:
+    name = f"ttl{sent}-{next(NAMES)}.allowed.test"
+    for _ in range(2):  # relayed, then from the cache
+        ttls = wire_ttls(ask_wire(gate.port, name))
+        assert ttls == [ttls[0]] * 3
+        assert ttls[0] <= MAX_TTL
+        if sent >= 2**31:
+            assert ttls[0] == 0
