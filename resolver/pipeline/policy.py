@@ -156,12 +156,16 @@ class PolicyStage:
         return rule is not None and rule.action is Action.PASSTHRU
 
     def on_reply(self, query: Query, answer: UpstreamAnswer, info: ReplyInfo, /) -> Reply | None:
-        """The reply side of the policy: learned rcodes, CNAME-chain rewrites, then ``cname_check``."""
+        """The reply side of the policy: learned rcodes, CNAME-chain rewrites, then ``cname_check``.
+
+        Both read the scrubbed chain: CNAME targets and the names a DNAME
+        synthesises (an upstream may send a DNAME without the CNAME it implies).
+        """
         self.observe_rcode(query, info.rcode)
         rewritten = self.rewrite_chain(query, answer)
-        if rewritten is not None or not info.cname_targets:
+        if rewritten is not None or len(answer.chain) < 2:
             return rewritten
-        return self.check_cnames(query, info.cname_targets)
+        return self.check_cnames(query, answer.targets)
 
     def observe_rcode(self, query: Query, rcode: int) -> None:
         """Learn mode keeps each name's rcodes, for ``propose`` (live, or from a capture in replay)."""
@@ -171,15 +175,16 @@ class PolicyStage:
             q = query.question
             self._learned.record_rcode(view.name, q.qname, q.qtype, rcode)
 
-    def check_cnames(self, query: Query, targets: tuple[bytes, ...]) -> Reply | None:
+    def check_cnames(self, query: Query, targets: tuple[dns.name.Name, ...]) -> Reply | None:
         """Log the chain; with ``cname_check: strict`` deny a chain through a name not allowed."""
         view = query.view
         assert view is not None
-        names = [name_to_text(t) for t in targets]
+        wires = [_wire_name(t) for t in targets]
+        names = [name_to_text(t) for t in wires]
         log.info("cname chain %s -> %s", name_to_text(query.question.qname), " -> ".join(names))
         if not self._strict_cnames or view.mode == "learn":
             return None
-        for target, text in zip(targets, names, strict=True):
+        for target, text in zip(wires, names, strict=True):
             if not self.allowed(view.name, target):
                 enforce = view.mode == "enforce"
                 self._alerts.policy(
@@ -306,6 +311,13 @@ def chain_rewrite(query: Query, answer: UpstreamAnswer, target: dns.name.Name, r
         if cname is not None and qtype not in (TYPE_CNAME, ANY):
             follow = cname.rdata
     return Reply(reply.to_wire(), int(reply.rcode()), "local" if rule.action is Action.LOCAL_DATA else "denied", follow)
+
+
+def _wire_name(name: dns.name.Name) -> bytes:
+    """A name's uncompressed wire form, lowercased as the policy's keys are."""
+    wire = name.to_wire()
+    assert wire is not None
+    return wire.lower()
 
 
 def deny(query: Query, ns: Namespace) -> Reply:

@@ -311,19 +311,16 @@ class ReplyInfo:
     rcode: int
     ttl: int  # seconds this reply may be cached (RFC 2308 for negative answers)
     ttl_offsets: tuple[int, ...]  # offsets of every TTL field but OPT's
-    cname_targets: tuple[bytes, ...]  # wire names of CNAME targets in the answer
     over_max_ttl: bool  # some TTL is above max_ttl or has its top bit set: clamp_ttls before anyone sees it
     truncated: bool
 
     # Written out: compiled, a dataclass's generated __init__ runs in the interpreter.
     def __init__(
-        self, rcode: int, ttl: int, ttl_offsets: tuple[int, ...], cname_targets: tuple[bytes, ...],
-        over_max_ttl: bool, truncated: bool,
+        self, rcode: int, ttl: int, ttl_offsets: tuple[int, ...], over_max_ttl: bool, truncated: bool
     ) -> None:
         self.rcode = rcode
         self.ttl = ttl
         self.ttl_offsets = ttl_offsets
-        self.cname_targets = cname_targets
         self.over_max_ttl = over_max_ttl
         self.truncated = truncated
 
@@ -337,9 +334,10 @@ def ttl_limit(max_ttl: int) -> int:
 
 
 def inspect_reply(wire: bytes, qd_end: int, *, max_ttl: int, neg_ttl: int) -> ReplyInfo:
-    """Walk a reply's records once: TTLs, their offsets, SOA minimum, CNAME targets.
+    """Walk a reply's records once: TTLs, their offsets, SOA minimum.
 
-    A TTL above ``max_ttl`` counts as ``max_ttl``, one with the top bit set as 0
+    The CNAME/DNAME chain is the scrubber's to read (``UpstreamAnswer.targets``),
+    DNAME-synthesised names included. A TTL above ``max_ttl`` counts as ``max_ttl``, one with the top bit set as 0
     (RFC 2181 section 8); ``over_max_ttl`` says the wire still holds such a TTL.
     """
     _, flags, _qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire, 0)
@@ -349,7 +347,6 @@ def inspect_reply(wire: bytes, qd_end: int, *, max_ttl: int, neg_ttl: int) -> Re
     pos = qd_end
     offsets: list[int] = []
     ttls: list[int] = []
-    cnames: list[bytes] = []
     negative_ttl: int | None = None
     for section, count in ((1, ancount), (2, nscount), (3, arcount)):
         for _ in range(count):
@@ -372,8 +369,6 @@ def inspect_reply(wire: bytes, qd_end: int, *, max_ttl: int, neg_ttl: int) -> Re
                     rdata_end = pos + 10 + rdlen
                     minimum = U32.unpack_from(wire, rdata_end - 4)[0]
                     negative_ttl = min(ttl, minimum)
-                if rtype == TYPE_CNAME and section == 1:
-                    cnames.append(read_name(wire, pos + 10)[0].lower())
             pos += 10 + rdlen
     if rcode == NOERROR and ttls:
         ttl = min(ttls)
@@ -382,7 +377,7 @@ def inspect_reply(wire: bytes, qd_end: int, *, max_ttl: int, neg_ttl: int) -> Re
         ttl = min(ttl, neg_ttl)
     else:
         ttl = 0
-    return ReplyInfo(rcode, min(ttl, limit), tuple(offsets), tuple(cnames), over, bool(flags & TC))
+    return ReplyInfo(rcode, min(ttl, limit), tuple(offsets), over, bool(flags & TC))
 
 
 def clamp_ttls(wire: bytes, offsets: tuple[int, ...], max_ttl: int) -> bytes:

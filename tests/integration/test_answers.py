@@ -4,27 +4,36 @@ The upstream is a dnspython-built responder on loopback (tests/support/rogue_ups
 
 - TTLs: whatever 32-bit TTL it sends, a client never sees more than ``max_ttl``, relayed or
   from the cache, and a TTL with the top bit set is 0 (RFC 2181 section 8).
+- ``cname_check: strict`` reads the scrubbed chain, so a DNAME sent without the CNAME it
+  synthesises redirects to a name that must be allowed too.
 """
 
 from __future__ import annotations
 
 import itertools
 import socket
+import time
 from collections.abc import Iterator
 
 import dns.message
+import dns.name
 import dns.rcode
+import dns.rdatatype
 import dns.rrset
 import pytest
 from dnslib import DNSRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.harness import free_port, wire_ttls
+from tests.support.harness import ask, free_port, wire_ttls
 from tests.support.rogue_upstream import RogueUpstream, rogue_upstream
 from tests.support.upstream_servers import Dnsgate, start_dnsgate
 
 MAX_TTL = 3600
+DNAMES = {  # owner -> DNAME target, for questions dname.<owner>
+    "allowed.test.": "denied.test.",
+    "sub.allowed.test.": "other.allowed.test.",
+}
 
 
 def answer(_request: DNSRecord, data: bytes) -> bytes:
@@ -38,6 +47,15 @@ def answer(_request: DNSRecord, data: bytes) -> bytes:
         reply.answer.append(dns.rrset.from_text(name, ttl, "IN", "A", "203.0.113.9"))
         reply.authority.append(dns.rrset.from_text("allowed.test.", ttl, "IN", "NS", "ns.allowed.test."))
         reply.additional.append(dns.rrset.from_text("ns.allowed.test.", ttl, "IN", "A", "203.0.113.53"))
+    elif label == "dname":  # a DNAME alone: no synthesised CNAME, then the address of the name it makes
+        owner = name.parent()
+        target = dns.name.from_text(DNAMES[owner.to_text()])
+        reply.answer.append(dns.rrset.from_text(owner, 60, "IN", "DNAME", target.to_text()))
+        reply.answer.append(dns.rrset.from_text(name.relativize(owner).derelativize(target), 60, "IN", "A",
+                                                "203.0.113.7"))
+    elif label == "cname":
+        reply.answer.append(dns.rrset.from_text(name, 60, "IN", "CNAME", "www.denied.test."))
+        reply.answer.append(dns.rrset.from_text("www.denied.test.", 60, "IN", "A", "203.0.113.8"))
     else:
         reply.answer.append(dns.rrset.from_text(name, 60, "IN", "A", "203.0.113.1"))
     return reply.to_wire()
@@ -59,6 +77,7 @@ upstreams: [{{address: 127.0.0.1, port: {rogue[1]}}}]
 upstream_timeout: 0.5
 servfail_after: 1.5
 cache: {{max_ttl: {MAX_TTL}}}
+cname_check: strict
 alerts: [{{type: jsonl, path: alerts.jsonl}}]
 policy_alert_window: 0.001
 namespaces:
@@ -107,3 +126,36 @@ def test_no_ttl_an_upstream_sends_reaches_a_client_above_max_ttl(gate: Dnsgate, 
         assert ttls[0] <= MAX_TTL
         if sent >= 2**31:
             assert ttls[0] == 0
+
+
+# -- cname_check: strict and DNAME -----------------------------------------------
+
+
+def alerts_for(gate: Dnsgate, qname: str, kind: str = "policy") -> list[dict[str, object]]:
+    """The alerts naming ``qname``, waited for (the sink writes them a moment after the reply)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        found = [a for a in gate.alerts() if a["qname"] == qname and a["kind"] == kind]
+        if found:
+            return found
+        time.sleep(0.02)  # polling the alert file, bounded by the deadline
+    return []
+
+
+@pytest.mark.parametrize(("qname", "target"), [("cname.allowed.test", "www.denied.test"),
+                                                ("dname.allowed.test", "dname.denied.test")])
+def test_strict_denies_a_chain_out_of_the_allow_list_cname_or_dname(gate: Dnsgate, qname: str, target: str) -> None:
+    reply = ask(gate.port, qname)
+    assert reply.rcode() == dns.rcode.NXDOMAIN
+    assert not reply.answer
+    alert = alerts_for(gate, qname)[0]
+    assert alert["reasons"] == ["cname_not_allowed"]
+    assert alert["evidence"] == {"cname_target": target}
+
+
+def test_strict_lets_a_dname_inside_the_allow_list_through(gate: Dnsgate) -> None:
+    reply = ask(gate.port, "dname.sub.allowed.test")
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert [(r.name.to_text(), dns.rdatatype.to_text(r.rdtype)) for r in reply.answer] == [
+        ("sub.allowed.test.", "DNAME"), ("dname.other.allowed.test.", "A"),
+    ]
