@@ -6,6 +6,9 @@ The upstream is a dnspython-built responder on loopback (tests/support/rogue_ups
   from the cache, and a TTL with the top bit set is 0 (RFC 2181 section 8).
 - ``cname_check: strict`` reads the scrubbed chain, so a DNAME sent without the CNAME it
   synthesises redirects to a name that must be allowed too.
+- An RPZ local CNAME's target is checked as a query for it would be before it goes
+  upstream (policy, detector), and its answer as a forwarded one (rebinding guard,
+  ``cname_check``, TTL cap).
 """
 
 from __future__ import annotations
@@ -30,6 +33,17 @@ from tests.support.rogue_upstream import RogueUpstream, rogue_upstream
 from tests.support.upstream_servers import Dnsgate, start_dnsgate
 
 MAX_TTL = 3600
+WALLED_ZONE = """\
+$ORIGIN walled.rpz.
+$TTL 60
+@ SOA localhost. hostmaster.localhost. 1 3600 600 86400 60
+@ NS localhost.
+redir.allowed.test CNAME metadata.walled.test.
+chained.allowed.test CNAME chain.walled.test.
+fine.allowed.test CNAME ok.walled.test.
+bigttl.allowed.test CNAME ttl4294967295-followed.walled.test.
+*.sink.test CNAME *.garden.test.
+"""
 DNAMES = {  # owner -> DNAME target, for questions dname.<owner>
     "allowed.test.": "denied.test.",
     "sub.allowed.test.": "other.allowed.test.",
@@ -53,7 +67,9 @@ def answer(_request: DNSRecord, data: bytes) -> bytes:
         reply.answer.append(dns.rrset.from_text(owner, 60, "IN", "DNAME", target.to_text()))
         reply.answer.append(dns.rrset.from_text(name.relativize(owner).derelativize(target), 60, "IN", "A",
                                                 "203.0.113.7"))
-    elif label == "cname":
+    elif label == "metadata":
+        reply.answer.append(dns.rrset.from_text(name, 60, "IN", "A", "169.254.169.254"))
+    elif label in ("cname", "chain"):
         reply.answer.append(dns.rrset.from_text(name, 60, "IN", "CNAME", "www.denied.test."))
         reply.answer.append(dns.rrset.from_text("www.denied.test.", 60, "IN", "A", "203.0.113.8"))
     else:
@@ -70,6 +86,7 @@ def rogue() -> Iterator[tuple[RogueUpstream, int]]:
 @pytest.fixture(scope="module")
 def gate(rogue: tuple[RogueUpstream, int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dnsgate]:
     workdir = tmp_path_factory.mktemp("answers")
+    (workdir / "walled.rpz").write_text(WALLED_ZONE)
     port = free_port()
     config = f"""
 listen: [{{address: 127.0.0.1, port: {port}}}]
@@ -83,7 +100,8 @@ policy_alert_window: 0.001
 namespaces:
   agents:
     clients: [127.0.0.1/32]
-    allow: [allowed.test, "*.allowed.test"]
+    allow: [allowed.test, "*.allowed.test", "*.walled.test"]
+    rpz: [walled.rpz]
 """
     server = start_dnsgate(config, workdir, port, probe="www.allowed.test")
     yield server
@@ -159,3 +177,44 @@ def test_strict_lets_a_dname_inside_the_allow_list_through(gate: Dnsgate) -> Non
     assert [(r.name.to_text(), dns.rdatatype.to_text(r.rdtype)) for r in reply.answer] == [
         ("sub.allowed.test.", "DNAME"), ("dname.other.allowed.test.", "A"),
     ]
+
+
+# -- RPZ local CNAMEs: the followed name and its answer ---------------------------
+
+
+def test_a_followed_answer_pointing_inside_is_denied_and_alerted(gate: Dnsgate) -> None:
+    reply = ask(gate.port, "redir.allowed.test")
+    assert reply.rcode() == dns.rcode.NXDOMAIN
+    assert [(r.name.to_text(), r[0].to_text()) for r in reply.answer] == [
+        ("redir.allowed.test.", "metadata.walled.test.")]  # the CNAME, not the address
+    alert = alerts_for(gate, "metadata.walled.test", kind="rebinding")[0]
+    assert alert["action"] == "blocked"
+    assert alert["evidence"]["address"] == "169.254.169.254"  # type: ignore[index]
+
+
+def test_a_followed_answer_goes_through_cname_check(gate: Dnsgate) -> None:
+    reply = ask(gate.port, "chained.allowed.test")
+    assert reply.rcode() == dns.rcode.NXDOMAIN
+    assert [r.name.to_text() for r in reply.answer] == ["chained.allowed.test."]
+    alert = alerts_for(gate, "chain.walled.test")[0]
+    assert alert["evidence"] == {"cname_target": "www.denied.test"}
+
+
+def test_a_followed_name_outside_the_allow_list_never_reaches_the_upstream(
+    gate: Dnsgate, rogue: tuple[RogueUpstream, int]
+) -> None:
+    reply = ask(gate.port, "data123.sink.test")  # *.sink.test CNAME *.garden.test.: the client's labels
+    assert reply.rcode() == dns.rcode.NXDOMAIN
+    assert [(r.name.to_text(), r[0].to_text()) for r in reply.answer] == [
+        ("data123.sink.test.", "data123.sink.test.garden.test.")]
+    assert not [name for name in rogue[0].names() if "sink.test" in name]
+    alert = alerts_for(gate, "data123.sink.test.garden.test")[0]
+    assert alert["reasons"] == ["not_allowed"]
+    assert alert["evidence"]["followed_from"] == "data123.sink.test"  # type: ignore[index]
+
+
+def test_a_followed_answer_that_passes_is_appended_with_its_ttls_capped(gate: Dnsgate) -> None:
+    reply = ask(gate.port, "fine.allowed.test")
+    assert [(r.name.to_text(), r[0].to_text()) for r in reply.answer] == [
+        ("fine.allowed.test.", "ok.walled.test."), ("ok.walled.test.", "203.0.113.1")]
+    assert wire_ttls(ask_wire(gate.port, "bigttl.allowed.test")) == [60, 0]  # the upstream sent 4294967295
