@@ -3,6 +3,10 @@
     wire -> question -> loop guard -> admission -> identity -> rate limit -> detection -> quarantine
          -> policy -> cache -> upstream -> scrub -> rebinding -> cname chain -> reply
 
+An RPZ local CNAME's target goes back through detection and policy before it
+is sent upstream, and its answer through scrub, rebinding and cname chain
+(``Pipeline.follow``).
+
 ``Engine`` holds what outlives a reload (cache, upstreams, detector state,
 alert sinks, learned names); ``Pipeline`` holds one config generation's stages.
 A reload builds a new Pipeline and swaps it in; queries already inside the old
@@ -16,6 +20,7 @@ import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from heuristics import Detector, name_to_text
 from heuristics.state import MemoryState, RedisState, State
@@ -27,7 +32,14 @@ from resolver.pipeline.detection import DetectionStage
 from resolver.pipeline.identity import IdentityStage, PodTable
 from resolver.pipeline.learn import LearnBook
 from resolver.pipeline.loop import LoopGuard, dnsgate_mark
-from resolver.pipeline.policy import PolicyStage, append_followed, compile_policies, deny, follow_query
+from resolver.pipeline.policy import (
+    PolicyStage,
+    append_followed,
+    compile_policies,
+    deny,
+    follow_query,
+    nest_followed,
+)
 from resolver.pipeline.quarantine import QuarantineStage
 from resolver.pipeline.query import Query, Reply, ReplyHook, Stage, servfail
 from resolver.pipeline.ratelimit import RateLimiter, RateLimitStage
@@ -36,6 +48,7 @@ from resolver.pipeline.scrub import MalformedReply, Scrubber, UpstreamAnswer
 from resolver.pipeline.upstream import Forwarder
 from resolver.wire.message import (
     MalformedMessage,
+    Question,
     ReplyInfo,
     fit_udp,
     inspect_reply,
@@ -43,6 +56,8 @@ from resolver.wire.message import (
 )
 
 log = logging.getLogger("dnsgate.pipeline")
+
+MAX_FOLLOWS: Final = 8  # local CNAMEs followed for one question; a loop of them ends in SERVFAIL
 
 
 def build_state(config: Config) -> State:
@@ -144,6 +159,8 @@ class Pipeline:
             cache,
         )
         self.rebinding = RebindingGuard(config, engine.alerts, engine.rebinding)
+        self.max_ttl: int = config.cache.max_ttl
+        self.negative_ttl: int = config.cache.negative_ttl
         # The reply side, in order: each sees the scrubbed answer; the first to return a
         # Reply replaces it, and the cache (last) keeps only what all of them let through.
         self.reply_hooks: tuple[ReplyHook, ...] = (self.detection, self.policy, self.rebinding, cache)
@@ -187,19 +204,58 @@ class Pipeline:
         return self.forward(query)
 
     async def follow(self, query: Query, local: Reply) -> Reply:
-        """Resolve a local CNAME's target upstream and append its answer (RPZ local data)."""
-        assert local.follow is not None
-        wire = follow_query(query, local.follow)
-        target = parse_query(wire)
-        raw = await self.engine.forwarder.forward(wire, target, tcp=query.transport == "tcp")
-        if raw is None:
-            return servfail(query.wire, query.question)
-        try:
-            answer = self.engine.scrubber.scrub(raw, target, client_edns=True)
-        except MalformedReply as exc:
-            self._malformed(query, exc)
-            return servfail(query.wire, query.question)
-        reply = append_followed(local, answer)
+        """Resolve a local CNAME's target upstream and append its answer (RPZ local data).
+
+        The target is a name dnsgate sends upstream for the client (with ``CNAME
+        *.suffix.``, the client's own labels), so it goes through what a query for
+        it would: the detector observes it, and the namespace's policy decides it
+        (:meth:`_decide_followed`); its upstream answer gets the reply checks of a
+        forwarded one (:meth:`_check_reply`: CNAME chain, ``cname_check``, rebinding
+        guard) and the TTL cap. Whatever those answer instead (a denial, local
+        data, another local CNAME) comes after the CNAME chain so far.
+        """
+        for _ in range(MAX_FOLLOWS):
+            assert local.follow is not None
+            wire = follow_query(query, local.follow)
+            target = Query(wire, parse_query(wire), query.client, query.transport, query.now,
+                           query.listener_namespace)
+            target.view = query.view
+            target.pod = query.pod
+            inner = self._decide_followed(query, target)
+            if inner is None:
+                raw = await self.engine.forwarder.forward(wire, target.question, tcp=query.transport == "tcp")
+                if raw is None:
+                    return servfail(query.wire, query.question)
+                try:
+                    answer = self.engine.scrubber.scrub(raw, target.question, client_edns=True)
+                    info = self._inspect(answer, target.question)
+                except (MalformedReply, MalformedMessage, IndexError) as exc:
+                    self._malformed(query, exc)
+                    return servfail(query.wire, query.question)
+                inner = self._check_reply(target, answer, info)
+                if inner is None:
+                    return self._fit(query, append_followed(local, answer))
+            local = nest_followed(query, local, inner)
+            if local.follow is None:
+                return self._fit(query, local)
+        log.warning("more than %d local CNAMEs for %s: SERVFAIL", MAX_FOLLOWS, name_to_text(query.question.qname))
+        return servfail(query.wire, query.question)
+
+    def _decide_followed(self, query: Query, target: Query) -> Reply | None:
+        """The detector and the policy on a followed name, as on a query (None: it may go upstream).
+
+        Estimates the detector made for it are charged to the client, as in :meth:`handle`.
+        """
+        reply = self.detection.resolve(target)
+        charged = self.detection.detector.estimated_for
+        if charged:
+            self.rate_limit.charge(query, charged)
+            charged.clear()
+        if reply is None:
+            reply = self.policy.resolve(target, query.question.qname)
+        return reply
+
+    def _fit(self, query: Query, reply: Reply) -> Reply:
         if query.transport == "udp" and reply.wire is not None:
             reply.wire = fit_udp(reply.wire, query.wire, query.question)
         return reply
@@ -217,9 +273,7 @@ class Pipeline:
             return servfail(query.wire, q)
         try:
             answer = self.engine.scrubber.scrub(raw, q, client_edns=q.has_edns)
-            info = inspect_reply(
-                answer.wire, q.end, max_ttl=self.config.cache.max_ttl, neg_ttl=self.config.cache.negative_ttl
-            )
+            info = self._inspect(answer, q)
         except (MalformedReply, MalformedMessage, IndexError) as exc:
             self._malformed(query, exc)
             return servfail(query.wire, q)
@@ -235,16 +289,30 @@ class Pipeline:
             wire = fit_udp(wire, query.wire, q)
         return Reply(wire, info.rcode, "allowed")
 
+    def _inspect(self, answer: UpstreamAnswer, q: Question) -> ReplyInfo:
+        """The reply's TTLs, rcode and offsets; a TTL above ``max_ttl`` (or with its top bit set)
+        is lowered in the answer itself, so no client sees it, relayed or from the cache."""
+        info = inspect_reply(answer.wire, q.end, max_ttl=self.max_ttl, neg_ttl=self.negative_ttl)
+        if info.over_max_ttl:
+            answer.clamp_ttls(info.ttl_offsets, self.max_ttl)
+        return info
+
     def _on_reply(self, query: Query, answer: UpstreamAnswer, info: ReplyInfo) -> Reply | None:
         """The reply hooks in the order of ``reply_hooks``: the first Reply returned replaces the
         answer and the hooks after it never see it (each called by its own type, as in decide)."""
+        replaced = self._check_reply(query, answer, info)
+        if replaced is None:
+            replaced = self.cache.on_reply(query, answer, info)
+        return replaced
+
+    def _check_reply(self, query: Query, answer: UpstreamAnswer, info: ReplyInfo) -> Reply | None:
+        """The hooks before the cache: detection, policy, rebinding guard (a followed name's
+        answer gets these and is not cached)."""
         replaced = self.detection.on_reply(query, answer, info)
         if replaced is None:
             replaced = self.policy.on_reply(query, answer, info)
         if replaced is None:
             replaced = self.rebinding.on_reply(query, answer, info)
-        if replaced is None:
-            replaced = self.cache.on_reply(query, answer, info)
         return replaced
 
     def observe_reply(self, query: Query, rcode: int) -> None:

@@ -9,7 +9,12 @@ target of the upstream's CNAME chain is looked up in the RPZ zones and the
 first rewrite found applies to the reply (:meth:`PolicyStage.rewrite_chain`);
 after a PASSTHRU trigger nothing further is checked. A local-data CNAME is
 answered with the CNAME and its target's upstream answer
-(:func:`append_followed`); the target is not filtered again.
+(:func:`append_followed`). Unlike BIND, which sends the target upstream
+whatever its own triggers say, the target is a name dnsgate would send
+upstream for the client, so it is decided as a query for it would be first
+(``Pipeline.follow``; ``resolve`` with ``followed_from``): allowed, tcp-only,
+local data of its own, or denied; what it gets is put after the CNAME
+(:func:`nest_followed`).
 """
 
 from __future__ import annotations
@@ -116,11 +121,27 @@ def follow_query(query: Query, target: bytes) -> bytes:
 
 def append_followed(local: Reply, answer: UpstreamAnswer) -> Reply:
     """The local CNAME answer with the target's chain and records appended, and its rcode."""
+    return _appended(local, answer.message, local.action, None)
+
+
+def nest_followed(query: Query, local: Reply, inner: Reply) -> Reply:
+    """What a followed name got for its own question (a denial, its local data, a chain
+    rewrite), put after the local CNAME chain that led to it: the chain, then the inner
+    reply's answer records and rcode; nothing for a drop, TC=1 for a truncated one."""
+    if inner.wire is None:
+        return Reply(None, NOERROR, inner.action)
+    msg = dns.message.from_wire(inner.wire)
+    if msg.flags & dns.flags.TC:
+        return Reply(truncated(query.wire, query.question), NOERROR, "truncated")
+    return _appended(local, msg, inner.action, inner.follow)
+
+
+def _appended(local: Reply, inner: dns.message.Message, action: str, follow: bytes | None) -> Reply:
     assert local.wire is not None
     msg = dns.message.from_wire(local.wire)
-    msg.answer.extend(answer.message.answer)
-    msg.set_rcode(answer.message.rcode())
-    return Reply(msg.to_wire(), int(msg.rcode()), local.action)
+    msg.answer.extend(inner.answer)
+    msg.set_rcode(inner.rcode())
+    return Reply(msg.to_wire(), int(msg.rcode()), action, follow)
 
 
 class PolicyStage:
@@ -156,12 +177,16 @@ class PolicyStage:
         return rule is not None and rule.action is Action.PASSTHRU
 
     def on_reply(self, query: Query, answer: UpstreamAnswer, info: ReplyInfo, /) -> Reply | None:
-        """The reply side of the policy: learned rcodes, CNAME-chain rewrites, then ``cname_check``."""
+        """The reply side of the policy: learned rcodes, CNAME-chain rewrites, then ``cname_check``.
+
+        Both read the scrubbed chain: CNAME targets and the names a DNAME
+        synthesises (an upstream may send a DNAME without the CNAME it implies).
+        """
         self.observe_rcode(query, info.rcode)
         rewritten = self.rewrite_chain(query, answer)
-        if rewritten is not None or not info.cname_targets:
+        if rewritten is not None or len(answer.chain) < 2:
             return rewritten
-        return self.check_cnames(query, info.cname_targets)
+        return self.check_cnames(query, answer.targets)
 
     def observe_rcode(self, query: Query, rcode: int) -> None:
         """Learn mode keeps each name's rcodes, for ``propose`` (live, or from a capture in replay)."""
@@ -171,15 +196,16 @@ class PolicyStage:
             q = query.question
             self._learned.record_rcode(view.name, q.qname, q.qtype, rcode)
 
-    def check_cnames(self, query: Query, targets: tuple[bytes, ...]) -> Reply | None:
+    def check_cnames(self, query: Query, targets: tuple[dns.name.Name, ...]) -> Reply | None:
         """Log the chain; with ``cname_check: strict`` deny a chain through a name not allowed."""
         view = query.view
         assert view is not None
-        names = [name_to_text(t) for t in targets]
+        wires = [_wire_name(t) for t in targets]
+        names = [name_to_text(t) for t in wires]
         log.info("cname chain %s -> %s", name_to_text(query.question.qname), " -> ".join(names))
         if not self._strict_cnames or view.mode == "learn":
             return None
-        for target, text in zip(targets, names, strict=True):
+        for target, text in zip(wires, names, strict=True):
             if not self.allowed(view.name, target):
                 enforce = view.mode == "enforce"
                 self._alerts.policy(
@@ -232,7 +258,12 @@ class PolicyStage:
             return chain_rewrite(query, answer, target, rule)
         return None
 
-    def resolve(self, query: Query) -> Reply | None:
+    def resolve(self, query: Query, followed_from: bytes = b"") -> Reply | None:
+        """The policy's answer for a query, None to hand it on (upstream).
+
+        ``followed_from`` names the client's question when ``query`` is the target
+        of a local CNAME that dnsgate is about to send upstream (its alerts say so).
+        """
         view = query.view
         assert view is not None
         q = query.question
@@ -260,6 +291,8 @@ class PolicyStage:
         evidence: dict[str, object] = {"mode": view.mode}
         if rule is not None:
             evidence.update(zone=rule.zone, trigger=rule.trigger)
+        if followed_from:
+            evidence["followed_from"] = name_to_text(followed_from)
         self._alerts.policy(
             query.now, view.name, query.client, q.qname, q.qtype,
             "blocked" if enforce else "alerted", reasons, evidence,
@@ -306,6 +339,13 @@ def chain_rewrite(query: Query, answer: UpstreamAnswer, target: dns.name.Name, r
         if cname is not None and qtype not in (TYPE_CNAME, ANY):
             follow = cname.rdata
     return Reply(reply.to_wire(), int(reply.rcode()), "local" if rule.action is Action.LOCAL_DATA else "denied", follow)
+
+
+def _wire_name(name: dns.name.Name) -> bytes:
+    """A name's uncompressed wire form, lowercased as the policy's keys are."""
+    wire = name.to_wire()
+    assert wire is not None
+    return wire.lower()
 
 
 def deny(query: Query, ns: Namespace) -> Reply:

@@ -3,8 +3,9 @@
 An allowed external name whose answer points at 169.254.169.254 (cloud
 metadata), loopback, RFC 1918, CGNAT, unique-local or multicast space turns
 the allowlist into a way into the cluster. Each upstream reply is checked once,
-before it is cached: every A and AAAA record (answer and additional sections)
-and every ipv4hint/ipv6hint of an SVCB or HTTPS record. IPv6 forms that carry
+before it is cached (the answer for a followed RPZ local CNAME's target too):
+every A and AAAA record (answer and additional sections) and every
+ipv4hint/ipv6hint of an SVCB or HTTPS record. IPv6 forms that carry
 an IPv4 address (mapped ``::ffff:a.b.c.d``, compatible ``::a.b.c.d``, NAT64
 ``64:ff9b::a.b.c.d`` and 6to4 ``2002:AABB:CCDD::``) are checked as that IPv4
 address too.

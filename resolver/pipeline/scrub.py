@@ -36,7 +36,7 @@ import dns.rdatatype
 import dns.rrset
 
 from resolver.pipeline.loop import LOOP_OPTION
-from resolver.wire.message import Question, without_trailing_opt
+from resolver.wire.message import MAX_TTL, Question, clamp_ttls, ttl_limit, without_trailing_opt
 
 MAX_CHAIN = 16  # CNAME/DNAME links followed in one reply; longer chains are cut there
 
@@ -71,6 +71,18 @@ class UpstreamAnswer:
     def targets(self) -> tuple[dns.name.Name, ...]:
         """The names the query name was redirected to, in order."""
         return self.chain[1:]
+
+    def clamp_ttls(self, offsets: tuple[int, ...], max_ttl: int) -> None:
+        """Every TTL above ``max_ttl`` lowered to it, one with the top bit set to 0 (RFC 2181
+        section 8): in the wire (relayed and cached) and in the decoded message (what a chain
+        rewrite or a followed local CNAME builds its reply from)."""
+        self.wire = clamp_ttls(self.wire, offsets, max_ttl)
+        limit = ttl_limit(max_ttl)
+        msg = self.message
+        for section in (msg.answer, msg.authority, msg.additional):
+            for rrset in section:
+                if rrset.ttl > limit:
+                    rrset.ttl = 0 if rrset.ttl > MAX_TTL else limit
 
 
 @dataclass

@@ -311,28 +311,42 @@ class ReplyInfo:
     rcode: int
     ttl: int  # seconds this reply may be cached (RFC 2308 for negative answers)
     ttl_offsets: tuple[int, ...]  # offsets of every TTL field but OPT's
-    cname_targets: tuple[bytes, ...]  # wire names of CNAME targets in the answer
+    over_max_ttl: bool  # some TTL is above max_ttl or has its top bit set: clamp_ttls before anyone sees it
     truncated: bool
 
     # Written out: compiled, a dataclass's generated __init__ runs in the interpreter.
     def __init__(
-        self, rcode: int, ttl: int, ttl_offsets: tuple[int, ...], cname_targets: tuple[bytes, ...], truncated: bool
+        self, rcode: int, ttl: int, ttl_offsets: tuple[int, ...], over_max_ttl: bool, truncated: bool
     ) -> None:
         self.rcode = rcode
         self.ttl = ttl
         self.ttl_offsets = ttl_offsets
-        self.cname_targets = cname_targets
+        self.over_max_ttl = over_max_ttl
         self.truncated = truncated
 
 
+MAX_TTL: Final = 0x7FFFFFFF  # RFC 2181 section 8: a TTL with the top bit set is read as 0
+
+
+def ttl_limit(max_ttl: int) -> int:
+    """The largest TTL a client may be handed: ``max_ttl``, within 0 and 2**31 - 1."""
+    return 0 if max_ttl < 0 else min(max_ttl, MAX_TTL)
+
+
 def inspect_reply(wire: bytes, qd_end: int, *, max_ttl: int, neg_ttl: int) -> ReplyInfo:
-    """Walk a reply's records once: TTLs, their offsets, SOA minimum, CNAME targets."""
+    """Walk a reply's records once: TTLs, their offsets, SOA minimum.
+
+    The CNAME/DNAME chain is the scrubber's to read (``UpstreamAnswer.targets``),
+    DNAME-synthesised names included. A TTL above ``max_ttl`` counts as ``max_ttl``, one with the top bit set as 0
+    (RFC 2181 section 8); ``over_max_ttl`` says the wire still holds such a TTL.
+    """
     _, flags, _qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire, 0)
     rcode = flags & 0xF
+    limit = ttl_limit(max_ttl)
+    over = False
     pos = qd_end
     offsets: list[int] = []
     ttls: list[int] = []
-    cnames: list[bytes] = []
     negative_ttl: int | None = None
     for section, count in ((1, ancount), (2, nscount), (3, arcount)):
         for _ in range(count):
@@ -344,6 +358,9 @@ def inspect_reply(wire: bytes, qd_end: int, *, max_ttl: int, neg_ttl: int) -> Re
                 raise MalformedMessage("record data runs past the end of the message")
             if rtype != TYPE_OPT:
                 offsets.append(pos + 4)
+                if ttl > limit:
+                    over = True
+                    ttl = 0 if ttl > MAX_TTL else limit
                 if section == 1:
                     ttls.append(ttl)
                 if rtype == TYPE_SOA and section == 2:
@@ -352,8 +369,6 @@ def inspect_reply(wire: bytes, qd_end: int, *, max_ttl: int, neg_ttl: int) -> Re
                     rdata_end = pos + 10 + rdlen
                     minimum = U32.unpack_from(wire, rdata_end - 4)[0]
                     negative_ttl = min(ttl, minimum)
-                if rtype == TYPE_CNAME and section == 1:
-                    cnames.append(read_name(wire, pos + 10)[0].lower())
             pos += 10 + rdlen
     if rcode == NOERROR and ttls:
         ttl = min(ttls)
@@ -362,7 +377,19 @@ def inspect_reply(wire: bytes, qd_end: int, *, max_ttl: int, neg_ttl: int) -> Re
         ttl = min(ttl, neg_ttl)
     else:
         ttl = 0
-    return ReplyInfo(rcode, min(ttl, max_ttl), tuple(offsets), tuple(cnames), bool(flags & TC))
+    return ReplyInfo(rcode, min(ttl, limit), tuple(offsets), over, bool(flags & TC))
+
+
+def clamp_ttls(wire: bytes, offsets: tuple[int, ...], max_ttl: int) -> bytes:
+    """Every TTL at ``offsets`` lowered to ``max_ttl``, and one with the top bit set to 0
+    (RFC 2181 section 8). Called only for a reply :func:`inspect_reply` found one in."""
+    limit = ttl_limit(max_ttl)
+    out = bytearray(wire)
+    for off in offsets:
+        ttl = U32.unpack_from(out, off)[0]
+        if ttl > limit:
+            U32.pack_into(out, off, 0 if ttl > MAX_TTL else limit)
+    return bytes(out)
 
 
 def patch_ttls(wire: bytes, offsets: tuple[int, ...], elapsed: int) -> bytes:

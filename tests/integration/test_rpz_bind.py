@@ -6,7 +6,8 @@ in the same order, and forward to the same upstream: Unbound resolving the
 is asked of each; a reply is compared as (rcode, TC, the answer section
 without TTLs, owner names compared without regard to case, as DNS compares them).
 (The questions that made Unbound 1.17 stop answering are asked last.) dnsgate must agree with BIND on every question but the ones in
-KNOWN_DIFFERENCES, which are the triggers dnsgate leaves out. Unbound's
+KNOWN_DIFFERENCES: the triggers dnsgate leaves out, and local CNAME targets,
+which dnsgate decides as queries before following them and BIND does not. Unbound's
 agreement with BIND is measured and printed, not asserted.
 """
 
@@ -149,6 +150,10 @@ RANDOM_ZONE, RANDOM_RECORDS, RANDOM_QUESTIONS = random_policy()
 # Questions on which dnsgate differs from BIND by design, and why.
 KNOWN_DIFFERENCES = {
     ("ipbad.plain.test", "A", False): "rpz-ip (response IP) triggers are not supported",
+    # BIND sends a local CNAME's target upstream whatever the target's own triggers say;
+    # dnsgate decides the target as a query for it first (it leaves for the client's sake).
+    ("walled-nx.plain.test", "A", False): "the target nx.plain.test has CNAME . of its own: NXDOMAIN after the CNAME",
+    ("shop.plain.test", "A", False): "the target walled.plain.test is a local CNAME of its own: followed too",
 }
 
 

@@ -99,3 +99,16 @@ def wait_for_dns(
         except (dns.exception.Timeout, OSError):
             continue
     raise TimeoutError(f"{what}: no DNS answer on port {port} within {timeout}s")
+
+
+def wire_ttls(wire: bytes) -> list[int]:
+    """Every record's TTL field (OPT's aside) as it is on the wire, in message order.
+
+    Read from the octets, not from a decoded message: a decoder may itself read a
+    TTL with the top bit set as 0 (RFC 2181 section 8) and hide what was sent.
+    """
+    from resolver.wire.message import inspect_reply, question_name
+
+    end = question_name(wire)[1] + 4
+    info = inspect_reply(wire, end, max_ttl=2**32, neg_ttl=2**32)
+    return [int.from_bytes(wire[offset : offset + 4], "big") for offset in info.ttl_offsets]

@@ -1,4 +1,5 @@
-"""BIND's CNAME-chain rule in-process: the first chain target with an RPZ trigger rewrites the reply."""
+"""BIND's CNAME-chain rule in-process: the first chain target with an RPZ trigger rewrites the reply;
+a local CNAME's target is checked as a query for it would be before it goes upstream."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import pytest
 
 from resolver import config as config_mod
 from resolver.pipeline.chain import Engine, Pipeline
-from resolver.pipeline.query import Query
+from resolver.pipeline.query import Query, Reply
 from resolver.pipeline.scrub import UpstreamAnswer, scrub
 from resolver.wire.message import parse_query
-from tests.unit.test_stages import Collected
+from tests.unit.test_stages import Collected, tunnel_names
 
 ZONE = """\
 $ORIGIN policy.rpz.
@@ -143,3 +144,128 @@ def test_a_reload_that_changes_answer_policy_starts_a_fresh_cache_scope(tmp_path
     (tmp_path / "dnsgate.yaml").write_text(text + "    rebinding: {mode: observe}\n")
     guarded = Pipeline(config_mod.load(tmp_path / "dnsgate.yaml"), first.engine)
     assert cache_key_after_decide(changed) != cache_key_after_decide(guarded)
+
+
+# -- a local CNAME's target is a name sent upstream for the client: checked as one --
+
+FOLLOW_ZONE = """\
+$ORIGIN follow.rpz.
+@ 60 SOA localhost. root.localhost. 1 3600 600 86400 60
+@ 60 NS localhost.
+redir.qname.test 60 CNAME target.walled.test.
+*.sink.qname.test 60 CNAME *.walled.test.
+*.out.qname.test 60 CNAME *.garden.test.
+away.qname.test 60 CNAME blocked.walled.test.
+blocked.walled.test 60 CNAME .
+hop.qname.test 60 CNAME local.walled.test.
+local.walled.test 60 CNAME redir.qname.test.
+loop1.qname.test 60 CNAME loop2.qname.test.
+loop2.qname.test 60 CNAME loop1.qname.test.
+"""
+
+
+def follow_pipeline(tmp_path: Path, detection: str = "observe") -> tuple[Pipeline, Collected, list[str]]:
+    """A pipeline whose forwarder answers every question with ``address`` and records the names asked."""
+    (tmp_path / "follow.rpz").write_text(FOLLOW_ZONE)
+    path = tmp_path / "dnsgate.yaml"
+    path.write_text(f"""
+upstreams: [{{address: 127.0.0.1, port: 53}}]
+namespaces:
+  agents:
+    clients: [10.0.0.0/24]
+    rpz: [follow.rpz]
+    allow: ["*.qname.test", "*.walled.test"]
+    detection: {{mode: {detection}}}
+""")
+    config = config_mod.load(path)
+    sink = Collected()
+    pipeline = Pipeline(config, Engine.from_config(config, [sink]))
+    asked: list[str] = []
+
+    async def forward(wire: bytes, _q: object, *, tcp: bool = False) -> bytes:  # noqa: ARG001
+        request = dns.message.from_wire(wire)
+        name = request.question[0].name
+        asked.append(name.to_text(omit_final_dot=True))
+        reply = dns.message.make_response(request)
+        address = "169.254.169.254" if name.labels[0] == b"target" else "192.0.2.9"
+        reply.answer.append(dns.rrset.from_text(name, 60, "IN", "A", address))
+        return reply.to_wire()
+
+    pipeline.engine.forwarder.forward = forward  # type: ignore[method-assign]
+    return pipeline, sink, asked
+
+
+async def resolved(pipeline: Pipeline, name: str, now: float = 1000.0) -> dns.message.Message | None:
+    wire = dns.message.make_query(name, "A").to_wire()
+    query = Query(wire, parse_query(wire), "10.0.0.5", "udp", now)
+    handled = pipeline.handle(query)
+    reply = handled if isinstance(handled, Reply) else await handled
+    return None if reply.wire is None else dns.message.from_wire(reply.wire)
+
+
+def answers(msg: dns.message.Message | None) -> list[tuple[str, str]]:
+    assert msg is not None
+    return [(r.name.to_text(omit_final_dot=True), r[0].to_text()) for r in msg.answer]
+
+
+async def test_a_followed_answer_pointing_inside_is_denied_by_the_rebinding_guard(tmp_path: Path) -> None:
+    pipeline, sink, asked = follow_pipeline(tmp_path)
+    msg = await resolved(pipeline, "redir.qname.test")
+    assert msg is not None
+    assert msg.rcode() == dns.rcode.NXDOMAIN
+    assert answers(msg) == [("redir.qname.test", "target.walled.test.")]  # the CNAME, never the address
+    assert asked == ["target.walled.test"]
+    alert = next(a for a in sink.alerts if a.kind == "rebinding")
+    assert (alert.qname, alert.action, alert.evidence["address"]) == ("target.walled.test", "blocked", "169.254.169.254")
+
+
+async def test_a_followed_name_the_namespace_does_not_allow_never_goes_upstream(tmp_path: Path) -> None:
+    pipeline, sink, asked = follow_pipeline(tmp_path)
+    msg = await resolved(pipeline, "data123.out.qname.test")  # -> data123.out.qname.test.garden.test
+    assert msg is not None
+    assert msg.rcode() == dns.rcode.NXDOMAIN
+    assert answers(msg) == [("data123.out.qname.test", "data123.out.qname.test.garden.test.")]
+    assert asked == []
+    alert = next(a for a in sink.alerts if a.kind == "policy")
+    assert (alert.qname, alert.reasons, alert.action) == ("data123.out.qname.test.garden.test", ["not_allowed"], "blocked")
+    assert alert.evidence["followed_from"] == "data123.out.qname.test"
+
+
+async def test_a_followed_name_with_its_own_trigger_gets_that_trigger(tmp_path: Path) -> None:
+    pipeline, _, asked = follow_pipeline(tmp_path)
+    msg = await resolved(pipeline, "away.qname.test")
+    assert msg is not None
+    assert msg.rcode() == dns.rcode.NXDOMAIN  # blocked.walled.test CNAME .
+    assert answers(msg) == [("away.qname.test", "blocked.walled.test.")]
+    assert asked == []
+    hop = await resolved(pipeline, "hop.qname.test")  # local.walled.test is itself a local CNAME
+    assert answers(hop) == [("hop.qname.test", "local.walled.test."), ("local.walled.test", "redir.qname.test."),
+                            ("redir.qname.test", "target.walled.test.")]
+    assert hop is not None
+    assert hop.rcode() == dns.rcode.NXDOMAIN  # and target.walled.test points inside
+    loop = await resolved(pipeline, "loop1.qname.test")
+    assert loop is not None
+    assert loop.rcode() == dns.rcode.SERVFAIL
+
+
+async def test_an_allowed_followed_name_is_answered_with_the_client_labels_as_bind_does(tmp_path: Path) -> None:
+    pipeline, _, asked = follow_pipeline(tmp_path)
+    msg = await resolved(pipeline, "x.sink.qname.test")
+    assert answers(msg) == [("x.sink.qname.test", "x.sink.qname.test.walled.test."),
+                            ("x.sink.qname.test.walled.test", "192.0.2.9")]
+    assert asked == ["x.sink.qname.test.walled.test"]
+
+
+async def test_the_detector_observes_followed_names_and_its_quarantine_covers_them(tmp_path: Path) -> None:
+    pipeline, sink, asked = follow_pipeline(tmp_path, detection="enforce")
+    pipeline.engine.detector.quarantine("agents", "walled.test", 5000.0)
+    msg = await resolved(pipeline, "redir.qname.test")
+    assert msg is not None
+    assert msg.rcode() == dns.rcode.NXDOMAIN
+    assert asked == []
+    # A tunnel through a wildcard rewrite: the detector sees the rewritten names under walled.test.
+    (tmp_path / "observe").mkdir()
+    pipeline, sink, asked = follow_pipeline(tmp_path / "observe", detection="observe")
+    for i, name in enumerate(tunnel_names("sink.qname.test", 60)):
+        await resolved(pipeline, name, now=1000.0 + i)
+    assert "walled.test" in {a.domain for a in sink.alerts if a.kind == "tunnel"}
