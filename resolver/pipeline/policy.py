@@ -20,6 +20,7 @@ local data of its own, or denied; what it gets is put after the CNAME
 from __future__ import annotations
 
 import logging
+from typing import Final
 
 import dns.flags
 import dns.message
@@ -52,6 +53,39 @@ from resolver.wire.message import (
 )
 
 log = logging.getLogger("dnsgate.policy")
+
+CHAIN_LOG_LINES: Final = 100  # CNAME-chain lines a CHAIN_LOG_SECONDS, at most; the rest are counted
+CHAIN_LOG_SECONDS: Final = 60.0
+
+
+class ChainLog:
+    """The ``cname chain`` log lines, bounded: a client asking one allowed name with a CNAME
+    under thousands of qtypes (each a cache miss), or many such names, must not fill the disk.
+
+    Each distinct (namespace, name, chain) is logged once a window, at most
+    ``CHAIN_LOG_LINES`` of them; the next window's first line is preceded by one
+    line with the count of what was not logged.
+    """
+
+    def __init__(self) -> None:
+        self.start = float("-inf")
+        self.seen: dict[tuple[str, bytes, tuple[bytes, ...]], None] = {}
+        self.held = 0  # chains not logged in this window (repeats, or past the cap)
+
+    def log(self, now: float, namespace: str, qname: bytes, targets: list[bytes]) -> None:
+        if not self.start <= now < self.start + CHAIN_LOG_SECONDS:
+            if self.held:
+                log.info("cname chain: %d more not logged in the last %.0f s (repeats, or past %d lines)",
+                         self.held, CHAIN_LOG_SECONDS, CHAIN_LOG_LINES)
+            self.start = now
+            self.seen.clear()
+            self.held = 0
+        key = (namespace, qname, tuple(targets))
+        if key in self.seen or len(self.seen) >= CHAIN_LOG_LINES:
+            self.held += 1
+            return
+        self.seen[key] = None
+        log.info("cname chain %s -> %s", name_to_text(qname), " -> ".join(name_to_text(t) for t in targets))
 
 DENY_RULE_ACTIONS = {
     "nxdomain": Action.NXDOMAIN,
@@ -158,6 +192,7 @@ class PolicyStage:
         self._memo: dict[tuple[str, bytes], Rule | None] = {}
         self._memo_size = config.decision_memo_size
         self._strict_cnames = config.cname_check == "strict"
+        self._chain_log = ChainLog()
 
     def decide(self, namespace: str, qname: bytes) -> Rule | None:
         """The matching rule for a name, None when nothing matches (not allowed)."""
@@ -201,12 +236,12 @@ class PolicyStage:
         view = query.view
         assert view is not None
         wires = [_wire_name(t) for t in targets]
-        names = [name_to_text(t) for t in wires]
-        log.info("cname chain %s -> %s", name_to_text(query.question.qname), " -> ".join(names))
+        self._chain_log.log(query.now, view.name, query.question.qname, wires)
         if not self._strict_cnames or view.mode == "learn":
             return None
-        for target, text in zip(wires, names, strict=True):
+        for target in wires:
             if not self.allowed(view.name, target):
+                text = name_to_text(target)
                 enforce = view.mode == "enforce"
                 self._alerts.policy(
                     query.now, view.name, query.client, query.question.qname, query.question.qtype,
