@@ -533,7 +533,7 @@ class Detector:
         derived = self._derived.get(id(settings))
         if derived is not None and derived.settings is settings:
             return derived
-        texts = set(settings.exempt) | set(settings.cluster_domains) | {"arpa"}
+        texts = set(settings.exempt) | set(settings.cluster_domains)
         if settings.default_exemptions:
             texts |= DEFAULT_EXEMPTIONS
         exempt = {wire_of(text) for text in texts}
@@ -558,6 +558,11 @@ class Detector:
 
     @staticmethod
     def _exempt(feats: NameFeatures, derived: _Derived) -> bool:
+        """Not scored: a well-formed reverse lookup (not any name under ``arpa``: one
+        with a payload in it is a channel like any other), or a name at or below an
+        exempt domain."""
+        if feats.reverse:
+            return True
         exempt = derived.exempt
         return any(suffix in exempt for suffix in feats.suffixes)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
-from .names import domain_text, label_offsets, name_to_text, registrable_offset
+from .names import domain_text, is_reverse_lookup, label_offsets, name_to_text, registrable_offset
 
 __all__ = [
     "Alphabet",
@@ -368,6 +368,7 @@ class NameFeatures:
         "non_ldh",
         "offsets",
         "qname",
+        "reverse",
         "sub_labels",
         "subdomain",
         "suffixes",
@@ -391,6 +392,9 @@ class NameFeatures:
         # domain, for exemptions such as avqs.mcafee.com or zen.spamhaus.org.
         depth = min(len(offsets), self.domain_labels + 3)
         self.suffixes = tuple(qname[i:] for i in offsets[len(offsets) - depth :])
+        # A well-formed reverse lookup (names.is_reverse_lookup) is never scored; any
+        # other name under arpa is.
+        self.reverse = is_reverse_lookup(qname)
         # Labels left of the registrable domain, joined with '.': the text the
         # information estimate deflates (an amount, not a decision key).
         self.subdomain = b".".join(sub_labels)

@@ -20,15 +20,18 @@ __all__ = [
     "domain_text",
     "domains_wire",
     "is_public_suffix",
+    "is_reverse_lookup",
     "is_subdomain",
     "label_offsets",
     "label_to_text",
     "labels_of",
     "load_exemptions",
     "name_to_text",
+    "platform_suffix",
     "registrable_domain",
     "registrable_offset",
     "registrable_wire",
+    "suffix_rule_at_or_below",
     "wire_of",
 ]
 
@@ -133,8 +136,9 @@ def wire_of(text: str) -> bytes:
 _Rules = frozenset[tuple[bytes, ...]]
 
 
-def _load_rules() -> tuple[_Rules, _Rules, _Rules, int]:
-    """Exact, wildcard (``*.x`` stored as x) and exception (``!x``) rules as label tuples.
+def _load_rules() -> tuple[_Rules, _Rules, _Rules, _Rules, int]:
+    """Exact, wildcard (``*.x`` stored as x) and exception (``!x``) rules as label tuples,
+    and the label tuples of the rules in the list's private section (any kind).
 
     Read from the snapshot shipped in the ``publicsuffixlist`` package, never
     fetched at run time. Unicode rules are kept in their IDNA (``xn--``) form,
@@ -144,11 +148,17 @@ def _load_rules() -> tuple[_Rules, _Rules, _Rules, int]:
     exact: set[tuple[bytes, ...]] = set()
     wild: set[tuple[bytes, ...]] = set()
     exception: set[tuple[bytes, ...]] = set()
+    private: set[tuple[bytes, ...]] = set()
+    in_private = False
     depth = 0
     with open(PSLFILE, encoding="utf-8") as handle:
         for line in handle:
             rule = line.strip().split(" ")[0].lower()
             if not rule or rule.startswith("//"):
+                if "===begin private domains===" in line.lower():
+                    in_private = True
+                elif "===end private domains===" in line.lower():
+                    in_private = False
                 continue
             kind = exact
             if rule.startswith("!"):
@@ -161,11 +171,13 @@ def _load_rules() -> tuple[_Rules, _Rules, _Rules, int]:
                 continue
             labels = tuple(part.encode("ascii") for part in ascii_rule.split("."))
             kind.add(labels)
+            if in_private:
+                private.add(labels)
             depth = max(depth, len(labels) + (kind is wild))
-    return frozenset(exact), frozenset(wild), frozenset(exception), depth
+    return frozenset(exact), frozenset(wild), frozenset(exception), frozenset(private), depth
 
 
-_EXACT, _WILD, _EXCEPTION, _MAX_RULE = _load_rules()
+_EXACT, _WILD, _EXCEPTION, _PRIVATE, _MAX_RULE = _load_rules()
 
 # The rules as a trie of labels read from the TLD down: a name is matched by
 # walking its labels from the right until no rule goes deeper, a few dict
@@ -174,6 +186,7 @@ _EXACT, _WILD, _EXCEPTION, _MAX_RULE = _load_rules()
 _RULE_EXACT: Final = 1
 _RULE_WILD: Final = 2
 _RULE_EXCEPTION: Final = 4
+_RULE_PRIVATE: Final = 8  # a rule of the list's private section ends here (a platform's, not a registry's)
 
 
 class _Node:
@@ -199,6 +212,8 @@ def _build_trie() -> _Node:
                     child = node.children[label] = _Node()
                 node = child
             node.flags |= flag
+            if rule in _PRIVATE:
+                node.flags |= _RULE_PRIVATE
     return root
 
 
@@ -213,7 +228,7 @@ def _public_depth(flags: list[int], n: int) -> int:
     exact rule, as in the list's own test data (``city.kobe.jp``).
     """
     for depth in range(len(flags), 0, -1):
-        flag = flags[depth - 1]
+        flag = flags[depth - 1] & ~_RULE_PRIVATE
         if not flag:
             continue
         if flag & _RULE_EXCEPTION:
@@ -232,12 +247,20 @@ def registrable_offset(qname: bytes, offsets: list[int] | None = None) -> int:
     its labels hold: a '.' inside a label is one octet of that label. A name
     that is itself a public suffix (``com``, ``co.uk``) is its own domain; the
     root's is the root. ``offsets`` may pass :func:`label_offsets` already computed.
+
+    Names under ``in-addr.arpa`` and ``ip6.arpa`` are the exception: their domain
+    is the reverse zone of one site (:func:`_reverse_zone_offset`: up to a /24 or
+    a /48), not the list's ``1.in-addr.arpa`` or ``2.ip6.arpa``.
     """
     if offsets is None:
         offsets = label_offsets(qname)
     n = len(offsets)
     if n == 0:
         return max(0, len(qname) - 1)
+    if n > 2 and qname.endswith(_ARPA):
+        reverse = _reverse_zone_offset(qname, offsets)
+        if reverse >= 0:
+            return reverse
     flags: list[int] = []
     node = _TRIE
     for k in range(n - 1, -1, -1):
@@ -272,6 +295,179 @@ def is_public_suffix(qname: bytes) -> bool:
         node = child
         flags.append(child.flags)
     return _public_depth(flags, n) >= n
+
+
+# --- reverse lookups (in-addr.arpa, ip6.arpa) -------------------------------------------
+
+_ARPA: Final = b"\x04arpa\x00"
+_IN_ADDR: Final = b"\x07in-addr\x04arpa\x00"
+_IP6: Final = b"\x03ip6\x04arpa\x00"
+_IN_ADDR_LABELS: Final = 4  # a.b.c.d.in-addr.arpa
+_IP6_LABELS: Final = 32  # one nibble a label
+# The labels of the reverse zone a name is charged to (see _reverse_zone_offset): an IPv4
+# /24 and an IPv6 /48, the smallest blocks whose reverse zone is commonly delegated whole.
+REVERSE_ZONE_V4_LABELS: Final = 3
+REVERSE_ZONE_V6_LABELS: Final = 12
+_DIGITS: Final = frozenset(b"0123456789")
+_NIBBLES: Final = frozenset(b"0123456789abcdef")
+
+
+def _octet_label(label: bytes) -> bool:
+    """A decimal octet 0-255 in canonical form (no leading zero, no sign, no space)."""
+    n = len(label)
+    if n == 0 or n > 3 or any(b not in _DIGITS for b in label):
+        return False
+    if n > 1 and label[0] == 0x30:
+        return False
+    return int(label) <= 255
+
+
+def _nibble_label(label: bytes) -> bool:
+    """One lowercase hex digit (names are lowercased before they get here)."""
+    return len(label) == 1 and label[0] in _NIBBLES
+
+
+def is_reverse_lookup(qname: bytes) -> bool:
+    """True for a well-formed reverse lookup of a lowercased wire name.
+
+    Under ``in-addr.arpa`` at most 4 labels, each a decimal octet 0-255 in
+    canonical form (``4.3.2.1.in-addr.arpa``); under ``ip6.arpa`` at most 32
+    labels, each one hex nibble. The two zones themselves count (a resolver
+    asks for their NS and SOA). Anything else under ``arpa`` is not one: such
+    names carry whatever their sender puts in them, and are scored like any
+    other name.
+    """
+    if not qname.endswith(_ARPA):
+        return False
+    try:
+        labels = labels_of(qname)
+    except ValueError:
+        return False
+    n = len(labels)
+    if n < 2 or labels[n - 1] != b"arpa":
+        return False
+    parent = labels[n - 2]
+    above = labels[: n - 2]
+    if parent == b"in-addr":
+        return len(above) <= _IN_ADDR_LABELS and all(_octet_label(label) for label in above)
+    if parent == b"ip6":
+        return len(above) <= _IP6_LABELS and all(_nibble_label(label) for label in above)
+    return False
+
+
+def _reverse_zone_offset(qname: bytes, offsets: list[int]) -> int:
+    """Where the reverse zone a name under ``in-addr.arpa`` or ``ip6.arpa`` is charged to
+    starts; -1 for a name under neither.
+
+    The zone is the tree's root (``in-addr.arpa``, ``ip6.arpa``) with the name's
+    well-formed labels right below it, at most ``REVERSE_ZONE_V4_LABELS`` octets
+    (a /24) or ``REVERSE_ZONE_V6_LABELS`` nibbles (a /48): what the delegated
+    zone of one site is. Whatever a sender puts below that (a payload, more
+    nibbles, a counter) stays in that one zone, so a channel run under a
+    delegated reverse zone is charged to one (namespace, domain) pair, and its
+    quarantine covers that zone and no other address's reverse lookups.
+    """
+    n = len(offsets)
+    root = offsets[n - 2]
+    tail = qname[root:]
+    if tail == _IN_ADDR:
+        cap, well_formed = REVERSE_ZONE_V4_LABELS, _octet_label
+    elif tail == _IP6:
+        cap, well_formed = REVERSE_ZONE_V6_LABELS, _nibble_label
+    else:
+        return -1
+    start = root
+    for k in range(n - 3, max(-1, n - 3 - cap), -1):
+        i = offsets[k]
+        if not well_formed(qname[i + 1 : i + 1 + qname[i]]):
+            break
+        start = i
+    return start
+
+
+# --- what a wildcard allow entry would span ---------------------------------------------
+
+
+def _rule_text(labels: list[bytes], flags: int) -> str:
+    text = ".".join(label_to_text(label) for label in labels)
+    if flags & _RULE_EXCEPTION:
+        return "!" + text
+    if flags & _RULE_WILD and not flags & _RULE_EXACT:
+        return "*." + text
+    return text
+
+
+def suffix_rule_at_or_below(domain: bytes) -> str | None:
+    """A public suffix list rule (either section) for ``domain`` or a name below it, as
+    the list writes it (``s3.amazonaws.com``, ``*.compute.amazonaws.com``); None when
+    the list has none there.
+
+    ``*.domain`` in an allowlist would then take in names the list says other
+    parties register: S3 buckets and ELB names under ``amazonaws.com``. The
+    shallowest rule is named (the first in label order among those as shallow).
+    """
+    try:
+        labels = labels_of(domain)
+    except ValueError:
+        return None
+    node: _Node | None = _TRIE
+    for label in reversed(labels):
+        assert node is not None
+        node = node.children.get(label)
+        if node is None:
+            return None
+    assert node is not None
+    level: list[tuple[list[bytes], _Node]] = [(labels, node)]
+    while level:
+        for found_labels, found in level:
+            if found.flags & ~_RULE_PRIVATE:
+                return _rule_text(found_labels, found.flags)
+        deeper: list[tuple[list[bytes], _Node]] = []
+        for found_labels, found in level:
+            for label in sorted(found.children):
+                deeper.append(([label, *found_labels], found.children[label]))
+        level = deeper
+    return None
+
+
+def platform_suffix(domain: bytes) -> str | None:
+    """The public suffix of the list's private section that ``domain`` sits right
+    under (``googleapis.com`` for ``storage.googleapis.com``, ``github.io`` for
+    ``user.github.io``), as text; None otherwise.
+
+    Such a domain is a platform's name for one of its tenants or one of its own
+    services, and what is below it is often handed out again (GCS buckets under
+    ``storage.googleapis.com``), beyond what the list says.
+    """
+    try:
+        labels = labels_of(domain)
+    except ValueError:
+        return None
+    if len(labels) < 2:
+        return None
+    suffix = labels[1:]
+    text = ".".join(label_to_text(label) for label in suffix)
+    node = _node_of(suffix)
+    if node is not None and node.flags & _RULE_EXCEPTION:
+        return None  # the list says this one is registrable, not a suffix
+    if node is not None and node.flags & _RULE_EXACT and node.flags & _RULE_PRIVATE:
+        return text
+    # A wildcard rule one label up (``*.r.appspot.com``) makes the suffix a public one too.
+    wild = _node_of(suffix[1:]) if len(suffix) >= 2 else None
+    if wild is not None and wild.flags & _RULE_WILD and wild.flags & _RULE_PRIVATE:
+        return text
+    return None
+
+
+def _node_of(labels: list[bytes]) -> _Node | None:
+    """The trie node of a name given as its labels (leftmost first); None when no rule reaches it."""
+    node: _Node | None = _TRIE
+    for label in reversed(labels):
+        assert node is not None
+        node = node.children.get(label)
+        if node is None:
+            return None
+    return node
 
 
 def registrable_wire(qname: bytes) -> bytes:

@@ -11,7 +11,13 @@ learn-everything default) whose namespaces carry the proposed ``allow`` lists,
 so it loads into ``dnsgate check-config`` as it is. Each entry is:
 
 - an exact name, or ``*.domain`` when at least ``--collapse`` distinct names
-  share one registrable domain (``domain`` itself stays exact when it was asked);
+  share one registrable domain (``domain`` itself stays exact when it was asked),
+  unless that wildcard would reach names other parties hold: then the names stay
+  exact and the wildcard is listed under "not proposed" with the reason (see
+  :func:`wildcard_refusal`: under ``arpa``; spanning a public suffix list rule,
+  ``*.amazonaws.com`` over ``s3.amazonaws.com``; right under a platform's suffix
+  of the list's private section, ``*.storage.googleapis.com``; over a flagged or
+  quarantined domain);
 - never a search-path expansion (``api.github.com.agents.svc.cluster.local``)
   that came back NXDOMAIN;
 - commented with its query count and first/last seen (UTC).
@@ -19,11 +25,15 @@ so it loads into ``dnsgate check-config`` as it is. Each entry is:
 Never proposed, and listed in a commented "not proposed" block under the
 namespace with the reason, for a person to judge:
 
-- names under a domain the detector flagged as a tunnel (one ``*.domain`` line);
+- names under a domain the detector flagged as a tunnel (one ``*.domain`` line):
+  flagged in the replay, by the fresh detector ``--from-redis`` runs the names
+  past, by a live learning namespace's detector (kept with its learned names),
+  or quarantined now in the live detector's shared state (``--from-redis``);
 - names whose queries were mostly answered NXDOMAIN (what a tunnel's names get
   from an upstream that has never heard of them);
 - names with a random-looking label (the detector's own encoded-label test),
-  unless the domain is exempt from detection (CDNs and the like);
+  unless the domain is exempt from detection (CDNs and the like) or the name is
+  a well-formed reverse lookup (not any name under ``arpa``);
 - names with a label that is a lone ``*``: a client can ask for one, and an
   entry spelled ``*.domain`` would allow all of ``domain``.
 
@@ -49,7 +59,16 @@ from typing import Any, Final
 import yaml
 
 from heuristics import Detector, DetectorSettings, features_of, name_to_text
-from heuristics.names import DEFAULT_EXEMPTIONS, is_subdomain, labels_of, registrable_wire, wire_of
+from heuristics.names import (
+    DEFAULT_EXEMPTIONS,
+    is_reverse_lookup,
+    is_subdomain,
+    labels_of,
+    platform_suffix,
+    registrable_wire,
+    suffix_rule_at_or_below,
+    wire_of,
+)
 from heuristics.state import MemoryState
 from resolver import config as config_mod
 from resolver.config import Config
@@ -66,12 +85,18 @@ from resolver.offline.replay import (
 from resolver.pipeline.learn import LearnBook, RedisLearnStore
 from resolver.wire.message import NXDOMAIN
 
-__all__ = ["Entry", "Proposal", "entry_text", "from_book", "from_captures", "from_redis", "render"]
+__all__ = [
+    "Entry", "Proposal", "entry_text", "from_book", "from_captures", "from_redis", "live_quarantines", "render",
+    "wildcard_refusal",
+]
 
 DEFAULT_COLLAPSE = 5
 DEFAULT_MAX_NAMES = 500_000
+DEFAULT_STATE_PREFIX = "dnsgate"  # the live detector's Redis keys (heuristics/state.py RedisState)
 
 _STAR: Final = b"*"
+_ARPA: Final = b"\x04arpa\x00"
+FLAGGED: Final = "flagged by the detector as a tunnel"
 
 
 def entry_text(name: bytes) -> str:
@@ -203,9 +228,27 @@ def from_book(
     flagged: dict[str, set[str]],
     config: Config,
     collapse: int = DEFAULT_COLLAPSE,
+    quarantined: dict[str, dict[str, float]] | None = None,
 ) -> Proposal:
-    """Turn learned records into allow entries per namespace of ``config``."""
+    """Turn learned records into allow entries per namespace of ``config``.
+
+    ``flagged`` are the domains a detector flagged per namespace; the book's own
+    flags (a live learning namespace's) and ``quarantined`` (namespace -> domain
+    -> until, the live detector's shared quarantines) are left out the same way.
+    """
     proposal = Proposal(flagged={k: set(v) for k, v in flagged.items()})
+    held: dict[str, dict[str, str]] = {}  # namespace -> domain -> why it is never proposed
+    for ns_name, domains in flagged.items():
+        for domain in domains:
+            held.setdefault(ns_name, {})[domain] = FLAGGED
+    for ns_name, domain in book.flagged:
+        proposal.flagged.setdefault(ns_name, set()).add(domain)
+        held.setdefault(ns_name, {}).setdefault(domain, FLAGGED)
+    for ns_name, found in (quarantined or {}).items():
+        for domain, until in found.items():
+            proposal.flagged.setdefault(ns_name, set()).add(domain)
+            held.setdefault(ns_name, {}).setdefault(
+                domain, f"quarantined by the live detector as a tunnel (until {_when(until)})")
     by_ns: dict[str, dict[bytes, Observed]] = {}
     domain_of: dict[bytes, bytes] = {}
     for learned_ns, raw, _qtype, seen in book.items():
@@ -231,7 +274,7 @@ def from_book(
         ns = config.namespaces.get(ns_name)
         names = by_ns.get(ns_name, {})
         settings: DetectorSettings = (ns.detection.thresholds if ns else None) or DetectorSettings()
-        tunnels = [wire_of(t) for t in proposal.flagged.get(ns_name, set())]
+        tunnels = _held_wire(held.get(ns_name, {}))
         cluster = [wire_of(d) for d in settings.cluster_domains]
         known = set(names)
         existing = list(ns.allow) if ns else []
@@ -249,7 +292,7 @@ def from_book(
             tunnel = next((t for t in tunnels if is_subdomain(qname, t)), None)
             if tunnel is not None:
                 proposal.left_out_tunnel.add(ns_name)
-                refused.tunnel(tunnel, obs)
+                refused.tunnel(tunnel, obs, tunnels[tunnel])
                 continue
             entry = _covered(qname, allow)
             if entry is not None:
@@ -268,12 +311,26 @@ def from_book(
         for e in entries:
             if not e.count:
                 e.first = e.last = 0.0
-        entries.extend(_collapse(kept, domain_of, collapse))
+        entries.extend(_collapse(kept, domain_of, collapse, tunnels, refused))
         entries.sort(key=lambda e: (_sort_key(e.text), e.text))
         proposal.entries[ns_name] = entries
         if refused.entries:
             proposal.not_proposed[ns_name] = refused.sorted()
     return proposal
+
+
+def _held_wire(held: dict[str, str]) -> dict[bytes, str]:
+    """Held domains' texts as wire names, with why each is held; a text that is no name
+    (a quarantine set through the admin API can be any text) covers no name and is skipped."""
+    out: dict[bytes, str] = {}
+    for text, why in sorted(held.items()):
+        try:
+            wire = wire_of(text)
+        except Exception:  # noqa: BLE001 - dnspython raises several types
+            wire = b""
+        if wire:
+            out[wire] = why
+    return out
 
 
 def _doubtful(obs: Observed, settings: DetectorSettings, exempt: Sequence[bytes]) -> str:
@@ -284,7 +341,7 @@ def _doubtful(obs: Observed, settings: DetectorSettings, exempt: Sequence[bytes]
         # Exempt domains too: no hostname has such a label, and a person who moves the
         # line up gets this one name (\042 is a literal '*', never a wildcard).
         return "a label that is a lone '*' (written \\042: this one name, not a wildcard)"
-    if _under(obs.wire, exempt):
+    if is_reverse_lookup(obs.wire) or _under(obs.wire, exempt):
         return ""
     shape = features_of(obs.wire).encoded_shape(settings.encoded_label_min, settings.entropy_ratio)
     if shape is not None and shape.non_ldh:
@@ -302,11 +359,10 @@ class Refused:
         self.entries: list[Entry] = []
         self._tunnels: dict[bytes, Entry] = {}
 
-    def tunnel(self, domain: bytes, obs: Observed) -> None:
+    def tunnel(self, domain: bytes, obs: Observed, why: str = FLAGGED) -> None:
         e = self._tunnels.get(domain)
         if e is None:
-            e = self._tunnels[domain] = Entry(wildcard_text(domain), 0, obs.first, obs.last, 0,
-                                              "flagged by the detector as a tunnel")
+            e = self._tunnels[domain] = Entry(wildcard_text(domain), 0, obs.first, obs.last, 0, why)
             self.entries.append(e)
         e.count += obs.count
         e.names += 1
@@ -314,6 +370,9 @@ class Refused:
 
     def name(self, obs: Observed, why: str) -> None:
         self.entries.append(Entry(obs.text, obs.count, obs.first, obs.last, 1, why))
+
+    def wildcard(self, entry: Entry) -> None:
+        self.entries.append(entry)
 
     def sorted(self) -> list[Entry]:
         return sorted(self.entries, key=lambda e: (_sort_key(e.text), e.text))
@@ -325,7 +384,38 @@ def _sort_key(text: str) -> tuple[bytes, ...]:
     return tuple(reversed(labels_of(wire_of(body))))
 
 
-def _collapse(kept: dict[bytes, Observed], domain_of: dict[bytes, bytes], collapse: int) -> list[Entry]:
+def wildcard_refusal(domain: bytes, tunnels: Iterable[bytes] = ()) -> str:
+    """Why ``*.domain`` must not be proposed, whatever names were seen under it; "" when it may.
+
+    - under ``arpa``: reverse zones are many owners' (and a delegated one carries
+      a payload as well as any domain);
+    - a public suffix list rule (either section) at or below ``domain``:
+      ``*.amazonaws.com`` takes in every S3 bucket and ELB name anyone creates;
+    - ``domain`` sits right under a suffix of the list's private section: a
+      platform's name (``storage.googleapis.com`` under ``googleapis.com``) whose
+      subdomains are often its tenants' (every GCS bucket), which the list does
+      not say;
+    - a domain flagged or quarantined as a tunnel is at or below it.
+    """
+    if is_subdomain(domain, _ARPA):
+        return "under arpa, where every reverse zone has its own owner"
+    rule = suffix_rule_at_or_below(domain)
+    if rule is not None:
+        return f"it spans the public suffix {rule}, whose names others register"
+    platform = platform_suffix(domain)
+    if platform is not None:
+        return (f"it sits right under {platform}, a platform's suffix (public suffix list, private section), "
+                "so the names below it may be the platform's tenants'")
+    for tunnel in tunnels:
+        if is_subdomain(tunnel, domain):
+            return f"it covers {entry_text(tunnel)}, held as a tunnel"
+    return ""
+
+
+def _collapse(
+    kept: dict[bytes, Observed], domain_of: dict[bytes, bytes], collapse: int,
+    tunnels: Iterable[bytes] = (), refused: Refused | None = None,
+) -> list[Entry]:
     groups: dict[bytes, list[Observed]] = {}
     for qname, obs in kept.items():
         groups.setdefault(domain_of[qname], []).append(obs)
@@ -333,14 +423,22 @@ def _collapse(kept: dict[bytes, Observed], domain_of: dict[bytes, bytes], collap
     for domain, members in groups.items():
         below = [m for m in members if m.wire != domain]
         if collapse > 0 and len(below) >= collapse and domain != b"\x00":
-            out.append(Entry(
+            wildcard = Entry(
                 wildcard_text(domain),
                 sum(m.count for m in below),
                 min(m.first for m in below),
                 max(m.last for m in below),
                 len(below),
-            ))
-            members = [m for m in members if m.wire == domain]
+            )
+            why = wildcard_refusal(domain, tunnels)
+            if why:
+                # The names stay, one by one; the wildcard is a person's call.
+                wildcard.note = f"not proposed as a wildcard: {why}; its names are proposed one by one"
+                if refused is not None:
+                    refused.wildcard(wildcard)
+            else:
+                out.append(wildcard)
+                members = [m for m in members if m.wire == domain]
         for m in members:
             note = "NXDOMAIN" if m.rcodes == {NXDOMAIN} else ""
             out.append(Entry(m.text, m.count, m.first, m.last, 1, note))
@@ -404,14 +502,34 @@ def flag_learned(book: LearnBook, config: Config) -> dict[str, set[str]]:
     return flagged
 
 
+def live_quarantines(client: Any, state_prefix: str = DEFAULT_STATE_PREFIX) -> dict[str, dict[str, float]]:
+    """namespace -> domain -> until: the live detector's domain quarantines in Redis
+    (``<state_prefix>:quarantines``, member ``ns|domain``, score until; see
+    heuristics/state.py RedisState). A member stays there a minute past its end."""
+    out: dict[str, dict[str, float]] = {}
+    for raw, until in client.zrange(f"{state_prefix}:quarantines", 0, -1, withscores=True):
+        member = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else str(raw)
+        namespace, bar, domain = member.partition("|")
+        if bar and domain:
+            found = out.setdefault(namespace, {})
+            found[domain] = max(float(until), found.get(domain, 0.0))
+    return out
+
+
 def from_redis(url: str, config: Config, collapse: int = DEFAULT_COLLAPSE,
-               prefix: str = "dnsgate:learn") -> Proposal:
-    """Propose from the names live learn-mode namespaces pushed to Redis."""
+               prefix: str = "dnsgate:learn", state_prefix: str = DEFAULT_STATE_PREFIX) -> Proposal:
+    """Propose from the names live learn-mode namespaces pushed to Redis.
+
+    Domains the live detector flagged in a learning namespace (kept with the
+    learned names) or holds quarantined (its shared state) are never proposed,
+    as well as those the fresh detector flags.
+    """
     import redis
 
     client = redis.Redis.from_url(url)
     try:
         book = RedisLearnStore(prefix).pull(client)
+        quarantined = live_quarantines(client, state_prefix)
     finally:
         client.close()
     namespaces = dict(config.namespaces)
@@ -421,7 +539,7 @@ def from_redis(url: str, config: Config, collapse: int = DEFAULT_COLLAPSE,
             if default is not None:
                 namespaces[ns_name] = dataclasses.replace(default, name=ns_name, clients=())
     config = dataclasses.replace(config, namespaces=namespaces)
-    proposal = from_book(book, flag_learned(book, config), config, collapse)
+    proposal = from_book(book, flag_learned(book, config), config, collapse, quarantined)
     proposal.sources = [url]
     return proposal
 

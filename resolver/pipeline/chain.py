@@ -137,7 +137,7 @@ class Pipeline:
         self.config = config
         self.engine = engine
         self.policy = PolicyStage(config, compile_policies(config), engine.alerts, engine.learned)
-        self.detection = DetectionStage(engine.detector, engine.alerts, deny)
+        self.detection = DetectionStage(engine.detector, engine.alerts, deny, engine.learned)
         self.quarantine = QuarantineStage(engine.state.clients, self.policy, engine.alerts, deny)
         self.rate_limit = RateLimitStage(
             engine.limiter, engine.alerts, engine.pods.lookup if config.identity.kubernetes is not None else None)

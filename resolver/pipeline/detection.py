@@ -13,16 +13,21 @@ from typing import Any
 from heuristics import Detector, Verdict, name_to_text
 from resolver.config import Namespace
 from resolver.pipeline.alerts import Alert, AlertHub, qtype_text
+from resolver.pipeline.learn import LearnBook
 from resolver.pipeline.query import Query, Reply
 from resolver.pipeline.scrub import UpstreamAnswer
 from resolver.wire.message import ReplyInfo
 
 
 class DetectionStage:
-    def __init__(self, detector: Detector, alerts: AlertHub, deny: Any) -> None:
+    def __init__(self, detector: Detector, alerts: AlertHub, deny: Any, learned: LearnBook | None = None) -> None:
         self.detector = detector
         self._alerts = alerts
         self._deny = deny  # callable(query, namespace) -> Reply
+        # A learning namespace's flagged domains are kept with its learned names: with
+        # detection enforce the quarantined queries are never recorded, and propose
+        # must still know not to allow the domain.
+        self._learned = learned
         self.quarantine_blocks = 0
 
     def resolve(self, query: Query) -> Reply | None:
@@ -50,6 +55,8 @@ class DetectionStage:
         if verdict is None:
             return None
         query.domain = verdict.domain
+        if self._learned is not None and view.mode == "learn":
+            self._learned.flag(view.name, verdict.domain, query.now)
         if enforce and not verdict.repeat:
             until = query.now + view.thresholds.quarantine_seconds
             self.detector.quarantine(view.name, verdict.domain, until)

@@ -13,6 +13,12 @@ a slot (``<p>`` is the prefix, ``dnsgate:learn`` by default)::
     <p>:{<ns>}:last           ZSET  field, score last seen     (ZADD GT: keeps the maximum)
     <p>:{<ns>}:rcode          HASH  field -> last reply rcode  (absent: no reply seen)
     <p>:{<ns>}:workload       HASH  field -> "<pod> <service account>" that last asked (pod identity on)
+    <p>:{<ns>}:flagged        ZSET  domain the detector flagged as a tunnel, score last flagged (ZADD GT)
+
+``flagged`` is kept because a namespace learning with detection ``enforce`` does
+not record the queries of a quarantined domain: the names recorded before the
+flag are too few for ``propose`` to flag the domain again, and the quarantine
+itself ends. A domain is written as the detector's text of it.
 
 A field is ``"<name> <qtype>"``: the name in presentation form without the
 trailing dot (non-printable octets as ``\\DDD``, so no space can occur in it) and
@@ -61,6 +67,10 @@ class LearnBook:
         self.max_records = max_records
         self.records: OrderedDict[tuple[str, bytes, int], Seen] = OrderedDict()
         self.evicted = 0
+        # (namespace, domain) -> when the detector last flagged it as a tunnel in a learning
+        # namespace; at most max_records, the oldest flag dropped first.
+        self.flagged: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self.flags_unpushed: set[tuple[str, str]] = set()
 
     def record(
         self, namespace: str, qname: bytes, qtype: int, now: float, pod: str = "", service_account: str = ""
@@ -78,6 +88,34 @@ class LearnBook:
             if pod:
                 seen.pod, seen.service_account = pod, service_account
             self.records.move_to_end(key)
+
+    def flag(self, namespace: str, domain: str, now: float) -> None:
+        """The detector flagged ``domain`` as a tunnel in ``namespace`` (learning): propose
+        never allows it, whatever it learned of the names under it."""
+        key = (namespace, domain)
+        last = self.flagged.get(key)
+        if last is None:
+            if len(self.flagged) >= self.max_records:
+                old, _ = self.flagged.popitem(last=False)
+                self.flags_unpushed.discard(old)
+            self.flagged[key] = now
+            self.flags_unpushed.add(key)
+        elif now > last:
+            self.flagged[key] = now
+            self.flagged.move_to_end(key)
+            self.flags_unpushed.add(key)
+
+    def merge_flag(self, namespace: str, domain: str, last: float) -> None:
+        """Fold in a flag learned elsewhere (Redis): already pushed."""
+        key = (namespace, domain)
+        if last > self.flagged.get(key, float("-inf")):
+            if key not in self.flagged and len(self.flagged) >= self.max_records:
+                self.flagged.popitem(last=False)
+            self.flagged[key] = last
+
+    def flagged_in(self, namespace: str) -> list[str]:
+        """The domains flagged in ``namespace``, sorted."""
+        return sorted(domain for ns, domain in self.flagged if ns == namespace)
 
     def record_rcode(self, namespace: str, qname: bytes, qtype: int, rcode: int) -> None:
         seen = self.records.get((namespace, qname, qtype))
@@ -107,7 +145,7 @@ class LearnBook:
                 mine.pod, mine.service_account = seen.pod, seen.service_account
 
     def namespaces(self) -> list[str]:
-        return sorted({ns for ns, _, _ in self.records})
+        return sorted({ns for ns, _, _ in self.records} | {ns for ns, _ in self.flagged})
 
     def items(self, namespace: str | None = None) -> Iterator[tuple[str, bytes, int, Seen]]:
         """(namespace, qname, qtype, seen) for every record, oldest use first."""
@@ -145,9 +183,16 @@ class RedisLearnStore:
     def key(self, namespace: str, part: str) -> str:
         return f"{self.prefix}:{{{namespace}}}:{part}"
 
-    def _queue(self, pipe: Any, book: LearnBook) -> list[Seen]:
+    def _queue(self, pipe: Any, book: LearnBook) -> tuple[list[Seen], list[tuple[str, str]]]:
         sent: list[Seen] = []
         namespaces: set[str] = set()
+        flags: list[tuple[str, str]] = []
+        for ns, domain in sorted(book.flags_unpushed):
+            last = book.flagged.get((ns, domain))
+            if last is not None:
+                pipe.zadd(self.key(ns, "flagged"), {domain: last}, gt=True)
+                namespaces.add(ns)
+                flags.append((ns, domain))
         for ns, qname, qtype, seen in book.items():
             delta = seen.count - seen.pushed
             if delta <= 0:
@@ -164,29 +209,30 @@ class RedisLearnStore:
             sent.append(seen)
         if namespaces:
             pipe.sadd(f"{self.prefix}:namespaces", *sorted(namespaces))
-        return sent
+        return sent, flags
 
     @staticmethod
-    def _mark(sent: list[Seen]) -> None:
+    def _mark(book: LearnBook, sent: list[Seen], flags: list[tuple[str, str]]) -> None:
         for seen in sent:
             seen.pushed = seen.count
+        book.flags_unpushed.difference_update(flags)
 
     def push(self, client: Any, book: LearnBook) -> int:
-        """Send what changed since the last push; return how many records were sent."""
+        """Send what changed since the last push (records and flags); return how many records were sent."""
         pipe = client.pipeline(transaction=False)
-        sent = self._queue(pipe, book)
-        if sent:
+        sent, flags = self._queue(pipe, book)
+        if sent or flags:
             pipe.execute()
-            self._mark(sent)
+            self._mark(book, sent, flags)
         return len(sent)
 
     async def apush(self, client: Any, book: LearnBook) -> int:
         """``push`` for a ``redis.asyncio`` client."""
         pipe = client.pipeline(transaction=False)
-        sent = self._queue(pipe, book)
-        if sent:
+        sent, flags = self._queue(pipe, book)
+        if sent or flags:
             await pipe.execute()
-            self._mark(sent)
+            self._mark(book, sent, flags)
         return len(sent)
 
     def pull(self, client: Any, max_records: int = 1_000_000) -> LearnBook:
@@ -199,6 +245,8 @@ class RedisLearnStore:
             lasts = dict(client.zscan_iter(self.key(ns, "last")))
             rcodes = client.hgetall(self.key(ns, "rcode"))
             workloads = client.hgetall(self.key(ns, "workload"))
+            for raw_domain, last in client.zscan_iter(self.key(ns, "flagged")):
+                book.merge_flag(ns, _text(raw_domain), float(last))
             for raw_field, raw_count in counts.items():
                 try:
                     qname, qtype = parse_field(_text(raw_field))
