@@ -103,7 +103,9 @@ def _make_unique(rng: random.Random, rows: list[tuple[float, str, bytes, int]], 
     Each such name is a random label (8-20 characters: per-query IDs, content
     hashes) in front of a name the corpus asks for, so the registrable domains,
     clients and times stay those of the benign day; names under the cluster's
-    zones, ``internal`` and ``arpa`` (never scored) are not used as bases.
+    zones and ``internal`` (never scored) and ``arpa`` (reverse lookups, not
+    scored while well-formed) are not used as bases, so the capture is the same
+    whatever the detector does with names under ``arpa``.
     """
     bases = sorted({q for _, _, q, _ in rows if not q.endswith(_NOT_SCORED) and len(q) < 200})
     out = []
