@@ -27,7 +27,9 @@ hold descriptors there for long: at most ``ADMIN_MAX_CONNECTIONS`` connections
 are open (at the cap a new one closes the idlest), a connection sends a whole
 request head within ``ADMIN_READ_SECONDS`` of opening and, after each request,
 has its answer written and the next head in within ``ADMIN_IDLE_SECONDS``, or
-it is closed (:class:`AdminConnections`).
+it is closed (:class:`AdminConnections`). What a client sends reaches the log
+escaped (:func:`printable`), and malformed requests are one line a minute, not
+a traceback each (:class:`HttpErrorLog`).
 """
 
 from __future__ import annotations
@@ -38,12 +40,14 @@ import ipaddress
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from resolver.config import Admin, ConfigError
@@ -63,6 +67,19 @@ ADMIN_MAX_CONNECTIONS = 64  # open admin connections; resolver/operations/descri
 ADMIN_READ_SECONDS = 5.0  # from opening to a whole request head
 ADMIN_IDLE_SECONDS = 5.0  # from the end of a request's handler to the next request head (its answer written)
 ADMIN_BACKLOG = 128  # aiohttp's own
+HTTP_ERROR_TEXT = 200  # characters of a malformed request's error kept in its log line
+
+
+def printable(text: str) -> str:
+    """``text`` with control, format and other unprintable characters (and backslashes) as Python escapes.
+
+    For what a client sent (a path is percent-decoded: it may hold a CR or an
+    ANSI escape) on its way to a log line, where it must not start a line of
+    its own or drive the terminal that shows the log.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(c if c.isprintable() and c != "\\" else repr(c)[1:-1] for c in text)
 
 
 class AdminConnection(asyncio.Protocol):
@@ -199,6 +216,41 @@ class AdminConnections:
                 conn.transport.abort()
 
 
+class HttpErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server log for the admin port: bounded, one line, escaped.
+
+    aiohttp logs every malformed request with an ERROR traceback (11 lines a
+    request, for as many requests as a client sends). Here a malformed request
+    (``HttpProcessingError``: the client's fault) is one WARNING line of its
+    error, escaped, at most one a minute with the count since the last; any
+    other error (a bug in a handler) keeps its traceback, at most one a minute.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logger, {})
+        self._malformed = LogLimit()
+        self._errors = LogLimit()
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if not self.isEnabledFor(level):
+            return
+        exc_info = kwargs.get("exc_info")
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1] if exc_info else None
+        try:
+            text = str(msg) % args if args else str(msg)
+        except (TypeError, ValueError):
+            text = str(msg)
+        if isinstance(exc, HttpProcessingError) or level < logging.ERROR:
+            if count := self._malformed.due(time.monotonic()):
+                error = " ".join(f"{type(exc).__name__}: {exc}".split()) if exc is not None else ""
+                self.logger.log(min(level, logging.WARNING),
+                                "admin HTTP: %s: %s (%d malformed since the last line)",
+                                printable(text), printable(error[:HTTP_ERROR_TEXT]), count)
+        elif count := self._errors.due(time.monotonic()):
+            self.logger.log(level, "admin HTTP: %s (%d since the last line)", printable(text), count,
+                            exc_info=exc_info)
+
+
 def admin_token(admin: Admin, config_path: str, environ: Mapping[str, str] = os.environ) -> str | None:
     """The bearer token POST /reload asks for: the environment first, then ``admin.token_file``.
 
@@ -315,7 +367,8 @@ class AdminServer:
         aiohttp site: its server would take connections without a cap).
         aiohttp's own keep-alive timeout is set to the idle one too.
         """
-        self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=ADMIN_IDLE_SECONDS)
+        self._runner = web.AppRunner(self.app, access_log=None, logger=HttpErrorLog(log),
+                                     keepalive_timeout=ADMIN_IDLE_SECONDS)
         await self._runner.setup()
         assert self._runner.server is not None
         protocol = self.connections.protocol(self._runner.server)
@@ -352,8 +405,9 @@ class AdminServer:
         now = time.monotonic()
         self._refused += 1
         if now - self._refusal_logged >= REFUSAL_LOG_SECONDS:
+            # The path is the client's, percent-decoded: escaped, or a CR or an ANSI escape would reach the log.
             log.warning("%s refused from %s: %s (%d refused since the last line)",
-                        what, remote, why, self._refused)
+                        printable(what), remote, printable(why), self._refused)
             self._refusal_logged, self._refused = now, 0
 
     async def metrics(self, _request: web.Request) -> web.Response:
@@ -408,7 +462,7 @@ class AdminServer:
             return web.json_response({"ok": False, "error": f"client {client} is not quarantined in {namespace}"},
                                      status=404)
         log.warning("client quarantine lifted: namespace %s client %s (was until %.0f, triggered by %s)",
-                    namespace, client, lifted.until, lifted.name)
+                    printable(namespace), printable(client), lifted.until, lifted.name)
         return web.json_response({"ok": True, "lifted": lifted.to_dict()})
 
     async def reload(self, request: web.Request) -> web.Response:

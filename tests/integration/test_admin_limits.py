@@ -1,13 +1,15 @@
 """A hostile client of the admin port, against a real dnsgate process under a low RLIMIT_NOFILE.
 
 It must not take the descriptors DNS needs (connection cap, read and idle
-timeouts, the soft limit raised to the hard one).
+timeouts, the soft limit raised to the hard one), nor write a forged line or
+an unbounded stream of tracebacks into the log.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -26,6 +28,8 @@ NOFILE = 256
 LOW = (NOFILE, NOFILE)
 ADMIN_CAP = 64  # resolver/operations/admin.py ADMIN_MAX_CONNECTIONS
 HALF_REQUEST = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # the head never ends
+# Any control character but the newline that ends each log line.
+RAW_CONTROL = re.compile(rb"[\x00-\x09\x0b-\x1f\x7f]")
 
 
 def start(unbound: Unbound, workdir: Path, nofile: tuple[int, int] | None, extra: str = "",
@@ -164,5 +168,59 @@ def test_a_tcp_cap_beyond_the_fd_limit_is_warned_of(unbound_upstream: Unbound, t
         assert len(lines) == 1
         assert " WARNING " in lines[0]
         assert "256" in lines[0]
+    finally:
+        assert server.stop() == 0
+
+
+def raw_request(port: int, head: bytes) -> bytes:
+    """Send ``head``; everything the server answers until it closes (or 2 s pass)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(head)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+        return answer
+
+
+def test_a_refused_path_is_logged_escaped(unbound_upstream: Unbound, tmp_path: Path) -> None:
+    # No token: the refusal's reason names the path too.
+    server, admin_port = start(unbound_upstream, tmp_path, None, env={"DNSGATE_ADMIN_TOKEN": ""})
+    try:
+        # A carriage return, then a line of the log's own format, then ANSI escapes (erase line, set title).
+        forged = "x%0D2026-01-01%2000:00:00,000%20dnsgate.admin%20WARNING%20all%20fine%1B%5B2K%1B%5D0;t%07"
+        head = (f"DELETE /quarantines/clients/agents/{forged} HTTP/1.1\r\n"
+                f"Host: 127.0.0.1:{admin_port}\r\nConnection: close\r\n\r\n").encode()
+        assert raw_request(admin_port, head).startswith(b"HTTP/1.1 403 ")
+        log = stderr(server)
+        refused = [line for line in log.split(b"\n") if b"refused from" in line]
+        assert len(refused) == 1
+        assert RAW_CONTROL.search(log) is None, refused
+        assert b"x\\r2026-01-01 00:00:00,000 dnsgate.admin WARNING all fine\\x1b[2K\\x1b]0;t\\x07" in refused[0]
+    finally:
+        assert server.stop() == 0
+
+
+def test_malformed_requests_do_not_flood_the_log(unbound_upstream: Unbound, tmp_path: Path) -> None:
+    server, admin_port = start(unbound_upstream, tmp_path, None)
+    try:
+        before = stderr(server).count(b"\n")
+        malformed = [
+            b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(200)) + b"\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: a\r\nBad\x1b[2K\rHeader\r\n\r\n",
+            b"\x16\x03\x01 not http \r\n\r\n",
+        ]
+        for i in range(200):
+            status_line = raw_request(admin_port, malformed[i % len(malformed)]).split(b"\r\n")[0]
+            assert re.fullmatch(rb"HTTP/1\.[01] 400 Bad Request", status_line), status_line
+        log = stderr(server)
+        assert log.count(b"\n") - before <= 2, log.decode(errors="replace")[-3000:]
+        assert b"Traceback" not in log
+        assert RAW_CONTROL.search(log) is None
+        assert b"malformed" in log  # a summary line says what happened
+        assert up(admin_port)
     finally:
         assert server.stop() == 0
