@@ -56,6 +56,7 @@ STDOUT_CLOSED = 141
 
 def _serve(args: argparse.Namespace) -> int:
     from resolver.app import StartupError
+    from resolver.operations.descriptors import check_fit, raise_soft_limit
     from resolver.operations.sinks import check_sinks
 
     path = Path(args.config) if args.config else config_mod.bundled_config_path()
@@ -73,6 +74,8 @@ def _serve(args: argparse.Namespace) -> int:
         config_mod.refuse_forwarding_loop(config.path, config.upstreams_line, config.listen, config.upstreams,
                                           f"(--listen {args.listen})")
     logging.getLogger("dnsgate").info("config %s", path)
+    # Before the workers are forked: they inherit the limit.
+    check_fit(config, raise_soft_limit())
     try:
         if config.workers > 1:
             return _serve_workers(config, pinned)

@@ -102,5 +102,7 @@ def test_the_unit_keeps_its_hardening() -> None:
     # A dead worker ends the service with a non-zero status (docs/operations.md "Several workers"): restart it.
     assert single("Restart") == "on-failure"
     assert re.fullmatch(r"[0-9]+[KMG]?", single("MemoryMax"))
+    # Room for tcp_max_connections (256 by default) and the admin cap, well past systemd's soft 1024.
+    assert int(single("LimitNOFILE")) >= 65536
     assert single("LogsDirectory") == "dnsgate"  # where the documented jsonl alert file goes
     assert "/var/log/dnsgate/" in (ROOT / "docs" / "operations.md").read_text()

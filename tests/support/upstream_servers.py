@@ -131,12 +131,14 @@ class Dnsgate:
 
 
 def start_dnsgate(config_text: str, workdir: Path, port: int, probe: str = "www.allowed.test", address: str = "127.0.0.1",
-                  env: dict[str, str] | None = None) -> Dnsgate:
+                  env: dict[str, str] | None = None, nofile: tuple[int, int] | None = None) -> Dnsgate:
+    """``nofile``: start it under these soft and hard RLIMIT_NOFILE (prlimit execs dnsgate: same pid)."""
     config_path = workdir / "dnsgate.yaml"
     config_path.write_text(config_text)
     stderr = open(workdir / "dnsgate.stderr", "wb")  # noqa: SIM115
+    limit = ["prlimit", f"--nofile={nofile[0]}:{nofile[1]}", "--"] if nofile is not None else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "resolver.cli", "serve", "--config", str(config_path)],
+        [*limit, sys.executable, "-m", "resolver.cli", "serve", "--config", str(config_path)],
         stdout=subprocess.DEVNULL, stderr=stderr, cwd=ROOT, env={**os.environ, **(env or {})},
     )
     try:

@@ -1,4 +1,7 @@
-"""Who may POST /reload: Host, Origin and bearer-token checks of the admin endpoint (in-process)."""
+"""Who may POST /reload: Host, Origin and bearer-token checks of the admin endpoint (in-process).
+
+And how what a caller sent is written to the log (``printable``).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resolver.config import Admin, ConfigError
-from resolver.operations.admin import Caller, admin_token
+from resolver.operations.admin import Caller, admin_token, printable
 
 
 def status(caller: Caller, **headers: str) -> int:
@@ -71,3 +74,13 @@ def test_token_comes_from_the_environment_first(tmp_path: Path) -> None:
         admin_token(admin, "c.yaml", {})
     with pytest.raises(ConfigError, match="cannot read"):
         admin_token(Admin(token_file=tmp_path / "absent", line=7), "c.yaml", {})
+
+
+def test_printable_escapes_what_could_forge_a_log_line() -> None:
+    assert printable("/reload é") == "/reload é"
+    assert printable("/x\r2026 forged\x1b[2K\u202e\\") == r"/x\r2026 forged\x1b[2K\u202e\\"
+
+
+@given(st.text(max_size=40))
+def test_printable_leaves_nothing_unprintable(text: str) -> None:
+    assert printable(text).isprintable()
