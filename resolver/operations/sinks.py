@@ -638,6 +638,8 @@ class SyslogSink(QueuedSink):
         self._sock: socket.socket | None = None
         self._address: Any = None
         self._writer: asyncio.StreamWriter | None = None
+        self._sending: list[Alert] | None = None  # the batch being sent over a datagram socket
+        self._sent = 0  # how many of its messages were sent
 
     def message(self, alert: Alert) -> bytes:
         pri = self.facility * 8 + SYSLOG_SEVERITIES.get(alert.severity, 4)
@@ -658,24 +660,16 @@ class SyslogSink(QueuedSink):
         return f"{head} {sd} {summary}".encode()
 
     async def open(self) -> None:
-        if self.transport == "tcp":
-            return  # connected on first delivery, and again after a failure
-        if self.transport == "unix":
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._address = self.path
-        else:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                self.host, self.port, type=socket.SOCK_DGRAM
-            )
-            family, _, _, _, self._address = infos[0]
-            self._sock = socket.socket(family, socket.SOCK_DGRAM)
-        self._sock.setblocking(False)
+        """Nothing: every transport connects on its first delivery, and again after a failure."""
 
     async def release(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        self._close_socket()
         await self._disconnect()
+
+    def _close_socket(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
     async def _disconnect(self) -> None:
         writer, self._writer = self._writer, None
@@ -684,14 +678,74 @@ class SyslogSink(QueuedSink):
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
+    async def _datagram_socket(self) -> socket.socket:
+        """The non-blocking datagram socket, made on first use (and after a failure).
+
+        A unix socket is connected to its path: readiness to write then follows
+        the receiver's queue (an unconnected one reads writable while the
+        receiver's queue is full, and a wait for it would spin), and a receiver
+        that went away fails the send, so the retry connects to the new one.
+        """
+        if self._sock is None:
+            if self.transport == "unix":
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._address = self.path
+            else:
+                infos = await asyncio.get_running_loop().getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+                family, _, _, _, self._address = infos[0]
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            try:
+                if self.transport == "unix":
+                    sock.connect(self._address)
+            except BaseException:
+                sock.close()
+                raise
+            self._sock = sock
+        return self._sock
+
+    async def _send_datagram(self, sock: socket.socket, data: bytes) -> None:
+        """Send one datagram on the non-blocking ``sock``; when the kernel has no room
+        (EAGAIN), wait until the socket is writable and send again.
+
+        Plain ``send``/``sendto`` and ``add_writer``: uvloop, the loop ``dnsgate
+        serve`` runs, has no ``loop.sock_sendto``. The wait is bounded by the
+        delivery ``timeout``.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if self.transport == "unix":
+                    sock.send(data)
+                else:
+                    sock.sendto(data, self._address)
+                return
+            except (BlockingIOError, InterruptedError):
+                pass
+            writable: asyncio.Future[None] = loop.create_future()
+            fd = sock.fileno()
+            loop.add_writer(fd, _wake, writable)
+            try:
+                await writable
+            finally:
+                loop.remove_writer(fd)
+
     async def deliver(self, batch: list[Alert]) -> None:
-        messages = [self.message(a) for a in batch]
         if self.transport != "tcp":
-            assert self._sock is not None
-            loop = asyncio.get_running_loop()
-            for data in messages:
-                await loop.sock_sendto(self._sock, data, self._address)
+            # A retry of this batch starts after the messages already sent: no duplicates.
+            start = self._sent if self._sending is batch else 0
+            self._sending, self._sent = batch, start
+            try:
+                sock = await self._datagram_socket()
+                for alert in batch[start:]:
+                    await self._send_datagram(sock, self.message(alert))
+                    self._sent += 1
+            except OSError:
+                self._close_socket()  # the next attempt makes a new one
+                raise
+            self._sending = None
             return
+        messages = [self.message(a) for a in batch]
         try:
             if self._writer is None:
                 _, self._writer = await asyncio.open_connection(self.host, self.port)
@@ -700,6 +754,11 @@ class SyslogSink(QueuedSink):
         except BaseException:
             await self._disconnect()  # the next attempt reconnects
             raise
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def rfc3339(ts: float) -> str:
