@@ -431,8 +431,17 @@ class Collector(_CollectorBase):
         yield labelled(CounterMetricFamily, "dnsgate_alerts_dropped",
                        "Alerts a sink gave up on (queue full, retries exhausted, closed).",
                        ["sink"], rows("dropped"))
+        yield labelled(CounterMetricFamily, "dnsgate_alerts_dropped_by_severity",
+                       "Alerts a sink gave up on, by the alert's severity (a full queue drops the "
+                       "least severe first).", ["sink", "severity"],
+                       [((s["name"], severity), n) for s in sinks
+                        for severity, n in s.get("dropped_by_severity", {}).items()])
         yield labelled(GaugeMetricFamily, "dnsgate_alerts_queued",
                        "Alerts waiting in a sink's queue.", ["sink"], rows("queued"))
+        yield labelled(CounterMetricFamily, "dnsgate_alerts_folded",
+                       "Alerts folded into a per-client aggregate (policy: names, never sent one by one; "
+                       "tunnel: alerts the remote sinks get in an aggregate, the local ones one by one).",
+                       ["kind"], [((kind,), hub["folded_kinds"].get(kind, 0)) for kind in ("policy", "tunnel")])
 
     def _reloads(self) -> Iterator[Metric]:
         stats = self.server.stats()

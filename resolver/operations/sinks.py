@@ -2,7 +2,12 @@
 
 Each remote sink owns a bounded queue and one background task that delivers
 from it. ``submit`` only appends to the queue (or counts a drop when it is
-full), so a slow or dead receiver never touches the query path. Delivery is
+full), so a slow or dead receiver never touches the query path. The queue is
+ordered by severity, then shared fairly among clients: the most severe alerts
+go out first, taking turns between clients, and a full queue makes room for a
+new alert by dropping a less severe one, or one of a client holding more of
+the queue (see ``QueuedSink``), so a flood of alerts from one client cannot
+keep another client's tunnel alert out. Delivery is
 retried with exponential backoff; a batch that still fails is dropped and
 counted. Nothing is lost silently: the hub hands every alert to every sink, so
 the jsonl sink, when one is configured, holds each alert a remote sink could
@@ -36,7 +41,7 @@ import aiohttp
 
 from resolver.config import Config
 from resolver.config import Sink as SinkSpec
-from resolver.pipeline.alerts import Alert, JsonlSink, Sink
+from resolver.pipeline.alerts import SEVERITIES, SEVERITY_RANK, Alert, JsonlSink, Sink
 from resolver.schema import Choice, ConfigError, Kind, Positive, Rule, Section, fail, of_kind, validate
 
 log = logging.getLogger("dnsgate.sinks")
@@ -128,12 +133,29 @@ class DropLog:
         self._example = None
 
 
+def severity_rank(severity: str) -> int:
+    """0 for info ... 3 for critical; an unknown severity ranks as warning."""
+    return SEVERITY_RANK.get(severity, 1)
+
+
 class QueuedSink:
     """A bounded queue and a background task delivering batches from it.
+
+    The queue holds, per severity, one FIFO lane per client. Delivery takes
+    the most severe alerts first, one lane after the other (a client with 500
+    alerts queued and one with 1 take turns). When the queue is full a new
+    alert takes the place of the newest queued alert of the heaviest client
+    of the lowest severity queued, if that severity is lower than the new
+    alert's, or, at the same severity, if that client holds at least two more
+    alerts than the new alert's client; otherwise the new alert is dropped.
+    Either way one alert is dropped and counted (by severity too), never
+    silently. Within one lane, alerts keep their order.
 
     Subclasses implement ``deliver(batch)`` and, when they hold a connection,
     ``open``/``release``.
     """
+
+    remote = True  # the hub sends remote sinks an aggregate instead of a client's flood of tunnel alerts
 
     def __init__(self, name: str, delivery: Delivery) -> None:
         self.name = name
@@ -141,9 +163,12 @@ class QueuedSink:
         self.delivered = 0
         self.retried = 0
         self.dropped = 0
+        self.dropped_by_severity: dict[str, int] = dict.fromkeys(SEVERITIES, 0)
         self.spill: DropLog | None = DropLog()  # None when a jsonl sink holds every alert
         self.down = False
-        self._queue: deque[Alert] = deque()
+        # lanes[severity rank][client]: that client's queued alerts of that severity, oldest first
+        self._lanes: list[dict[str, deque[Alert]]] = [{} for _ in SEVERITIES]
+        self._size = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -151,27 +176,80 @@ class QueuedSink:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return self._size
 
     def stats(self) -> dict[str, Any]:
         """Delivery counters for metrics."""
         return {
             "name": self.name, "delivered": self.delivered, "retried": self.retried,
             "dropped": self.dropped, "queued": self.queued,
+            "dropped_by_severity": dict(self.dropped_by_severity),
         }
 
     def submit(self, alert: Alert) -> None:
-        """Queue an alert; never blocks, counts a drop when the queue is full."""
-        if self._closing or len(self._queue) >= self.delivery.queue_size:
-            self._drop([alert], "queue full" if not self._closing else "sink closed")
+        """Queue an alert; never blocks. At a full queue one alert is dropped and counted:
+        a less severe or a heavier client's queued one, or else this one."""
+        if self._closing:
+            self._drop([alert], "sink closed")
             return
-        self._queue.append(alert)
+        rank = severity_rank(alert.severity)
+        if self._size >= self.delivery.queue_size:
+            evicted = self._evict_for(rank, alert.client)
+            if evicted is None:
+                self._drop([alert], "queue full")
+                return
+            self._drop([evicted], "queue full, made room for a more severe alert or another client's")
+        lanes = self._lanes[rank]
+        lane = lanes.get(alert.client)
+        if lane is None:
+            lane = lanes[alert.client] = deque()
+        lane.append(alert)
+        self._size += 1
         if self._wakeup is not None:
             self._wakeup.set()
 
+    def _evict_for(self, rank: int, client: str) -> Alert | None:
+        """Take the queued alert a new one of severity ``rank`` from ``client`` replaces, if any."""
+        for lower in range(rank + 1):
+            lanes = self._lanes[lower]
+            if not lanes:
+                continue
+            heaviest = max(lanes, key=lambda c: len(lanes[c]))
+            lane = lanes[heaviest]
+            if lower == rank:
+                own = lanes.get(client)
+                if len(lane) < (len(own) if own is not None else 0) + 2:
+                    return None  # as severe, and no client holds more than its share: keep them
+            alert = lane.pop()
+            if not lane:
+                del lanes[heaviest]
+            self._size -= 1
+            return alert
+        return None
+
+    def _take(self) -> Alert:
+        """The next alert to deliver: most severe first, one client's lane after the other."""
+        for lanes in reversed(self._lanes):
+            if lanes:
+                client = next(iter(lanes))
+                lane = lanes.pop(client)
+                alert = lane.popleft()
+                if lane:
+                    lanes[client] = lane  # to the back: the other clients go first
+                self._size -= 1
+                return alert
+        raise IndexError("the queue is empty")
+
+    def _take_all(self) -> list[Alert]:
+        out = [a for lanes in reversed(self._lanes) for lane in lanes.values() for a in lane]
+        for lanes in self._lanes:
+            lanes.clear()
+        self._size = 0
+        return out
+
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
-        if self._queue:
+        if self._size:
             self._wakeup.set()
         await self.open()
         self._task = asyncio.create_task(self._run(), name=f"sink-{self.name}")
@@ -180,18 +258,17 @@ class QueuedSink:
         """Deliver what is queued for a short grace period, then drop (and count) the rest."""
         self._closing = True
         if self._task is not None:
-            if self._queue or self._busy:
+            if self._size or self._busy:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(CLOSE_GRACE):
-                        while self._queue or self._busy:  # noqa: ASYNC110
+                        while self._size or self._busy:  # noqa: ASYNC110
                             await asyncio.sleep(0.02)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._queue:
-            self._drop(list(self._queue), "sink closed")
-            self._queue.clear()
+        if self._size:
+            self._drop(self._take_all(), "sink closed")
         if self.spill is not None:
             self.spill.flush()
         await self.release()
@@ -208,11 +285,11 @@ class QueuedSink:
     async def _run(self) -> None:
         assert self._wakeup is not None
         while True:
-            while not self._queue:
+            while not self._size:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            size = min(self.delivery.batch_size, len(self._queue))
-            batch = [self._queue.popleft() for _ in range(size)]
+            size = min(self.delivery.batch_size, self._size)
+            batch = [self._take() for _ in range(size)]
             self._busy = True
             try:
                 await self._send(batch)
@@ -252,6 +329,9 @@ class QueuedSink:
 
     def _drop(self, batch: list[Alert], reason: str) -> None:
         self.dropped += len(batch)
+        by_severity = self.dropped_by_severity
+        for alert in batch:
+            by_severity[alert.severity] = by_severity.get(alert.severity, 0) + 1
         if self.spill is not None:
             self.spill.add(self.name, batch, reason)
         else:
@@ -558,6 +638,8 @@ class SyslogSink(QueuedSink):
         self._sock: socket.socket | None = None
         self._address: Any = None
         self._writer: asyncio.StreamWriter | None = None
+        self._sending: list[Alert] | None = None  # the batch being sent over a datagram socket
+        self._sent = 0  # how many of its messages were sent
 
     def message(self, alert: Alert) -> bytes:
         pri = self.facility * 8 + SYSLOG_SEVERITIES.get(alert.severity, 4)
@@ -578,24 +660,16 @@ class SyslogSink(QueuedSink):
         return f"{head} {sd} {summary}".encode()
 
     async def open(self) -> None:
-        if self.transport == "tcp":
-            return  # connected on first delivery, and again after a failure
-        if self.transport == "unix":
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._address = self.path
-        else:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                self.host, self.port, type=socket.SOCK_DGRAM
-            )
-            family, _, _, _, self._address = infos[0]
-            self._sock = socket.socket(family, socket.SOCK_DGRAM)
-        self._sock.setblocking(False)
+        """Nothing: every transport connects on its first delivery, and again after a failure."""
 
     async def release(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        self._close_socket()
         await self._disconnect()
+
+    def _close_socket(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
     async def _disconnect(self) -> None:
         writer, self._writer = self._writer, None
@@ -604,14 +678,74 @@ class SyslogSink(QueuedSink):
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
+    async def _datagram_socket(self) -> socket.socket:
+        """The non-blocking datagram socket, made on first use (and after a failure).
+
+        A unix socket is connected to its path: readiness to write then follows
+        the receiver's queue (an unconnected one reads writable while the
+        receiver's queue is full, and a wait for it would spin), and a receiver
+        that went away fails the send, so the retry connects to the new one.
+        """
+        if self._sock is None:
+            if self.transport == "unix":
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._address = self.path
+            else:
+                infos = await asyncio.get_running_loop().getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+                family, _, _, _, self._address = infos[0]
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            try:
+                if self.transport == "unix":
+                    sock.connect(self._address)
+            except BaseException:
+                sock.close()
+                raise
+            self._sock = sock
+        return self._sock
+
+    async def _send_datagram(self, sock: socket.socket, data: bytes) -> None:
+        """Send one datagram on the non-blocking ``sock``; when the kernel has no room
+        (EAGAIN), wait until the socket is writable and send again.
+
+        Plain ``send``/``sendto`` and ``add_writer``: uvloop, the loop ``dnsgate
+        serve`` runs, has no ``loop.sock_sendto``. The wait is bounded by the
+        delivery ``timeout``.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if self.transport == "unix":
+                    sock.send(data)
+                else:
+                    sock.sendto(data, self._address)
+                return
+            except (BlockingIOError, InterruptedError):
+                pass
+            writable: asyncio.Future[None] = loop.create_future()
+            fd = sock.fileno()
+            loop.add_writer(fd, _wake, writable)
+            try:
+                await writable
+            finally:
+                loop.remove_writer(fd)
+
     async def deliver(self, batch: list[Alert]) -> None:
-        messages = [self.message(a) for a in batch]
         if self.transport != "tcp":
-            assert self._sock is not None
-            loop = asyncio.get_running_loop()
-            for data in messages:
-                await loop.sock_sendto(self._sock, data, self._address)
+            # A retry of this batch starts after the messages already sent: no duplicates.
+            start = self._sent if self._sending is batch else 0
+            self._sending, self._sent = batch, start
+            try:
+                sock = await self._datagram_socket()
+                for alert in batch[start:]:
+                    await self._send_datagram(sock, self.message(alert))
+                    self._sent += 1
+            except OSError:
+                self._close_socket()  # the next attempt makes a new one
+                raise
+            self._sending = None
             return
+        messages = [self.message(a) for a in batch]
         try:
             if self._writer is None:
                 _, self._writer = await asyncio.open_connection(self.host, self.port)
@@ -620,6 +754,11 @@ class SyslogSink(QueuedSink):
         except BaseException:
             await self._disconnect()  # the next attempt reconnects
             raise
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def rfc3339(ts: float) -> str:

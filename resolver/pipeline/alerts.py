@@ -185,12 +185,14 @@ class JsonlSink:
         self._stream = stream
         self.delivered = 0
         self.dropped = 0
+        self.dropped_by_severity: dict[str, int] = dict.fromkeys(SEVERITIES, 0)
         self._fh: IO[str] | None = None
         self.reopen()
 
     def stats(self) -> dict[str, Any]:
         """Delivery counters for metrics (a file sink never queues or retries)."""
-        return {"name": self.name, "delivered": self.delivered, "retried": 0, "dropped": self.dropped, "queued": 0}
+        return {"name": self.name, "delivered": self.delivered, "retried": 0, "dropped": self.dropped, "queued": 0,
+                "dropped_by_severity": dict(self.dropped_by_severity)}
 
     def reopen(self) -> None:
         if self._stream is not None:
@@ -212,6 +214,7 @@ class JsonlSink:
             self.delivered += 1
         except (OSError, ValueError) as exc:
             self.dropped += 1
+            self.dropped_by_severity[alert.severity] = self.dropped_by_severity.get(alert.severity, 0) + 1
             log.error("jsonl sink %s: %s", self.path, exc)
 
     async def start(self) -> None:
@@ -244,6 +247,23 @@ def qtype_text(qtype: int) -> str:
     return text
 
 
+# Distinct domains one tunnel aggregate counts exactly; past this, each further folded
+# alert counts as a new domain (``domains_folded`` is then an upper bound).
+FOLDED_DOMAINS_COUNTED: Final = 1024
+FOLD_SAMPLE: Final = 5  # names (policy) or domains (tunnel) an aggregate shows
+CLIENT_WINDOWS_MAX: Final = 100_000  # per-client windows kept before they are all forgotten
+
+
+class _TunnelWindow:
+    """The distinct domains one (namespace, client) raised a tunnel alert for in a window."""
+
+    __slots__ = ("domains", "start")
+
+    def __init__(self, start: float, domain: str) -> None:
+        self.start = start
+        self.domains = {domain}
+
+
 class AlertHub:
     """Builds alerts from decisions, folds repeats, fans out to sinks.
 
@@ -259,6 +279,19 @@ class AlertHub:
     closes. A client asking a million unique names therefore costs at most
     ``2 * names_per_client + 1`` policy lines per window, and one
     ``rate_limit`` alert plus one follow-up when it is rate limited.
+
+    Tunnel alerts (``tunnel``) are bounded for the remote sinks the same way:
+    a (namespace, client) gets ``domains_per_client`` distinct domains per
+    window alerted one by one (a domain already alerted in the window, whose
+    alert grew in severity or reasons, still goes out); the alerts for further
+    domains go to the local sinks only (jsonl, metrics, replay: every sink
+    without ``remote = True``), and the remote sinks get one aggregate per
+    client when the window closes, whose ``count`` is the number of alerts it
+    stands for. So one client flooding fresh domains costs a remote sink
+    ``domains_per_client + 1`` alerts a window, while the jsonl file keeps
+    every alert, and for each client the remote alerts' counts add up to its
+    jsonl lines. Only the alert is folded: the detector's decision (the
+    quarantine in enforce mode) is taken for every domain before.
     """
 
     def __init__(
@@ -267,6 +300,7 @@ class AlertHub:
         window: float = 60.0,
         workloads: Callable[[str], PodIdentity | None] | None = None,
         names_per_client: int = 20,
+        domains_per_client: int = 20,
     ) -> None:
         self.sinks = sinks
         self._workloads = workloads  # client address -> pod, to name the pod in each alert
@@ -276,8 +310,12 @@ class AlertHub:
         self._recent: dict[tuple[str, str, str, bytes], list[Any]] = {}
         # (kind, namespace, client) -> [window_start, distinct names alerted in it]
         self._per_client: dict[tuple[str, str, str], list[float]] = {}
+        self.domains_per_client = domains_per_client
+        # (namespace, client) -> the domains it raised a tunnel alert for in its window
+        self._tunnel_windows: dict[tuple[str, str], _TunnelWindow] = {}
         self.emitted = 0
-        self.folded = 0  # policy alerts folded into a per-client aggregate
+        self.folded = 0  # alerts folded into a per-client aggregate (policy and tunnel)
+        self.folded_kinds: dict[str, int] = {}  # the same by kind
 
     def stats(self) -> dict[str, Any]:
         """Alerts emitted, and each sink's own ``stats()`` (delivered, retried, dropped, queued)."""
@@ -286,17 +324,87 @@ class AlertHub:
             report = getattr(sink, "stats", None)
             if report is not None:
                 sinks.append(report())
-        return {"emitted": self.emitted, "folded": self.folded, "sinks": sinks}
+        return {"emitted": self.emitted, "folded": self.folded, "folded_kinds": dict(self.folded_kinds),
+                "sinks": sinks}
 
     def emit(self, alert: Alert) -> None:
+        """Hand ``alert`` to every sink."""
+        self._name_pod(alert)
+        self.emitted += 1
+        for sink in self.sinks:
+            sink.submit(alert)
+
+    def _name_pod(self, alert: Alert) -> None:
         if self._workloads is not None and not alert.pod:
             pod = self._workloads(alert.client)
             if pod is not None:
                 alert.pod = f"{pod.namespace}/{pod.name}"
                 alert.service_account = pod.service_account
-        self.emitted += 1
+
+    def _count_folded(self, kind: str) -> None:
+        self.folded += 1
+        self.folded_kinds[kind] = self.folded_kinds.get(kind, 0) + 1
+
+    def tunnel(self, alert: Alert) -> None:
+        """A detector's ``tunnel`` alert: to every sink while its client is within
+        ``domains_per_client`` domains this window, else to the local sinks only and
+        folded into the client's aggregate for the remote ones (see the class)."""
+        if self._tunnel_room(alert):
+            self.emit(alert)
+            return
+        self._count_folded("tunnel")
+        self._name_pod(alert)
         for sink in self.sinks:
-            sink.submit(alert)
+            if not getattr(sink, "remote", False):
+                sink.submit(alert)
+        key = ("tunnel_domains", alert.namespace, alert.client, b"")
+        seen = self._recent.get(key)
+        if seen is None:
+            aggregate = Alert(
+                ts=alert.ts, kind="tunnel", severity=alert.severity, namespace=alert.namespace,
+                client=alert.client, qname=alert.qname, qtype=alert.qtype, domain=alert.domain,
+                reasons=list(alert.reasons), action=alert.action,
+                evidence={"sample": [], "severities": {}}, pod=alert.pod, service_account=alert.service_account,
+            )
+            self._open(key, alert.ts, aggregate)
+            seen = self._recent[key]
+            seen.append(set())  # the distinct domains folded (at most FOLDED_DOMAINS_COUNTED)
+            seen.append(0)  # folded alerts past that bound whose domain was not counted
+        seen[1] += 1
+        aggregate = seen[2]
+        if SEVERITY_RANK.get(alert.severity, 1) > SEVERITY_RANK.get(aggregate.severity, 1):
+            aggregate.severity = alert.severity
+        for reason in alert.reasons:
+            if reason not in aggregate.reasons:
+                aggregate.reasons.append(reason)
+        severities: dict[str, int] = aggregate.evidence["severities"]
+        severities[alert.severity] = severities.get(alert.severity, 0) + 1
+        domains: set[str] = seen[3]
+        if alert.domain not in domains:
+            if len(domains) < FOLDED_DOMAINS_COUNTED:
+                domains.add(alert.domain)
+                sample: list[str] = aggregate.evidence["sample"]
+                if len(sample) < FOLD_SAMPLE:
+                    sample.append(alert.domain)
+            else:
+                seen[4] += 1
+
+    def _tunnel_room(self, alert: Alert) -> bool:
+        """Whether ``alert`` is within its (namespace, client)'s domains for the window."""
+        key = (alert.namespace, alert.client)
+        window = self._tunnel_windows.get(key)
+        if window is None or alert.ts - window.start >= self.window:
+            if len(self._tunnel_windows) >= CLIENT_WINDOWS_MAX:
+                self._tunnel_windows.clear()
+            self._tunnel_windows[key] = _TunnelWindow(alert.ts, alert.domain)
+            return True
+        domains = window.domains
+        if alert.domain in domains:
+            return True
+        if len(domains) < self.domains_per_client:
+            domains.add(alert.domain)
+            return True
+        return False
 
     def policy(
         self,
@@ -361,7 +469,7 @@ class AlertHub:
     def _client_has_room(self, now: float, kind: str, namespace: str, client: str) -> bool:
         slot = self._per_client.get((kind, namespace, client))
         if slot is None or now - slot[0] >= self.window:
-            if len(self._per_client) >= 100_000:
+            if len(self._per_client) >= CLIENT_WINDOWS_MAX:
                 self._per_client.clear()
             self._per_client[(kind, namespace, client)] = [now, 1]
             return True
@@ -374,7 +482,7 @@ class AlertHub:
         self, now: float, kind: str, namespace: str, client: str, qname: bytes, qtype: int,
         action: str, reasons: list[str], evidence: dict[str, Any],
     ) -> None:
-        self.folded += 1
+        self._count_folded(kind)
         key = (kind + "_names", namespace, client, b"")
         seen = self._recent.get(key)
         if seen is None:
@@ -385,7 +493,7 @@ class AlertHub:
             seen = self._recent[key]
         seen[1] += 1
         sample: list[str] = seen[2].evidence["sample"]
-        if len(sample) < 5:
+        if len(sample) < FOLD_SAMPLE:
             sample.append(name_to_text(qname))
 
     @staticmethod
@@ -413,6 +521,9 @@ class AlertHub:
         self._recent[key] = [now, 0, alert]
 
     def _flush_one(self, key: tuple[str, str, str, bytes], seen: list[Any]) -> None:
+        if key[0] == "tunnel_domains":
+            self._flush_tunnels(key, seen)
+            return
         if seen[1]:
             first: Alert = seen[2]
             repeat = Alert(**{**first.to_dict(), "ts": seen[0] + self.window, "count": seen[1]})
@@ -422,6 +533,26 @@ class AlertHub:
                 repeat.evidence = {**first.evidence, "repeats_since": round(seen[0], 6), "window": self.window}
             self.emit(repeat)
         self._recent.pop(key, None)
+
+    def _flush_tunnels(self, key: tuple[str, str, str, bytes], seen: list[Any]) -> None:
+        """The aggregate of a client's folded tunnel alerts, to the remote sinks only:
+        the local ones already have each of them."""
+        self._recent.pop(key, None)
+        aggregate: Alert = seen[2]
+        aggregate.ts = seen[0] + self.window
+        aggregate.count = seen[1]
+        aggregate.evidence = {
+            "alerts_folded": seen[1],
+            "domains_folded": len(seen[3]) + seen[4],
+            "sample": aggregate.evidence["sample"],
+            "severities": aggregate.evidence["severities"],
+            "first_folded": round(seen[0], 6),
+            "window": self.window,
+        }
+        self.emitted += 1
+        for sink in self.sinks:
+            if getattr(sink, "remote", False):
+                sink.submit(aggregate)
 
     def sweep(self, now: float, force: bool = False) -> None:
         """Report folded repeats whose window has closed (or all of them, when forced).

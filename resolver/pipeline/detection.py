@@ -61,7 +61,9 @@ class DetectionStage:
             until = query.now + view.thresholds.quarantine_seconds
             self.detector.quarantine(view.name, verdict.domain, until)
         if verdict.alert:
-            self._alerts.emit(self.alert(query, view.namespace, verdict, "quarantined" if enforce else "alerted"))
+            # After the quarantine: the hub may fold the alert for the remote sinks
+            # (a client flooding fresh domains), never the decision.
+            self._alerts.tunnel(self.alert(query, view.namespace, verdict, "quarantined" if enforce else "alerted"))
         if enforce:
             self.quarantine_blocks += 1
             return self._blocked(query, view.namespace)

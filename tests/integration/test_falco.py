@@ -109,7 +109,10 @@ async def test_priority_follows_severity_and_tunnels_carry_their_evidence() -> N
         sink = build(spec(url=f"http://127.0.0.1:{sidekick.port}/"))
         assert isinstance(sink, FalcoSink)
         await send(sink, alerts)
-    assert [e["priority"] for e in sidekick.events] == list(severities.values())
+    # Queued together, the most severe goes first (the queue is ordered by severity).
+    by_severity = {e["output_fields"]["dnsgate.severity"]: e["priority"] for e in sidekick.events}
+    assert by_severity == severities
+    assert [e["priority"] for e in sidekick.events] == list(severities.values())[::-1]
     for event in sidekick.events:
         check_shape(event)
         assert event["rule"] == "DNS tunnel suspected"

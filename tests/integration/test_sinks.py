@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import subprocess
@@ -413,3 +414,145 @@ def test_dnsgate_policy_alert_reaches_alertmanager(
         assert held["annotations"]["reasons"] == "not_allowed"
     finally:
         assert server.stop() == 0
+
+
+# -- a flooding client and a victim, through dnsgate ------------------------------------
+
+ATTACKER = "127.0.0.2"
+VICTIM = "127.0.0.3"
+_BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
+
+
+class SlowReceiver(PostReceiver):
+    """A webhook receiver taking 50 ms per POST; keeps (arrival time, alert) of each."""
+
+    path = "/hook"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alerts: list[tuple[float, dict[str, Any]]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        await asyncio.sleep(0.05)
+        self.alerts.append((time.monotonic(), json.loads(body)))
+        return web.Response(text="ok")
+
+
+def tunnel_names(tag: str, domains: int, per_domain: int, seed: int) -> list[bytes]:
+    """Wire queries of a base32 tunnel: ``per_domain`` TXT names under each of ``domains`` fresh domains."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(domains):
+        domain = f"{tag}{i}x{rng.randrange(10**9)}"
+        for _ in range(per_domain):
+            label = "".join(rng.choice(_BASE32) for _ in range(50))
+            query = dns.message.make_query(f"{label}.{label[:40][::-1]}.{domain}.com", "TXT")
+            out.append(query.to_wire())
+    return out
+
+
+def blast(port: int, sources: list[str], queries: list[bytes], seconds: float) -> None:
+    """Send ``queries`` round-robin from ``sources`` over about ``seconds``, not waiting for answers."""
+    import socket
+
+    socks = []
+    for source in sources:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        socks.append(sock)
+    try:
+        step = 64
+        pause = seconds / max(1, len(queries) / step)
+        for start in range(0, len(queries), step):
+            for i, wire in enumerate(queries[start:start + step], start):
+                with contextlib.suppress(BlockingIOError):
+                    socks[(i // 8) % len(socks)].sendto(wire, ("127.0.0.1", port))
+            time.sleep(pause)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+@pytest.mark.parametrize("attackers", [1, 25], ids=["one-address", "25-addresses"])
+async def test_a_flooding_client_cannot_crowd_another_clients_tunnel_alert_out_of_a_webhook(
+    unbound_upstream: Unbound, tmp_path: Path, attackers: int,
+) -> None:
+    """One client raises a tunnel alert per fresh domain (thousands of them) while a slow
+    webhook takes 50 ms a POST; another client's tunnel, begun during the flood, reaches the
+    webhook within seconds. Every alert is in the jsonl file, every domain quarantined."""
+    sources = [ATTACKER] if attackers == 1 else [f"127.0.1.{i}" for i in range(1, attackers + 1)]
+    port, admin_port = free_port(), free_tcp_port()
+    async with SlowReceiver() as receiver:
+        text = f"""
+listen:
+  - {{address: 127.0.0.1, port: {port}}}
+upstreams:
+  - {{address: 127.0.0.1, port: {unbound_upstream.port}}}
+unknown_clients: refuse
+policy_alert_window: 3
+alerts:
+  - {{type: jsonl, path: alerts.jsonl}}
+  - {{type: webhook, url: '{receiver.url}', queue_size: 200, retries: 0, timeout: 2}}
+admin: {{address: 127.0.0.1, port: {admin_port}}}
+detection: {{mode: enforce}}
+namespaces:
+  agents:
+    clients: [127.0.0.0/8]
+    mode: enforce
+    allow: [www.allowed.test]
+"""
+        server = await asyncio.to_thread(start_dnsgate, text, tmp_path, port)
+        try:
+            flood = tunnel_names("decoy", 1200, 8, seed=1)
+            attack = asyncio.create_task(asyncio.to_thread(blast, port, sources, flood, 4.0))
+
+            def flooded() -> bool:
+                return sum(1 for a in server.alerts() if a["kind"] == "tunnel" and a["client"] != VICTIM) >= 300
+
+            await until(flooded, 10, "300 tunnel alerts from the flood")
+            await asyncio.to_thread(blast, port, [VICTIM], tunnel_names("victim", 1, 12, seed=2), 0.05)
+            sent = time.monotonic()
+            assert not attack.done()  # the flood goes on meanwhile
+
+            def victim_alert() -> float | None:
+                return next((at for at, a in receiver.alerts if a["client"] == VICTIM and a["kind"] == "tunnel"),
+                            None)
+
+            with contextlib.suppress(TimeoutError):
+                await until(lambda: victim_alert() is not None, 15, "the victim's tunnel alert at the webhook")
+            [victim_local] = [a for a in server.alerts() if a["client"] == VICTIM and a["kind"] == "tunnel"]
+            arrived = victim_alert()
+            assert arrived is not None, "the victim's tunnel alert never reached the webhook"
+            assert arrived - sent < 3.0, f"the victim's tunnel alert reached the webhook {arrived - sent:.1f}s late"
+            assert victim_local["severity"] in ("high", "critical")
+            await attack
+
+            # Every domain alerted is quarantined: only the alert text is folded, not the decision.
+            local = [a for a in server.alerts() if a["kind"] == "tunnel"]
+            flagged = {a["domain"] for a in local}
+            assert len(flagged) > 600
+
+            def metrics() -> str:
+                return http_get(f"http://127.0.0.1:{admin_port}/metrics")[1].decode()
+
+            assert metric_value(metrics(), "dnsgate_quarantines_active") == len(flagged)
+            if attackers == 1:
+                # Nothing lost: once the last window has closed, the webhook's tunnel alerts
+                # (one by one, then an aggregate with the count) add up to the jsonl file's.
+                def added_up() -> bool:
+                    remote = sum(a["count"] for _, a in receiver.alerts if a["kind"] == "tunnel")
+                    return remote == len(local)
+
+                await until(added_up, 15, "the webhook's tunnel counts adding up to the jsonl lines")
+                assert metric_value(metrics(), "dnsgate_alerts_dropped_by_severity_total", sink="webhook",
+                                    severity="high") == 0
+                aggregates = [a for _, a in receiver.alerts if a["kind"] == "tunnel" and "alerts_folded" in a["evidence"]]
+                assert aggregates
+                assert metric_value(metrics(), "dnsgate_alerts_folded_total", kind="tunnel") == sum(
+                    a["count"] for a in aggregates)
+        finally:
+            assert await asyncio.to_thread(server.stop) == 0

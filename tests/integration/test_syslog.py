@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -228,24 +231,84 @@ def test_names_with_control_bytes_stay_escaped(rsyslog: Rsyslog) -> None:
     assert sd["ev.note"] == 'x"\\009y\\'
 
 
+@pytest.mark.parametrize("transport", ["udp", "tcp", "unix"])
 def test_a_live_dnsgate_sends_its_denials_to_rsyslog(
-    rsyslog: Rsyslog, unbound_upstream: Unbound, tmp_path: Path
+    rsyslog: Rsyslog, unbound_upstream: Unbound, tmp_path: Path, transport: str
 ) -> None:
+    # `dnsgate serve` runs uvloop, which has no loop.sock_sendto: the datagram transports
+    # must deliver there too, not only on asyncio's loop.
     port = free_port()
+    url = {
+        "udp": f"udp://127.0.0.1:{rsyslog.udp_port}",
+        "tcp": f"tcp://127.0.0.1:{rsyslog.tcp_port}",
+        "unix": f"unix://{rsyslog.socket_path}",
+    }[transport]
     config = basic_config(port, unbound_upstream.port).replace(
-        "alerts:\n",
-        f"alerts:\n  - {{type: syslog, url: \"tcp://127.0.0.1:{rsyslog.tcp_port}\", facility: authpriv}}\n",
+        "alerts:\n", f"alerts:\n  - {{type: syslog, url: \"{url}\", facility: authpriv}}\n",
     )
+    qname = f"leak.{transport}.syslog-denied.test"
     gate = start_dnsgate(config, tmp_path, port)
     try:
-        assert ask(port, "leak.syslog-denied.test").rcode() == 3  # NXDOMAIN
-        [record] = received(rsyslog, "leak.syslog-denied.test")
+        assert ask(port, qname).rcode() == 3  # NXDOMAIN
+        [record] = received(rsyslog, qname)
     finally:
         assert gate.stop() == 0
+    assert record["input"] == {"udp": "imudp", "tcp": "imtcp", "unix": "imuxsock"}[transport]
     assert (record["facility"], record["severity"], record["msgid"]) == ("authpriv", "warning", "policy")
     sd = record["sd"][SD_ID]
     assert (sd["namespace"], sd["client"], sd["action"], sd["reasons"]) == (
         "agents", "127.0.0.1", "blocked", "not_allowed")
+
+
+@pytest.mark.parametrize("transport", ["udp", "unix"])
+def test_datagram_transports_deliver_on_uvloop(rsyslog: Rsyslog, transport: str) -> None:
+    url = f"udp://127.0.0.1:{rsyslog.udp_port}" if transport == "udp" else f"unix://{rsyslog.socket_path}"
+    sink = build(spec(url=url))
+    assert isinstance(sink, SyslogSink)
+    qnames = [f"n{i}.{transport}.uvloop.example" for i in range(3)]
+    uvloop.run(deliver_all(sink, [alert(qname=q) for q in qnames]))
+    assert (sink.delivered, sink.dropped) == (3, 0)
+    for qname in qnames:
+        received(rsyslog, qname)
+
+
+def test_a_unix_receiver_that_falls_behind_gets_every_message_once(tmp_path: Path) -> None:
+    """A receiver not reading fills its queue (EAGAIN for the sender): the sink waits for room,
+    on uvloop, and sends each message once, in order, without spinning."""
+    path = str(tmp_path / "slow.sock")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(path)
+    sink = build(spec(url=f"unix://{path}", batch_size=8))
+    assert isinstance(sink, SyslogSink)
+    alerts = [alert(qname=f"m{i}.slow.example") for i in range(300)]
+    got: list[bytes] = []
+
+    async def run() -> tuple[int, float]:
+        await sink.start()
+        try:
+            for a in alerts:
+                sink.submit(a)
+            cpu = time.process_time()
+            await asyncio.sleep(0.5)  # the receiver reads nothing yet
+            stalled, spent = sink.delivered, time.process_time() - cpu
+            receiver.setblocking(False)
+            async with asyncio.timeout(10):
+                while len(got) < len(alerts):
+                    try:
+                        got.append(receiver.recv(65536))
+                    except BlockingIOError:
+                        await asyncio.sleep(0.005)
+            return stalled, spent
+        finally:
+            await sink.close()
+            receiver.close()
+
+    stalled, spent = uvloop.run(run())
+    assert stalled < len(alerts)  # it did wait for the receiver
+    assert spent < 0.25  # waiting, not spinning on a socket that reads writable
+    assert (sink.delivered, sink.dropped, sink.retried) == (300, 0, 0)
+    names = [re.search(rb'qname="([^"]+)"', m)[1].decode() for m in got]  # type: ignore[index]
+    assert names == [a.qname for a in alerts]
 
 
 def test_bad_options_name_the_key() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import io
 import ipaddress
@@ -105,3 +106,76 @@ def test_the_alert_line_is_what_json_dumps_writes(
     )
     for _ in range(2):  # the second time with the keys remembered
         assert alert.to_json() == json.dumps(alert.to_dict(), separators=(",", ":"), default=str)
+
+
+class _Remote:
+    """A remote sink as the hub sees one (``remote = True``): keeps what it is handed."""
+
+    name = "remote"
+    remote = True
+
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+
+    def submit(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def _tunnel(ts: float, client: str, domain: str, severity: str = "high") -> Alert:
+    return Alert(ts, "tunnel", severity, "agents", client, f"mzxw6ytboi.{domain}", "TXT", domain,
+                 ["entropy"], "quarantined", {"entropy": 4.1})
+
+
+def test_tunnel_alerts_of_a_flooding_client_fold_for_remote_sinks_and_add_up() -> None:
+    """Past domains_per_client domains a window, a client's tunnel alerts reach the remote sinks
+    as one aggregate at the window's end; the jsonl sink gets each; the counts add up."""
+    out = io.StringIO()
+    remote = _Remote()
+    hub = AlertHub([JsonlSink(stream=out), remote], window=60, domains_per_client=20)
+    for i in range(500):  # the attacker: a tunnel alert per fresh domain
+        hub.tunnel(_tunnel(1000.0 + i * 0.01, "10.0.0.66", f"d{i}.decoy.example",
+                           "critical" if i == 300 else "high"))
+        if i == 250:  # the victim, in the middle of the flood, and an escalation of an alerted domain
+            hub.tunnel(_tunnel(1002.5, "10.0.0.7", "exfil.example"))
+            hub.tunnel(_tunnel(1002.5, "10.0.0.66", "d3.decoy.example", "critical"))
+    local = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert len(local) == 502  # every alert, one by one, in the jsonl sink
+    assert [a.client for a in remote.alerts].count("10.0.0.66") == 21  # 20 domains, one escalated
+    assert [a.domain for a in remote.alerts if a.client == "10.0.0.7"] == ["exfil.example"]
+    assert hub.stats()["folded_kinds"] == {"tunnel": 480}
+    hub.sweep(1050.0)
+    assert len(remote.alerts) == 22  # the window is still open: nothing yet
+    hub.sweep(1062.0)
+    [aggregate] = remote.alerts[22:]
+    assert (aggregate.kind, aggregate.client, aggregate.count) == ("tunnel", "10.0.0.66", 480)
+    assert aggregate.severity == "critical"  # the most severe of those folded
+    assert aggregate.ts == 1000.2 + 60
+    assert aggregate.evidence == {
+        "alerts_folded": 480, "domains_folded": 480,
+        "sample": [f"d{i}.decoy.example" for i in range(20, 25)],
+        "severities": {"high": 479, "critical": 1}, "first_folded": 1000.2, "window": 60,
+    }
+    assert len(out.getvalue().splitlines()) == 502  # the aggregate goes to the remote sinks only
+    # The counts add up: per client, the remote alerts' counts are the jsonl sink's lines.
+    for client in ("10.0.0.66", "10.0.0.7"):
+        assert sum(a.count for a in remote.alerts if a.client == client) == sum(
+            1 for a in local if a["client"] == client)
+    # A new window: the client's domains go out one by one again.
+    hub.tunnel(_tunnel(1100.0, "10.0.0.66", "later.decoy.example"))
+    assert remote.alerts[-1].domain == "later.decoy.example"
+
+
+def test_tunnel_aggregates_are_sent_on_close() -> None:
+    remote = _Remote()
+    hub = AlertHub([remote], window=60, domains_per_client=2)
+    for i in range(5):
+        hub.tunnel(_tunnel(1000.0 + i, "10.0.0.66", f"d{i}.decoy.example"))
+    asyncio.run(hub.close(1010.0))
+    assert [a.count for a in remote.alerts] == [1, 1, 3]
+    assert remote.alerts[-1].evidence["sample"] == ["d2.decoy.example", "d3.decoy.example", "d4.decoy.example"]

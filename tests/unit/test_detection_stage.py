@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resolver import config as config_mod
+from resolver.pipeline.alerts import Alert
 from resolver.pipeline.chain import Engine, Pipeline
 from resolver.pipeline.query import Query, Reply
 from resolver.wire.message import parse_query
@@ -120,3 +121,49 @@ def test_a_quarantine_shorter_than_the_flag_hold_ends_on_time(tmp_path: Path) ->
     assert again.action == "quarantined"
     assert detector.quarantined_name("agents", probe, start + 16.0)
     assert not detector.quarantined_name("agents", probe, start + 16.2)
+
+
+def test_a_client_flooding_tunnel_domains_gets_each_quarantined_though_its_alerts_fold(tmp_path: Path) -> None:
+    """Past the per-client bound the hub folds the tunnel alerts for the remote sinks; the
+    quarantine, decided before, still happens for every domain."""
+    path = tmp_path / "dnsgate.yaml"
+    path.write_text(CONFIG)
+    config = config_mod.load(path)
+    remote = _Remote()
+    pipeline = Pipeline(config, Engine.from_config(config, [remote]))
+    detector = pipeline.engine.detector
+    rng = random.Random(7)
+    now = 1000.0
+    domains = [f"t{i}x.test".encode() for i in range(60)]
+    for domain in domains:
+        for _ in range(30):
+            now += 0.01
+            chunk = base64.b32encode(rng.randbytes(25)).decode().rstrip("=").lower().encode()
+            reply = ask(pipeline, (chunk[:20], chunk[20:], domain.split(b".")[0], b"test"), "TXT", now)
+            if reply is not None and reply.action == "quarantined":
+                break
+        assert detector.quarantined_name("agents", b"\x01x" + b"".join(
+            bytes([len(part)]) + part for part in domain.split(b".")) + b"\x00", now), domain
+    one_by_one = [a for a in remote.alerts if a.kind == "tunnel"]
+    assert len(one_by_one) == 20
+    pipeline.engine.alerts.sweep(now + 61)
+    [aggregate] = [a for a in remote.alerts if a.kind == "tunnel" and "alerts_folded" in a.evidence]
+    assert aggregate.count == 40 == aggregate.evidence["domains_folded"]
+    assert aggregate.action == "quarantined"
+
+
+class _Remote:
+    name = "remote"
+    remote = True
+
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+
+    def submit(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
