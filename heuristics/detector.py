@@ -8,6 +8,7 @@ already support: alone they never reach ``alert_points``.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -31,6 +32,7 @@ __all__ = ["SEVERITIES", "Detector", "Verdict"]
 SEVERITIES: Final = ("info", "warning", "high", "critical")
 _NX: Final = 3  # RCODE NXDOMAIN
 MAX_CHURN: Final = 1024  # domain_churn reports waiting for the caller, at most
+MAX_CHURN_OWNERS: Final = 100_000  # clients whose never-seen domains are counted; the least recent go first
 _RARE_DOMAIN: Final = ((Field.NEW_NAMES, 1),)  # a client's first name under a domain new to the namespace
 _ANSWER: Final = ((Field.RESPONSES, 1),)  # the deltas of an answer, and of an NXDOMAIN one
 _NX_ANSWER: Final = ((Field.RESPONSES, 1), (Field.NXDOMAIN, 1))
@@ -254,10 +256,13 @@ class Detector:
         self.promotions = 0
         self.estimated = 0  # queries that paid for the estimate
         # Clients past ``churn_domains`` never-seen domains in the long window, for the caller
-        # to alert (namespace, client, the name that crossed, its qtype, the count): once per
-        # client and ``suppress_seconds``, at most MAX_CHURN waiting.
-        self.churned: list[tuple[str, str, bytes, int, int]] = []
+        # to alert (namespace, client, whom it was counted as, the name that crossed, its
+        # qtype, the count): once per owner and ``suppress_seconds``, at most MAX_CHURN waiting.
+        self.churned: list[tuple[str, str, str, bytes, int, int]] = []
         self._churn_noted: dict[tuple[str, str], float] = {}
+        # (namespace, owner) -> its never-seen domains over the long window. Kept apart from
+        # the state's pairs: a flood of pairs must not evict the very count that reports it.
+        self._churn: dict[tuple[str, str], Window] = {}
         # When a list, the client of every never-seen name estimated is appended to it:
         # the live server charges that work to the client's rate-limit bucket.
         self.estimated_for: list[str] | None = None
@@ -273,12 +278,16 @@ class Detector:
         now: float,
         settings: DetectorSettings,
         raw: bytes | None = None,
+        owner: str = "",
     ) -> Verdict | None:
         """Account one query; return a Verdict when window evidence reaches ``alert_points``.
 
         ``raw`` is the name as the client sent it when its letter case differs
         from ``qname`` (lowercased): mixed-case labels carry a bit per letter,
         which a never-seen name is charged on top of its text (features.case_bits).
+        ``owner`` is who the client is for ``churn_domains`` (``pod:<ns>/<name>``
+        for a known pod, all its addresses together); empty: the client's address,
+        an IPv6 one counted by its /64.
 
         Three tiers, cheapest first: a (namespace, domain) already decided
         (flagged within the last short window, or quarantined) costs a counter and
@@ -372,9 +381,7 @@ class Detector:
                 # Shared like the pairs, so that a client spread over replicas is counted once.
                 state.record(f"{namespace}||rare", "c|" + client, client_rare, _RARE_DOMAIN, None)
             if lim.churn_domains:
-                churn = client_rare.long.total(Field.NEW_NAMES)
-                if churn >= lim.churn_domains:
-                    self._note_churn(namespace, client, qname, qtype, churn, now, lim)
+                self._count_churn(namespace, owner or client, client, qname, qtype, now, lim, geometry)
         else:
             client_rare.long.advance(now)
             client_rare.short.advance(now)
@@ -623,13 +630,34 @@ class Detector:
                 del decisions[domain]
                 self._decision_count -= 1
 
-    def _note_churn(
-        self, namespace: str, client: str, qname: bytes, qtype: int, count: int, now: float, s: _Limits
+    def _count_churn(
+        self, namespace: str, owner: str, client: str, qname: bytes, qtype: int, now: float, s: _Limits,
+        geometry: Geometry,
     ) -> None:
-        """A client asked ``count`` never-seen domains in the long window: each cost the detector
+        """Count one never-seen domain for ``owner``; report it past ``churn_domains``."""
+        key = (namespace, churn_owner(owner))
+        counts = self._churn
+        window = counts.pop(key, None)  # popped and put back: the dict's order is least recent first
+        if window is None:
+            if len(counts) >= MAX_CHURN_OWNERS:
+                for old in list(counts)[: len(counts) // 4]:
+                    del counts[old]
+            window = Window(geometry.long_seconds, geometry.long_buckets)
+        counts[key] = window
+        window.advance(now)
+        window.add(Field.NEW_NAMES, 1)
+        count = window.totals[Field.NEW_NAMES]
+        if count >= s.churn_domains:
+            self._note_churn(namespace, key[1], client, qname, qtype, count, now, s)
+
+    def _note_churn(
+        self, namespace: str, owner: str, client: str, qname: bytes, qtype: int, count: int, now: float,
+        s: _Limits,
+    ) -> None:
+        """``owner`` asked ``count`` never-seen domains in the long window: each cost the detector
         a pair, and enough of them would push other pairs' evidence out (state.KEEP_INFO_BYTES
         slows that, it cannot stop it), so the flood is itself reported."""
-        key = (namespace, client)
+        key = (namespace, owner)
         noted = self._churn_noted
         last = noted.get(key)
         if last is not None and now - last < s.suppress_seconds:
@@ -638,7 +666,7 @@ class Detector:
             noted.clear()
         noted[key] = now
         if len(self.churned) < MAX_CHURN:
-            self.churned.append((namespace, client, qname, qtype, count))
+            self.churned.append((namespace, client, owner, qname, qtype, count))
 
     def _could_alert(
         self, ns_pair: PairWindows, client_pair: PairWindows, client_rare: PairWindows, s: _Limits
@@ -1064,6 +1092,18 @@ class Detector:
                 for key in list(alerted)[: len(alerted) // 4]:
                     del alerted[key]
         return fresh
+
+
+def churn_owner(owner: str) -> str:
+    """Whom a never-seen domain is counted against for ``churn_domains``: a pod's key as it
+    is, an IPv6 address by its /64 (a host may take any address of its /64, and would
+    otherwise start a fresh count with each), anything else as it is."""
+    if ":" not in owner or owner.startswith("pod:"):
+        return owner
+    try:
+        return str(ipaddress.IPv6Network(f"{owner}/64", strict=False))
+    except ValueError:
+        return owner
 
 
 def _apply(pair: PairWindows, now: float, deltas: tuple[tuple[int, int], ...]) -> None:

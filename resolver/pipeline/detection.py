@@ -13,6 +13,7 @@ from typing import Any
 from heuristics import Detector, Verdict, name_to_text
 from resolver.config import Namespace
 from resolver.pipeline.alerts import Alert, AlertHub, qtype_text
+from resolver.pipeline.identity import pod_key
 from resolver.pipeline.learn import LearnBook
 from resolver.pipeline.query import Query, Reply
 from resolver.pipeline.scrub import UpstreamAnswer
@@ -49,7 +50,11 @@ class DetectionStage:
         sent = query.wire[12 : 12 + len(qname)]
         raw = sent if sent != qname and sent.lower() == qname else None
         detector = self.detector
-        verdict = detector.observe(view.name, query.client, qname, q.qtype, query.now, view.thresholds, raw)
+        pod = query.pod
+        verdict = detector.observe(
+            view.name, query.client, qname, q.qtype, query.now, view.thresholds, raw,
+            pod_key(pod) if pod is not None else "",
+        )
         if detector.churned:
             self._report_churn(query.now, view.thresholds.long_window_seconds, view.thresholds.churn_domains)
         if verdict is None:
@@ -72,10 +77,11 @@ class DetectionStage:
     def _report_churn(self, now: float, window: float, threshold: int) -> None:
         """``domain_churn`` alerts for the clients the detector reported past ``churn_domains``."""
         churned = self.detector.churned
-        for namespace, client, qname, qtype, count in churned:
+        for namespace, client, owner, qname, qtype, count in churned:
             self._alerts.domain_churn(
                 now, namespace, client, qname, qtype,
-                {"never_seen_domains": count, "window_seconds": window, "churn_domains": threshold},
+                {"never_seen_domains": count, "window_seconds": window, "churn_domains": threshold,
+                 "counted_as": owner},
             )
         churned.clear()
 

@@ -88,8 +88,8 @@ def test_a_flood_that_carries_text_under_every_domain_is_reported_as_domain_chur
     assert detector.state.stats()["pair_evictions_live"] > 0
     churned = detector.churned
     assert churned, "a client past churn_domains is reported"
-    namespace, client, qname, qtype, count = churned[0]
-    assert (namespace, client, qtype) == ("agents", CLIENT, 1)
+    namespace, client, owner, qname, qtype, count = churned[0]
+    assert (namespace, client, owner, qtype) == ("agents", CLIENT, CLIENT, 1)
     assert count == 5000  # reported at the domain that crossed it, not later
     assert qname.endswith(wire_of("com"))
     # At most once per client and suppress_seconds (300 s): 60 gaps of 90 s after the crossing.
@@ -137,3 +137,43 @@ def test_pairs_stay_within_max_keys_whatever_they_carry(steps: list[tuple[int, i
     stats = state.stats()
     # Each eviction passes over at most KEEP_SCAN pairs.
     assert stats["pairs_spared"] <= KEEP_SCAN * stats["pair_evictions"]
+
+
+def flood_in_turns(clients: list[tuple[str, str]], burst: int, rounds: int, churn_domains: int,
+                   max_keys: int = 500) -> Detector:
+    """Each (client, owner) in turn asks ``burst`` never-seen domains, ``rounds`` times over."""
+    detector = Detector(MemoryState(max_keys=max_keys, max_names=4 * max_keys))
+    thresholds = DetectorSettings.from_mapping({"churn_domains": churn_domains})
+    now = START
+    n = 0
+    for _ in range(rounds):
+        for client, owner in clients:
+            for _ in range(burst):
+                n += 1
+                now += 0.01
+                detector.observe("agents", client, wire_of(f"t{n}x.com"), 1, now, thresholds, None, owner)
+    return detector
+
+
+def test_taking_turns_with_other_addresses_does_not_reset_the_count() -> None:
+    # Each burst evicts the other clients' pairs (a cap of 500 against 600 domains a burst):
+    # the count behind churn_domains lived in one of them, and started again from zero.
+    clients = [("10.0.0.1", ""), ("10.0.0.2", ""), ("10.0.0.3", "")]
+    detector = flood_in_turns(clients, burst=600, rounds=3, churn_domains=1500)
+    assert detector.state.stats()["pair_evictions"] > 4000
+    reported = {(client, owner, count) for _, client, owner, _, _, count in detector.churned}
+    assert reported == {("10.0.0.1", "10.0.0.1", 1500), ("10.0.0.2", "10.0.0.2", 1500), ("10.0.0.3", "10.0.0.3", 1500)}
+
+
+def test_the_addresses_of_one_ipv6_64_are_counted_together() -> None:
+    clients = [(f"fd00:0:0:7::{i:x}", "") for i in range(1, 7)]  # six addresses, one /64
+    detector = flood_in_turns(clients, burst=300, rounds=1, churn_domains=1500)
+    assert [(owner, count) for _, _, owner, _, _, count in detector.churned] == [("fd00:0:0:7::/64", 1500)]
+    assert detector.churned[0][1] == "fd00:0:0:7::5"  # the address that crossed it
+
+
+def test_a_pods_addresses_are_counted_as_the_pod() -> None:
+    pod = "pod:agents/runner-0"
+    clients = [("10.244.1.7", pod), ("fd00:0:0:9::7", pod)]
+    detector = flood_in_turns(clients, burst=500, rounds=2, churn_domains=1500)
+    assert [(owner, count) for _, _, owner, _, _, count in detector.churned] == [(pod, 1500)]
