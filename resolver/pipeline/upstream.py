@@ -1,5 +1,8 @@
 """Forwarding to upstream resolvers: failover, TCP fallback, health, a hard deadline.
 
+What leaves is built anew from the checked question (``upstream_query``, via
+the loop guard's ``marked``): nothing else a client wrote reaches an upstream.
+
 Queries leave from a small pool of UDP sockets per upstream, each bound to a
 kernel-chosen random port and replaced after a number of uses, with a fresh
 random ID per query. A reply is accepted only when its ID and question match
@@ -23,7 +26,7 @@ from typing import Any
 
 from resolver.config import Upstream
 from resolver.pipeline.loop import LogLimit
-from resolver.wire.message import TC, U16, Question
+from resolver.wire.message import TC, U16, Question, upstream_query
 
 log = logging.getLogger("dnsgate.upstream")
 
@@ -173,7 +176,7 @@ class Forwarder:
         self.clients = [UpstreamClient(u) for u in upstreams]
         self.timeout = timeout
         self.deadline = deadline
-        self.mark = mark  # adds the loop guard's EDNS mark to what leaves
+        self.mark = mark  # builds what leaves, with the loop guard's EDNS mark (else with no option)
         self.servfails = 0
         self.inflight: dict[bytes, int] = {}  # question -> queries waiting on an upstream for it
         self.loop_suspected = 0
@@ -207,7 +210,8 @@ class Forwarder:
         return any(c.health.healthy for c in self.clients)
 
     async def forward(self, wire: bytes, q: Question, *, tcp: bool = False) -> bytes | None:
-        """The upstream's reply (its ID is ours, not the client's), or None when none answered."""
+        """The upstream's reply (its ID is ours, not the client's; its question the client's,
+        letter case included), or None when none answered."""
         question = question_bytes(wire, q)
         waiting = self.inflight.get(question, 0)
         if waiting >= MAX_INFLIGHT_SAME_QUESTION:
@@ -220,15 +224,15 @@ class Forwarder:
                           "such queries since the last line: %d", waiting, count)
             self.servfails += 1
             return None
-        if self.mark is not None:
-            wire = self.mark(wire, q)
+        out = self.mark(wire, q) if self.mark is not None else upstream_query(wire, q, b"")
         self.inflight[question] = waiting + 1
         try:
             async with asyncio.timeout(self.deadline):
                 for client in self.ordered(time.monotonic()):
-                    reply = await self._try(client, wire, question, tcp)
+                    reply = await self._try(client, out, question, tcp)
                     if reply is not None:
-                        return reply
+                        # The name left lowercased: the client gets its own question back.
+                        return reply[:12] + wire[12 : q.end] + reply[q.end :]
         except TimeoutError:
             pass
         finally:
