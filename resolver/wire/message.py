@@ -453,6 +453,52 @@ def upstream_query(wire: bytes, q: Question, options: bytes) -> bytes:
     return HEADER.pack(0, flags, 1, 0, 0, 1) + q.qname + wire[q.end - 4 : q.end] + opt
 
 
+def restore_case(reply: bytes, name: bytes) -> bytes:
+    """The upstream's ``reply`` with the client's letter case put back where the upstream copied
+    the query name: the question, and names that begin with the query name's first labels,
+    written out, as owner names or CNAME targets (a CNAME synthesized from a DNAME keeps the
+    query name's labels before the DNAME's target).
+
+    ``name`` is the client's question name; the reply's question holds the same octets but for
+    case (the forwarder checked). Only the case of letters changes, so a name matched by chance
+    keeps its meaning. A reply that cannot be walked is left to the scrubber to refuse.
+    """
+    size = len(name)
+    sent = reply[12 : 12 + size]
+    if sent == name:
+        return reply
+    out = bytearray(reply)
+    out[12 : 12 + size] = name
+    start = 12 + size + 4
+    if sent[: sent[0] + 1] not in reply[start:]:
+        return bytes(out)  # the usual reply: every later name is a pointer or another name
+    try:
+        pos = start
+        for _ in range(_u16(reply, 6) + _u16(reply, 8) + _u16(reply, 10)):
+            _put_case(out, pos, sent, name)
+            pos = skip_name(reply, pos)
+            if pos + 10 > len(reply):
+                break
+            if _u16(reply, pos) == TYPE_CNAME:
+                _put_case(out, pos + 10, sent, name)
+            pos += 10 + _u16(reply, pos + 8)
+    except (MalformedMessage, IndexError):
+        pass
+    return bytes(out)
+
+
+def _put_case(out: bytearray, pos: int, sent: bytes, name: bytes) -> None:
+    """Where the labels written at ``pos`` begin as ``sent``'s do, octet for octet, write ``name``'s."""
+    matched = 0
+    while sent[matched]:
+        stop = matched + 1 + sent[matched]
+        if out[pos + matched : pos + stop] != sent[matched:stop]:
+            break
+        matched = stop
+    if matched:
+        out[pos : pos + matched] = name[:matched]
+
+
 def without_trailing_opt(wire: bytes) -> bytes | None:
     """The message with its OPT record cut off, when OPT is its last record; else None."""
     _, _, qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire, 0)
