@@ -329,6 +329,9 @@ class Upstream(Section):
     NOT_KEYS: ClassVar[tuple[str, ...]] = ("source",)
     address: Address
     port: Port = 53
+    # DNS 0x20: the query name's letters in random case, a reply's question checked
+    # octet for octet; false for an upstream that does not echo the case it was asked in
+    randomize_case: Annotated[bool, Kind(bool)] = True
     source: str = field(default="", compare=False)  # where it was configured, for the startup log
 
     @property

@@ -340,6 +340,7 @@ class Collector(_CollectorBase):
         queries: Rows = []
         errors: Rows = []
         healthy: Rows = []
+        unexpected: Rows = []
         for upstream in stats["upstreams"]:
             label = (upstream["label"],)
             hist = self.latency.setdefault(label[0], LatencyHistogram())
@@ -348,6 +349,7 @@ class Collector(_CollectorBase):
             queries.append((label, upstream["queries"]))
             errors.append((label, upstream["errors"]))
             healthy.append((label, 1.0 if upstream["healthy"] else 0.0))
+            unexpected.append((label, upstream["unexpected"]))
         yield latency
         yield labelled(CounterMetricFamily, "dnsgate_upstream_queries",
                        "Attempts sent to an upstream.", ["upstream"], queries)
@@ -355,6 +357,10 @@ class Collector(_CollectorBase):
                        "Attempts that failed or timed out.", ["upstream"], errors)
         yield labelled(GaugeMetricFamily, "dnsgate_upstream_healthy",
                        "1 when the upstream is considered healthy.", ["upstream"], healthy)
+        yield labelled(CounterMetricFamily, "dnsgate_upstream_unexpected_replies",
+                       "Datagrams from the upstream's address and port that were not the reply awaited "
+                       "(another ID, another question, or the question in another letter case): dropped.",
+                       ["upstream"], unexpected)
         yield counter("dnsgate_upstream_servfails", "Queries no upstream answered in time.",
                       stats["servfails"])
         scrub = self.server.engine.scrubber.stats()

@@ -21,6 +21,14 @@ counted and logged apart: a client writing foreign marks cannot hide a loop
 through this dnsgate, whose own mark no client sees. Each is logged at most
 once a ``LOG_INTERVAL``, with the count since the last line.
 
+What leaves is built anew (resolver/wire/message.py, ``upstream_query``):
+of the client's EDNS options only the marks of earlier hops go on, each an
+8-octet option 65353 (the size every dnsgate writes), each once, at most
+``MAX_HOPS - 1`` of them (a query carrying more is refused above), then this
+dnsgate's mark. A client can write such marks itself, so they remain the one
+channel of client-chosen octets past the question: 56 octets a query at most,
+the price of finding a loop through a chain of dnsgates.
+
 A loop through a resolver that drops unknown EDNS options (none of the
 common ones do) is caught by the forwarder instead: a cap on in-flight
 queries for the same question.
@@ -32,17 +40,20 @@ import hashlib
 import logging
 import os
 import socket
+import struct
+from typing import Final
 
 from heuristics import name_to_text
 from resolver.config import Config
 from resolver.pipeline.query import Query, Reply, servfail
-from resolver.wire.message import MalformedMessage, Question, add_edns_option, edns_options, only_edns_option
+from resolver.wire.message import MalformedMessage, Question, edns_options, upstream_query
 
 log = logging.getLogger("dnsgate.loop")
 
-LOOP_OPTION = 65353
-MAX_HOPS = 8
-LOG_INTERVAL = 60.0  # seconds between two log lines of one kind; the count in between rides on the next
+LOOP_OPTION: Final = 65353
+MARK_SIZE: Final = 8  # octets of a mark, as dnsgate_mark writes it
+MAX_HOPS: Final = 8
+LOG_INTERVAL: Final = 60.0  # seconds between two log lines of one kind; the count in between rides on the next
 
 
 def dnsgate_mark(config: Config) -> bytes:
@@ -78,25 +89,28 @@ class LoopGuard:
         self.mark = mark if mark is not None else os.urandom(8)
         self.loops = 0  # queries that came back carrying this dnsgate's own mark
         self.too_many_hops = 0  # queries carrying the marks of MAX_HOPS other forwarders
-        self.unmarked = 0  # queries that could not carry the mark (a record after OPT)
         self.loop_log = LogLimit()
         self.hops_log = LogLimit()
+        self._option = struct.pack("!HH", LOOP_OPTION, len(self.mark)) + self.mark
 
     def stats(self) -> dict[str, int]:
-        return {"loops": self.loops, "too_many_hops": self.too_many_hops, "unmarked": self.unmarked}
+        return {"loops": self.loops, "too_many_hops": self.too_many_hops}
 
     def marked(self, wire: bytes, question: Question) -> bytes:
-        """The query as it leaves for an upstream: of the client's EDNS options only the
-        loop marks of earlier hops, then this dnsgate's mark."""
-        try:
-            wire = only_edns_option(wire, question, LOOP_OPTION)
-            out = add_edns_option(wire, question, LOOP_OPTION, self.mark)
-        except MalformedMessage:
-            out = None
-        if out is None:
-            self.unmarked += 1
-            return wire
-        return out
+        """The query as it leaves for an upstream (``upstream_query``): its OPT record holds
+        the distinct marks of earlier hops the client's had, then this dnsgate's mark."""
+        options = b""
+        if question.has_edns:
+            try:
+                marks = edns_options(wire, question, LOOP_OPTION)
+            except MalformedMessage:
+                marks = []
+            kept: list[bytes] = []
+            for mark in marks:
+                if len(mark) == MARK_SIZE and mark not in kept and len(kept) < MAX_HOPS - 1:
+                    kept.append(mark)
+                    options += struct.pack("!HH", LOOP_OPTION, MARK_SIZE) + mark
+        return upstream_query(wire, question, options + self._option)
 
     def resolve(self, query: Query) -> Reply | None:
         q = query.question

@@ -1,40 +1,56 @@
 """Forwarding to upstream resolvers: failover, TCP fallback, health, a hard deadline.
 
-Queries leave from a small pool of UDP sockets per upstream, each bound to a
-kernel-chosen random port and replaced after a number of uses, with a fresh
-random ID per query. A reply is accepted only when its ID and question match
-what was sent. A truncated reply is retried over TCP. When no upstream has
-answered within ``servfail_after`` seconds the caller gets None (SERVFAIL).
+What leaves is built anew from the checked question (``upstream_query``, via
+the loop guard's ``marked``): nothing else a client wrote reaches an upstream.
+
+Each UDP attempt leaves from a socket of its own, opened for it and closed
+after it: the kernel gives every attempt a fresh random source port (Linux
+draws it at random from the ephemeral range), with a fresh random ID, and with
+``randomize_case`` (on by default) the query name's letters in random case
+(DNS 0x20). The socket is connected, so the kernel hands it only datagrams from
+the upstream's address and port; a reply then counts only when its ID and its
+question, octet for octet, letter case included, are the ones sent. Anything
+else is dropped and the attempt keeps waiting. A forger who can spoof the
+upstream's address must guess port, ID and case together: about 15 + 16 bits
+plus one a letter, against 16 + 2 when four sockets served 2,000 queries each.
+The client's own letter case is put back in the reply's question.
+
+At most ``MAX_UDP_SOCKETS`` attempts are in flight at once (each holds a file
+descriptor); more wait, inside the query's deadline. A truncated reply is
+retried over TCP. When no upstream has answered within ``servfail_after``
+seconds the caller gets None (SERVFAIL).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import random
+import resource
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from resolver.config import Upstream
 from resolver.pipeline.loop import LogLimit
-from resolver.wire.message import TC, U16, Question
+from resolver.wire.message import TC, U16, Question, restore_case, upstream_query
 
 log = logging.getLogger("dnsgate.upstream")
 
-SOCKETS_PER_UPSTREAM = 4
-USES_PER_SOCKET = 2_000
-UNHEALTHY_AFTER = 3  # consecutive failures
-MAX_INFLIGHT_SAME_QUESTION = 256  # beyond this, a question is looping rather than popular
-RETRY_UNHEALTHY_AFTER = 5.0  # seconds before an unhealthy upstream is tried first again
-FAILURE_LOG_SECONDS = 10.0  # at most one "failed" line per upstream this often; the count says what was skipped
+MAX_UDP_SOCKETS: Final = 4096  # UDP attempts in flight at once, one socket each (Unbound's outgoing-range)
+UNHEALTHY_AFTER: Final = 3  # consecutive failures
+MAX_INFLIGHT_SAME_QUESTION: Final = 256  # beyond this, a question is looping rather than popular
+RETRY_UNHEALTHY_AFTER: Final = 5.0  # seconds before an unhealthy upstream is tried first again
+FAILURE_LOG_SECONDS: Final = 10.0  # at most one "failed" line per upstream this often; the count says what was skipped
 
-_random = random.SystemRandom()
+_random: Final = random.SystemRandom()
 
 
 @dataclass(slots=True)
@@ -46,90 +62,163 @@ class Health:
     latencies: list[float] = field(default_factory=list)  # drained by metrics
     logged_at: float = float("-inf")  # last failure line written
     unlogged: int = 0  # failures since then
+    mismatched: int = 0  # datagrams from the upstream's address that were not the reply awaited
+    case_changed: int = 0  # of those: the awaited reply but for its question's letter case
 
     @property
     def healthy(self) -> bool:
         return self.failures < UNHEALTHY_AFTER
 
 
-class _UdpChannel(asyncio.DatagramProtocol):
-    """One connected UDP socket and the queries waiting on it, keyed by ID."""
+def randomize_case(name: bytes, bits: int) -> bytes:
+    """``name`` (a lowercased wire name) with each letter a-z made upper case where ``bits``,
+    read as one bit an octet (the octet's 0x20 bit), says so: DNS 0x20 with random ``bits``.
 
-    def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
-        self.pending: dict[int, tuple[asyncio.Future[bytes], bytes]] = {}
-        self.uses = 0
-        self.closed = False
+    The letters are found as the octets ``bytes.upper`` changes (a length octet is
+    at most 63, below 'A'), in a few integer operations rather than a loop over the octets.
+    """
+    size = len(name)
+    low = int.from_bytes(name, "big")
+    letters = low ^ int.from_bytes(name.upper(), "big")  # 0x20 at every letter
+    return (low ^ (letters & bits)).to_bytes(size, "big")
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
-    def datagram_received(self, data: bytes, _addr: tuple[str, int]) -> None:
-        if len(data) < 12:
+class SocketBudget:
+    """At most ``limit`` UDP attempts hold a socket at once; the others wait, first come first served.
+
+    A counter rather than ``asyncio.Semaphore``: the uncontended path, every attempt's, is
+    an addition."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self.waited = 0  # attempts that had to wait for a socket
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if self.open < self.limit and not self._waiters:
+            self.open += 1
             return
-        msg_id = U16.unpack_from(data, 0)[0]
-        waiting = self.pending.get(msg_id)
-        if waiting is None:
-            return
-        future, question = waiting
-        if data[12 : 12 + len(question)].lower() != question or future.done():
-            return  # not the answer to our question: ignore, keep waiting
-        del self.pending[msg_id]
-        future.set_result(data)
+        self.waited += 1
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # release() hands its slot over: ``open`` stays as it is
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot, then cancelled before using it: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
 
-    def error_received(self, exc: Exception) -> None:
-        for future, _ in self.pending.values():
-            if not future.done():
-                future.set_exception(exc)
-        self.pending.clear()
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.open -= 1
 
-    def connection_lost(self, _exc: Exception | None) -> None:
-        self.closed = True
-        for future, _ in self.pending.values():
-            if not future.done():
-                future.set_exception(ConnectionError("upstream socket closed"))
-        self.pending.clear()
+
+def udp_socket_budget(wanted: int = MAX_UDP_SOCKETS) -> int:
+    """How many UDP attempts may be in flight: ``wanted``, or fewer when the open-files
+    limit is lower. The soft limit is raised towards the hard one first (as Unbound
+    does for its outgoing range); half of what it allows is left for everything else
+    (listeners, TCP connections, sinks)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        need = 2 * wanted + 1024
+        if soft != resource.RLIM_INFINITY and soft < need:
+            target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+            if target > soft:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+    except (ValueError, OSError):
+        return wanted
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(16, min(wanted, soft // 2))
 
 
 class UpstreamClient:
-    """Talks to one upstream server over UDP (pooled sockets) and TCP."""
+    """Talks to one upstream server over UDP (a fresh socket per attempt) and TCP."""
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: Upstream, sockets: SocketBudget | None = None) -> None:
         self.upstream = upstream
         self.health = Health()
-        self._channels: list[_UdpChannel | None] = [None] * SOCKETS_PER_UPSTREAM
-        self._next = 0
         self._family = socket.AF_INET6 if ":" in upstream.address else socket.AF_INET
-
-    async def _channel(self) -> _UdpChannel:
-        i = self._next = (self._next + 1) % SOCKETS_PER_UPSTREAM
-        channel = self._channels[i]
-        if channel is None or channel.closed or channel.uses >= USES_PER_SOCKET:
-            if channel is not None and not channel.pending and channel.transport is not None:
-                channel.transport.close()
-            loop = asyncio.get_running_loop()
-            _, channel = await loop.create_datagram_endpoint(
-                _UdpChannel,
-                remote_addr=(self.upstream.address, self.upstream.port),
-                family=self._family,
-            )
-            self._channels[i] = channel
-        channel.uses += 1
-        return channel
+        self._address = (upstream.address, upstream.port)
+        self._sockets = sockets if sockets is not None else SocketBudget(MAX_UDP_SOCKETS)
+        self.case_log = LogLimit()
 
     async def query_udp(self, wire: bytes, question: bytes, timeout: float) -> bytes:
-        channel = await self._channel()
-        msg_id = _random.getrandbits(16)
-        while msg_id in channel.pending:
-            msg_id = _random.getrandbits(16)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        channel.pending[msg_id] = (future, question)
-        assert channel.transport is not None
-        channel.transport.sendto(U16.pack(msg_id) + wire[2:])
+        """One attempt from a socket of its own. ``question`` is the question section as
+        ``wire`` holds it (lowercased); the reply returned carries the one sent."""
+        size = len(question) - 4
+        if self.upstream.randomize_case:
+            bits = _random.getrandbits(16 + 8 * size)  # one draw: the ID, then the case
+            sent = randomize_case(question[:size], bits >> 16) + question[size:]
+        else:
+            bits = _random.getrandbits(16)
+            sent = question
+        msg_id = bits & 0xFFFF
+        out = U16.pack(msg_id) + wire[2:12] + sent + wire[12 + len(sent):]
+        loop = asyncio.get_running_loop()
+        budget = self._sockets
+        await budget.acquire()
         try:
-            return await asyncio.wait_for(future, timeout)
+            sock = socket.socket(self._family, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                sock.connect(self._address)  # binds a random free port; only the upstream's datagrams arrive
+                sock.send(out)
+                future: asyncio.Future[bytes] = loop.create_future()
+                fd = sock.fileno()
+                loop.add_reader(fd, self._readable, sock, future, msg_id, sent)
+                try:
+                    async with asyncio.timeout(timeout):
+                        return await future
+                finally:
+                    loop.remove_reader(fd)
+            finally:
+                sock.close()
         finally:
-            channel.pending.pop(msg_id, None)
+            budget.release()
+
+    def _readable(self, sock: socket.socket, future: asyncio.Future[bytes], msg_id: int, sent: bytes) -> None:
+        """Read what arrived; the future gets the first datagram with our ID and our question."""
+        while not future.done():
+            try:
+                data = sock.recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP port unreachable and the like: the attempt failed
+                future.set_exception(exc)
+                return
+            end = 12 + len(sent)
+            if len(data) >= end and ((data[0] << 8) | data[1]) == msg_id:
+                got = data[12:end]
+                if got == sent:
+                    future.set_result(data)
+                    return
+                if same_question(got, sent):  # but for the name's letter case
+                    if not self.upstream.randomize_case:
+                        future.set_result(data)
+                        return
+                    self._case_changed()
+                    continue
+            self.health.mismatched += 1  # not the answer to our question: ignore, keep waiting
+
+    def _case_changed(self) -> None:
+        health = self.health
+        health.mismatched += 1
+        health.case_changed += 1
+        count = self.case_log.due(time.monotonic())
+        if count:
+            log.warning("upstream %s answered with the query name's letter case changed (%d such replies since "
+                        "the last line): dropped as a possible forgery; if it never keeps the case, set "
+                        "randomize_case: false for it", self.upstream.label, count)
 
     async def query_tcp(self, wire: bytes, question: bytes, timeout: float) -> bytes:
         msg_id = _random.getrandbits(16)
@@ -145,22 +234,25 @@ class UpstreamClient:
                     if (
                         len(data) >= 12
                         and U16.unpack_from(data, 0)[0] == msg_id
-                        and data[12 : 12 + len(question)].lower() == question
+                        and same_question(data[12 : 12 + len(question)], question)
                     ):
                         return data
             finally:
                 writer.close()
 
     def close(self) -> None:
-        for channel in self._channels:
-            if channel is not None and channel.transport is not None:
-                channel.transport.close()
-        self._channels = [None] * SOCKETS_PER_UPSTREAM
+        """Nothing is held between attempts: every socket closes with its attempt."""
 
 
 def question_bytes(wire: bytes, q: Question) -> bytes:
-    """The question section, lowercased, to match replies against."""
-    return wire[12 : q.end].lower()
+    """The question section as it leaves (``upstream_query``): the name lowercased, type and class
+    as they are (lowercasing them too would turn type 65, HTTPS, into 97)."""
+    return q.qname + wire[q.end - 4 : q.end]
+
+
+def same_question(got: bytes, sent: bytes) -> bool:
+    """Two question sections of one length alike but for the letter case of the name."""
+    return got[-4:] == sent[-4:] and got[:-4].lower() == sent[:-4].lower()
 
 
 class Forwarder:
@@ -170,10 +262,11 @@ class Forwarder:
         self, upstreams: tuple[Upstream, ...], timeout: float, deadline: float,
         mark: Callable[[bytes, Question], bytes] | None = None,
     ) -> None:
-        self.clients = [UpstreamClient(u) for u in upstreams]
+        self.sockets = SocketBudget(udp_socket_budget()) if upstreams else None
+        self.clients = [UpstreamClient(u, self.sockets) for u in upstreams]
         self.timeout = timeout
         self.deadline = deadline
-        self.mark = mark  # adds the loop guard's EDNS mark to what leaves
+        self.mark = mark  # builds what leaves, with the loop guard's EDNS mark (else with no option)
         self.servfails = 0
         self.inflight: dict[bytes, int] = {}  # question -> queries waiting on an upstream for it
         self.loop_suspected = 0
@@ -197,7 +290,7 @@ class Forwarder:
             samples, health.latencies = health.latencies, []
             upstreams.append({
                 "label": client.upstream.label, "queries": health.queries, "errors": health.errors,
-                "healthy": health.healthy, "latencies": samples,
+                "healthy": health.healthy, "latencies": samples, "unexpected": health.mismatched,
             })
         return {"upstreams": upstreams, "servfails": self.servfails, "any_healthy": self.any_healthy,
                 "loop_suspected": self.loop_suspected}
@@ -207,7 +300,8 @@ class Forwarder:
         return any(c.health.healthy for c in self.clients)
 
     async def forward(self, wire: bytes, q: Question, *, tcp: bool = False) -> bytes | None:
-        """The upstream's reply (its ID is ours, not the client's), or None when none answered."""
+        """The upstream's reply (its ID is ours, not the client's; its question the client's,
+        letter case included), or None when none answered."""
         question = question_bytes(wire, q)
         waiting = self.inflight.get(question, 0)
         if waiting >= MAX_INFLIGHT_SAME_QUESTION:
@@ -220,15 +314,15 @@ class Forwarder:
                           "such queries since the last line: %d", waiting, count)
             self.servfails += 1
             return None
-        if self.mark is not None:
-            wire = self.mark(wire, q)
+        out = self.mark(wire, q) if self.mark is not None else upstream_query(wire, q, b"")
         self.inflight[question] = waiting + 1
         try:
             async with asyncio.timeout(self.deadline):
                 for client in self.ordered(time.monotonic()):
-                    reply = await self._try(client, wire, question, tcp)
+                    reply = await self._try(client, out, question, tcp)
                     if reply is not None:
-                        return reply
+                        # The question matched ours but for case: the client gets its own back.
+                        return restore_case(reply, wire[12 : q.end - 4])
         except TimeoutError:
             pass
         finally:

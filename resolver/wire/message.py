@@ -21,6 +21,7 @@ AA: Final = 0x0400
 TC: Final = 0x0200
 RD: Final = 0x0100
 RA: Final = 0x0080
+AD: Final = 0x0020
 CD: Final = 0x0010
 OPCODE_MASK: Final = 0x7800
 
@@ -190,8 +191,10 @@ def parse_query(wire: bytes) -> Question:
     """Read the question of a query; raise MalformedMessage when it cannot be answered.
 
     Exactly one question is required (RFC 9619), its name without compression
-    pointers. The additional section is scanned only for an OPT record, to carry
-    the EDNS0 size and DO bit; its options must fill its data exactly.
+    pointers. The additional section may hold one record, an OPT (EDNS0 size, DO
+    bit), whose options must fill its data exactly; any other record there is
+    refused, as Unbound refuses it. Octets after the last record are ignored, as
+    Unbound and BIND ignore them: none of it is forwarded (:func:`upstream_query`).
     """
     if len(wire) < 12:
         raise MalformedMessage("shorter than a DNS header")
@@ -220,26 +223,25 @@ def parse_query(wire: bytes) -> Question:
     qclass = _u16(wire, pos + 2)
     end = pos + 4
     udp_size, do, has_edns, version = 512, False, False, 0
+    if arcount > 1:
+        # A query's additional section has room for its OPT record and nothing else
+        # (a second OPT is refused by RFC 6891 section 6.1.1; TSIG is not served here).
+        raise MalformedMessage(f"ARCOUNT {arcount} in a query, expected 0 or 1 (an OPT record)")
     if arcount and not (ancount or nscount):
-        p = end
-        for _ in range(arcount):
-            start = p
-            p = skip_name(wire, p)
-            if p + 10 > len(wire):
-                raise MalformedMessage("additional record truncated")
-            if _u16(wire, p) == TYPE_OPT:
-                if has_edns:
-                    raise MalformedMessage("more than one OPT record")  # RFC 6891 section 6.1.1
-                if wire[start] != 0:
-                    raise MalformedMessage("OPT record not owned by the root")
-                has_edns = True
-                udp_size = max(512, _u16(wire, p + 2))  # the OPT record's class
-                do = bool(wire[p + 6] & 0x80)  # the DO bit, at the top of the TTL's third octet
-                version = wire[p + 5]  # the TTL's second octet
-                _check_options(wire, p + 10, p + 10 + _u16(wire, p + 8))
-            p += 10 + _u16(wire, p + 8)
-            if p > len(wire):
-                raise MalformedMessage("additional record truncated")
+        p = skip_name(wire, end)
+        if p + 10 > len(wire):
+            raise MalformedMessage("additional record truncated")
+        if _u16(wire, p) != TYPE_OPT:
+            raise MalformedMessage(f"a type {_u16(wire, p)} record in a query's additional section, expected OPT")
+        if wire[end] != 0:
+            raise MalformedMessage("OPT record not owned by the root")
+        has_edns = True
+        udp_size = max(512, _u16(wire, p + 2))  # the OPT record's class
+        do = bool(wire[p + 6] & 0x80)  # the DO bit, at the top of the TTL's third octet
+        version = wire[p + 5]  # the TTL's second octet
+        _check_options(wire, p + 10, p + 10 + _u16(wire, p + 8))
+        if p + 10 + _u16(wire, p + 8) > len(wire):
+            raise MalformedMessage("additional record truncated")
     return Question(qname.lower(), qtype, qclass, end, udp_size, do, has_edns, version)
 
 
@@ -454,53 +456,74 @@ def edns_options(wire: bytes, q: Question, code: int) -> list[bytes]:
     return found
 
 
-def only_edns_option(wire: bytes, q: Question, code: int) -> bytes:
-    """The query with its OPT record holding only the options ``code`` it had, in order.
+# Header bits a forwarded query keeps from the client's: recursion desired, checking
+# disabled, and AD (RFC 6840 section 5.7: the client understands it). Opcode, Z, TC and
+# RCODE are written by dnsgate.
+FORWARDED_FLAGS: Final = RD | AD | CD
 
-    What a client puts in other options (Client Subnet, cookies, padding, private
-    codes: anything) is no business of the upstream's, and would leave without the
-    detector ever reading it.
+
+def upstream_query(wire: bytes, q: Question, options: bytes) -> bytes:
+    """The query as it leaves for an upstream, built anew from what was checked.
+
+    Header (ID 0: the forwarder draws one per attempt; the flags of
+    ``FORWARDED_FLAGS`` the client set; one question, one additional record),
+    the question with its name as policy and the detector read it (lowercased),
+    and dnsgate's own OPT: its UDP size (``EDNS_PAYLOAD``), the client's DO bit,
+    version 0, and ``options`` (encoded options, the loop guard's). Nothing else
+    the client sent goes on: not its other records, its EDNS options, its OPT
+    record's size, extended RCODE or Z bits, nor octets after its last record.
+    The question keeps its offset and length, so ``q.end`` holds for the result.
     """
-    if not q.has_edns:
-        return wire
-    for begin, rdata, end in _additional_records(wire, q.end):
-        if _u16(wire, skip_name(wire, begin)) != TYPE_OPT:
-            continue
-        kept = bytearray()
-        pos = rdata
-        while pos + 4 <= end:
-            length = _u16(wire, pos + 2)
-            if _u16(wire, pos) == code:
-                kept += wire[pos : pos + 4 + length]
-            pos += 4 + length
-        if len(kept) == end - rdata:
-            return wire  # nothing else there
-        head = bytearray(wire[:rdata])
-        U16.pack_into(head, rdata - 2, len(kept))
-        return bytes(head) + bytes(kept) + wire[end:]
-    return wire
+    flags = _u16(wire, 2) & FORWARDED_FLAGS
+    ttl = 0x8000 if q.do else 0
+    opt = b"\x00" + struct.pack("!HHIH", TYPE_OPT, EDNS_PAYLOAD, ttl, len(options)) + options
+    return HEADER.pack(0, flags, 1, 0, 0, 1) + q.qname + wire[q.end - 4 : q.end] + opt
 
 
-def add_edns_option(wire: bytes, q: Question, code: int, data: bytes) -> bytes | None:
-    """The query with an EDNS option added (an OPT record too, when it had none).
+def restore_case(reply: bytes, name: bytes) -> bytes:
+    """The upstream's ``reply`` with the client's letter case put back where the upstream copied
+    the query name: the question, and names that begin with the query name's first labels,
+    written out, as owner names or CNAME targets (a CNAME synthesized from a DNAME keeps the
+    query name's labels before the DNAME's target).
 
-    None when that cannot be done without breaking the message: a record after
-    the OPT (TSIG must stay last) or additional records without OPT.
+    ``name`` is the client's question name; the reply's question holds the same octets but for
+    case (the forwarder checked). Only the case of letters changes, so a name matched by chance
+    keeps its meaning. A reply that cannot be walked is left to the scrubber to refuse.
     """
-    option = struct.pack("!HH", code, len(data)) + data
-    records = _additional_records(wire, q.end)
-    if not records:
-        opt = b"\x00" + struct.pack("!HHIH", TYPE_OPT, EDNS_PAYLOAD, 0, len(option)) + option
-        head = bytearray(wire[: q.end])
-        U16.pack_into(head, 10, 1)
-        return bytes(head) + opt
-    begin, rdata, end = records[-1]
-    rtype_at = skip_name(wire, begin)
-    if U16.unpack_from(wire, rtype_at)[0] != TYPE_OPT or end != len(wire):
-        return None
-    out = bytearray(wire)
-    U16.pack_into(out, rdata - 2, end - rdata + len(option))
-    return bytes(out) + option
+    size = len(name)
+    sent = reply[12 : 12 + size]
+    if sent == name:
+        return reply
+    out = bytearray(reply)
+    out[12 : 12 + size] = name
+    start = 12 + size + 4
+    if sent[: sent[0] + 1] not in reply[start:]:
+        return bytes(out)  # the usual reply: every later name is a pointer or another name
+    try:
+        pos = start
+        for _ in range(_u16(reply, 6) + _u16(reply, 8) + _u16(reply, 10)):
+            _put_case(out, pos, sent, name)
+            pos = skip_name(reply, pos)
+            if pos + 10 > len(reply):
+                break
+            if _u16(reply, pos) == TYPE_CNAME:
+                _put_case(out, pos + 10, sent, name)
+            pos += 10 + _u16(reply, pos + 8)
+    except (MalformedMessage, IndexError):
+        pass
+    return bytes(out)
+
+
+def _put_case(out: bytearray, pos: int, sent: bytes, name: bytes) -> None:
+    """Where the labels written at ``pos`` begin as ``sent``'s do, octet for octet, write ``name``'s."""
+    matched = 0
+    while sent[matched]:
+        stop = matched + 1 + sent[matched]
+        if out[pos + matched : pos + stop] != sent[matched:stop]:
+            break
+        matched = stop
+    if matched:
+        out[pos : pos + matched] = name[:matched]
 
 
 def without_trailing_opt(wire: bytes) -> bytes | None:

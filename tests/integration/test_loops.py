@@ -1,9 +1,11 @@
 """No forwarding loops: refused at start, caught at run time.
 
 Two real dnsgate processes forward to each other (a loop no start-up check can
-see); a third is started pointing at its own listener and must refuse. Against
-a real Unbound, which echoes a query's EDNS options in a FORMERR, the mark
-dnsgate adds to what it forwards must never come back to the client.
+see); a third is started pointing at its own listener and must refuse. Real
+Unbound echoes a query's EDNS options in the FORMERR it gives a query with TC
+set; dnsgate never forwards such a query (it writes the header itself), and an
+upstream that echoes the options anyway (a loopback one here) must never hand
+the mark dnsgate adds to what it forwards back to the client.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import dns.message
 import dns.query
 import dns.rcode
 import pytest
+from dnslib import DNSRecord
 
 from resolver.pipeline.loop import LOOP_OPTION
 from tests.support.harness import ask, free_port
+from tests.support.rogue_upstream import rogue_upstream
 from tests.support.upstream_servers import ROOT, Dnsgate, Unbound, start_dnsgate
 
 
@@ -110,16 +114,44 @@ def test_the_loop_mark_never_reaches_a_client(
     gate = start_dnsgate(gate_config(port, unbound_upstream.port), tmp_path_factory.mktemp("loop-mark"), port,
                          probe="www.allowed.test")
     try:
+        # dnsgate writes the header it forwards: the client's TC bit stays behind, so Unbound
+        # answers and echoes nothing.
         cookie = dns.edns.GenericOption(dns.edns.OptionType.COOKIE, b"clientck")
         asked = [("www.allowed.test", [], dns.query.udp), ("www.allowed.test", [cookie], dns.query.udp),
-                 ("api.allowed.test", [], dns.query.tcp), ("www.allowed.test", [], dns.query.udp)]
-        for name, options, send in asked:  # the last one again: from the cache, were FORMERR cached
+                 ("api.allowed.test", [], dns.query.tcp)]
+        for name, options, send in asked:
             reply = send(truncated_query_with_options(name, *options), "127.0.0.1", port=port, timeout=3)
-            assert reply.rcode() == dns.rcode.FORMERR, (name, options)
+            assert reply.rcode() == dns.rcode.NOERROR, (name, options)
+            assert reply.answer, (name, options)
             assert LOOP_OPTION not in [int(o.otype) for o in reply.options], (name, options)
         assert "forwarding loop" not in stderr_of(gate)
     finally:
         assert gate.stop() == 0
+
+
+def echo_options_in_formerr(_request: DNSRecord, data: bytes) -> bytes:
+    """What Unbound gives a query it refuses: FORMERR, the query's OPT options echoed."""
+    query = dns.message.from_wire(data)
+    reply = dns.message.make_response(query)
+    reply.set_rcode(dns.rcode.FORMERR)
+    reply.use_edns(0, 0, 1232, options=list(query.options))
+    return reply.to_wire()
+
+
+def test_an_upstream_echoing_the_mark_never_hands_it_to_a_client(tmp_path_factory: pytest.TempPathFactory) -> None:
+    with rogue_upstream(echo_options_in_formerr) as (_, upstream_port):
+        port = free_port()
+        gate = start_dnsgate(gate_config(port, upstream_port), tmp_path_factory.mktemp("loop-echo"), port,
+                             probe="www.allowed.test")
+        try:
+            for name, send in [("www.allowed.test", dns.query.udp), ("api.allowed.test", dns.query.tcp),
+                               ("www.allowed.test", dns.query.udp)]:  # the last: from the cache, were FORMERR cached
+                reply = send(dns.message.make_query(name, "A", use_edns=0), "127.0.0.1", port=port, timeout=3)
+                assert reply.rcode() == dns.rcode.FORMERR, name
+                assert LOOP_OPTION not in [int(o.otype) for o in reply.options], name
+            assert "forwarding loop" not in stderr_of(gate)
+        finally:
+            assert gate.stop() == 0
 
 
 def serve(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -23,6 +23,9 @@ def question(name: bytes = b"\x03www\x07allowed\x04test\x00") -> bytes:
     return name + struct.pack("!HH", 1, 1)
 
 
+OPT = b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 0)
+TXT = b"\x01x\x00" + struct.pack("!HHIH", 16, 1, 0, 37) + b"\x24SECRET-AWS-KEY=AKIAEXAMPLE1234567890"
+
 CASES = {
     "truncated header": b"\x12\x34\x01",
     "header only, qdcount 1": HEADER.pack(0x1234, 0x0100, 1, 0, 0, 0),
@@ -46,6 +49,13 @@ CASES = {
     + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x04" + struct.pack("!HH", 10, 200),
     "edns option header cut": HEADER.pack(0x1234, 0x0100, 1, 0, 0, 1) + question()
     + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x02\x00\x0a",
+    # The additional section of a query holds its OPT record and nothing else (as Unbound
+    # requires): a record there is octets the client chose that the detector never reads.
+    "txt record in the additional section": HEADER.pack(0x1234, 0x0100, 1, 0, 0, 1) + question() + TXT,
+    "txt record after the opt record": HEADER.pack(0x1234, 0x0100, 1, 0, 0, 2) + question() + OPT + TXT,
+    "txt record before the opt record": HEADER.pack(0x1234, 0x0100, 1, 0, 0, 2) + question() + TXT + OPT,
+    "two opt records": HEADER.pack(0x1234, 0x0100, 1, 0, 0, 2) + question() + OPT + OPT,
+    "records in the answer section": HEADER.pack(0x1234, 0x0100, 1, 1, 0, 0) + question() + TXT,
 }
 
 

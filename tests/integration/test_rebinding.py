@@ -62,7 +62,7 @@ def answer(_request: DNSRecord, data: bytes) -> bytes:
     query = dns.message.from_wire(data)
     reply = dns.message.make_response(query)
     name = query.question[0].name
-    label = name.labels[0].decode()
+    label = name.labels[0].decode().lower()  # names compare without case: dnsgate sends them in random case
     rdtype = dns.rdatatype.to_text(query.question[0].rdtype)
     if label in HINTS and rdtype == "HTTPS":
         reply.answer.append(dns.rrset.from_text(name, 60, "IN", "HTTPS", HINTS[label]))

@@ -22,7 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resolver.pipeline.cache import cache_key
-from resolver.wire.message import MalformedMessage, Question, only_edns_option, parse_query
+from resolver.pipeline.loop import LoopGuard
+from resolver.wire.message import MalformedMessage, Question, parse_query
 
 labels = st.lists(st.binary(min_size=1, max_size=20), min_size=1, max_size=5)
 
@@ -115,16 +116,64 @@ def test_edns_options_must_fill_the_opt_record(opts: list[tuple[int, bytes]], ex
         parse_query(query(data + b"\x00\x0a"))
 
 
-@settings(max_examples=300)
-@given(options, st.integers(0, 0xFFFF))
-def test_only_the_kept_option_code_survives(opts: list[tuple[int, bytes]], keep: int) -> None:
+MARK = b"\xd5gate-01"
+LOOP_MARKS = st.lists(st.binary(min_size=8, max_size=8), max_size=3)
+
+
+def opt_record(payload: int, ttl: int, opts: list[tuple[int, bytes]]) -> bytes:
     data = b"".join(struct.pack("!HH", code, len(value)) + value for code, value in opts)
-    question = b"\x03www\x07example\x03com\x00" + struct.pack("!HH", 1, 1)
-    opt = b"\x00" + struct.pack("!HHIH", 41, 1232, 0x8000, len(data)) + data
-    wire = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 1) + question + opt
-    out = only_edns_option(wire, parse_query(wire), keep)
-    kept = b"".join(struct.pack("!HH", code, len(value)) + value for code, value in opts if code == keep)
-    assert out == struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 1) + question + b"\x00" + struct.pack(
-        "!HHIH", 41, 1232, 0x8000, len(kept)) + kept
-    again = parse_query(out)
-    assert (again.qname, again.has_edns, again.do, again.udp_size) == (b"\x03www\x07example\x03com\x00", True, True, 1232)
+    return b"\x00" + struct.pack("!HHIH", 41, payload, ttl, len(data)) + data
+
+
+# After the question: an OPT record with any fields and options (loop marks among them),
+# then any octets; or any octets at all. Header counts and flags are any too.
+after_question = st.one_of(
+    st.tuples(st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF), options, LOOP_MARKS, st.binary(max_size=60)).map(
+        lambda t: (opt_record(t[0], t[1], [*t[2], *((65353, m) for m in t[3])]), t[4])),
+    st.binary(max_size=120).map(lambda tail: (b"", tail)),
+)
+
+
+@settings(max_examples=1000)
+@given(labels, st.integers(0, 0xFFFF), st.integers(0, 0xFFFF), st.integers(0, 0x7FFF), st.integers(0, 0xFFFF),
+       st.integers(0, 2), after_question)
+def test_the_upstream_sees_only_the_question_and_dnsgates_opt(
+    name_labels: list[bytes], qtype: int, qclass: int, flags: int, msg_id: int, arcount: int,
+    after: tuple[bytes, bytes],
+) -> None:
+    """Whatever follows the question (records, options, OPT fields, octets past the last
+    record), what leaves is a fresh header, the question lowercased, and dnsgate's OPT:
+    its own size, the client's DO bit, distinct 8-octet loop marks, then its own."""
+    name = b"".join(bytes([len(label)]) + label for label in name_labels) + b"\x00"
+    opt, tail = after
+    question = name + struct.pack("!HH", qtype, qclass)
+    wire = struct.pack("!HHHHHH", msg_id, flags & ~0x7800, 1, 0, 0, arcount) + question + opt + tail
+    try:
+        q = parse_query(wire)
+    except MalformedMessage:
+        return
+    sent = LoopGuard(MARK).marked(wire, q)
+    head = struct.pack("!HHHHHH", 0, flags & 0x0130, 1, 0, 0, 1) + name.lower() + question[-4:]
+    assert sent[: len(head)] == head  # ID 0 until the forwarder draws one; RD, AD, CD only
+    rdata = sent[len(head) + 11 :]
+    assert sent[len(head) : len(head) + 11] == b"\x00" + struct.pack("!HHIH", 41, 1232, 0x8000 if q.do else 0, len(rdata))
+    marks = [rdata[i + 4 : i + 12] for i in range(0, len(rdata), 12)]
+    assert rdata == b"".join(struct.pack("!HH", 65353, 8) + m for m in marks)  # loop marks, nothing else
+    assert marks[-1] == MARK
+    assert len(set(marks)) == len(marks) <= 8
+    assert all(m in wire for m in marks[:-1])  # each an octet string the client sent
+    if arcount == 1 and opt:
+        # The client's OPT was read: its loop marks of 8 octets go on, once each, in order.
+        client = [value for code, value in parse_options(opt) if code == 65353 and len(value) == 8]
+        assert marks[:-1] == list(dict.fromkeys(client))[:7]
+    again = dns.message.from_wire(sent)  # a message any upstream can read
+    assert (len(again.answer), len(again.authority), len(again.additional)) == (0, 0, 0)
+
+
+def parse_options(opt: bytes) -> list[tuple[int, bytes]]:
+    found, pos = [], 11
+    while pos + 4 <= len(opt):
+        code, length = struct.unpack_from("!HH", opt, pos)
+        found.append((code, opt[pos + 4 : pos + 4 + length]))
+        pos += 4 + length
+    return found
