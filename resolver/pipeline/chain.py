@@ -223,7 +223,9 @@ class Pipeline:
             target.pod = query.pod
             inner = self._decide_followed(query, target)
             if inner is None:
-                raw = await self.engine.forwarder.forward(wire, target.question, tcp=query.transport == "tcp")
+                raw = await self.engine.forwarder.forward(
+                    wire, target.question, tcp=query.transport == "tcp", client=query.client
+                )
                 if raw is None:
                     return servfail(query.wire, query.question)
                 try:
@@ -268,7 +270,7 @@ class Pipeline:
 
     async def forward(self, query: Query) -> Reply:
         q = query.question
-        raw = await self.engine.forwarder.forward(query.wire, q, tcp=query.transport == "tcp")
+        raw = await self.engine.forwarder.forward(query.wire, q, tcp=query.transport == "tcp", client=query.client)
         if raw is None:
             return servfail(query.wire, q)
         try:

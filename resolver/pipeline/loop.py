@@ -25,9 +25,12 @@ What leaves is built anew (resolver/wire/message.py, ``upstream_query``):
 of the client's EDNS options only the marks of earlier hops go on, each an
 8-octet option 65353 (the size every dnsgate writes), each once, at most
 ``MAX_HOPS - 1`` of them (a query carrying more is refused above), then this
-dnsgate's mark. A client can write such marks itself, so they remain the one
-channel of client-chosen octets past the question: 56 octets a query at most,
-the price of finding a loop through a chain of dnsgates.
+dnsgate's mark. A client can write such marks itself, so they would be a
+channel of client-chosen octets past the question (56 octets a query) that the
+detector never reads. A real chain presents the same few marks on every query;
+so each client gets ``MARKS_PER_CLIENT`` distinct marks carried on per
+``MARKS_RESET_SECONDS``, and others it writes are dropped: 64 octets a client a
+day at most.
 
 A loop through a resolver that drops unknown EDNS options (none of the
 common ones do) is caught by the forwarder instead: a cap on in-flight
@@ -41,6 +44,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from typing import Final
 
 from heuristics import name_to_text
@@ -53,6 +57,9 @@ log = logging.getLogger("dnsgate.loop")
 LOOP_OPTION: Final = 65353
 MARK_SIZE: Final = 8  # octets of a mark, as dnsgate_mark writes it
 MAX_HOPS: Final = 8
+MARKS_PER_CLIENT: Final = MAX_HOPS  # distinct earlier-hop marks carried on for one client...
+MARKS_RESET_SECONDS: Final = 86400.0  # ... per this many seconds (then every client starts again)
+MARK_CLIENTS: Final = 10_000  # clients whose marks are remembered; past it, all start again
 LOG_INTERVAL: Final = 60.0  # seconds between two log lines of one kind; the count in between rides on the next
 
 
@@ -92,13 +99,18 @@ class LoopGuard:
         self.loop_log = LogLimit()
         self.hops_log = LogLimit()
         self._option = struct.pack("!HH", LOOP_OPTION, len(self.mark)) + self.mark
+        # client -> the earlier-hop marks carried on for it since ``_marks_since``
+        self._client_marks: dict[str, set[bytes]] = {}
+        self._marks_since = time.monotonic()
+        self.marks_dropped = 0  # earlier-hop marks not carried on: past a client's allowance
 
     def stats(self) -> dict[str, int]:
         return {"loops": self.loops, "too_many_hops": self.too_many_hops}
 
-    def marked(self, wire: bytes, question: Question) -> bytes:
+    def marked(self, wire: bytes, question: Question, client: str = "") -> bytes:
         """The query as it leaves for an upstream (``upstream_query``): its OPT record holds
-        the distinct marks of earlier hops the client's had, then this dnsgate's mark."""
+        the distinct marks of earlier hops the client's had (within the client's
+        allowance, :meth:`_allowed`), then this dnsgate's mark."""
         options = b""
         if question.has_edns:
             try:
@@ -108,9 +120,29 @@ class LoopGuard:
             kept: list[bytes] = []
             for mark in marks:
                 if len(mark) == MARK_SIZE and mark not in kept and len(kept) < MAX_HOPS - 1:
+                    if not self._allowed(client, mark):
+                        self.marks_dropped += 1
+                        continue
                     kept.append(mark)
                     options += struct.pack("!HH", LOOP_OPTION, MARK_SIZE) + mark
         return upstream_query(wire, question, options + self._option)
+
+    def _allowed(self, client: str, mark: bytes) -> bool:
+        """Whether ``mark`` is one of the ``MARKS_PER_CLIENT`` marks carried on for ``client``."""
+        now = time.monotonic()
+        marks = self._client_marks
+        if now - self._marks_since >= MARKS_RESET_SECONDS or len(marks) > MARK_CLIENTS:
+            marks.clear()
+            self._marks_since = now
+        known = marks.get(client)
+        if known is None:
+            known = marks[client] = set()
+        if mark in known:
+            return True
+        if len(known) >= MARKS_PER_CLIENT:
+            return False
+        known.add(mark)
+        return True
 
     def resolve(self, query: Query) -> Reply | None:
         q = query.question

@@ -260,7 +260,7 @@ class Forwarder:
 
     def __init__(
         self, upstreams: tuple[Upstream, ...], timeout: float, deadline: float,
-        mark: Callable[[bytes, Question], bytes] | None = None,
+        mark: Callable[[bytes, Question, str], bytes] | None = None,
     ) -> None:
         self.sockets = SocketBudget(udp_socket_budget()) if upstreams else None
         self.clients = [UpstreamClient(u, self.sockets) for u in upstreams]
@@ -299,7 +299,7 @@ class Forwarder:
     def any_healthy(self) -> bool:
         return any(c.health.healthy for c in self.clients)
 
-    async def forward(self, wire: bytes, q: Question, *, tcp: bool = False) -> bytes | None:
+    async def forward(self, wire: bytes, q: Question, *, tcp: bool = False, client: str = "") -> bytes | None:
         """The upstream's reply (its ID is ours, not the client's; its question the client's,
         letter case included), or None when none answered."""
         question = question_bytes(wire, q)
@@ -314,12 +314,12 @@ class Forwarder:
                           "such queries since the last line: %d", waiting, count)
             self.servfails += 1
             return None
-        out = self.mark(wire, q) if self.mark is not None else upstream_query(wire, q, b"")
+        out = self.mark(wire, q, client) if self.mark is not None else upstream_query(wire, q, b"")
         self.inflight[question] = waiting + 1
         try:
             async with asyncio.timeout(self.deadline):
-                for client in self.ordered(time.monotonic()):
-                    reply = await self._try(client, out, question, tcp)
+                for upstream in self.ordered(time.monotonic()):
+                    reply = await self._try(upstream, out, question, tcp)
                     if reply is not None:
                         # The question matched ours but for case: the client gets its own back.
                         return restore_case(reply, wire[12 : q.end - 4])

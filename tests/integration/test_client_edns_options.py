@@ -148,3 +148,28 @@ def test_a_record_beside_the_opt_gets_formerr_and_never_leaves(gate: Dnsgate, tr
     assert reply[:2] == b"\x42\x42"
     assert reply[3] & 0x0F == dns.rcode.FORMERR
     assert _raw_received_for(name) == []
+
+
+@pytest.mark.integration
+def test_fresh_loop_marks_on_every_query_do_not_make_a_channel(gate: Dnsgate) -> None:
+    """Loop marks of earlier hops are carried on, so a client could write its own: 7 fresh
+    8-octet marks a query would be 56 octets a query the detector never reads. A client
+    gets 8 distinct marks through (a real chain repeats its few), then none."""
+    sent_marks: set[bytes] = set()
+    for i in range(40):
+        name = f"marks-{i}.wild.test"
+        marks = [os.urandom(8) for _ in range(7)]
+        sent_marks.update(marks)
+        query = dns.message.make_query(
+            name, "A", use_edns=0, options=[dns.edns.GenericOption(LOOP_OPTION, m) for m in marks]
+        )
+        reply = dns.query.udp(query, "127.0.0.1", port=gate.port, timeout=3)
+        assert reply.rcode() == dns.rcode.NOERROR
+    through: set[bytes] = set()
+    for i in range(40):
+        (forwarded,) = _received_for(f"marks-{i}.wild.test")
+        through.update(o.to_wire() for o in forwarded.options if o.otype == LOOP_OPTION)
+    # Of the 280 marks sent, 8 went through, plus dnsgate's own on every query.
+    assert len(sent_marks) == 280
+    assert len(through & sent_marks) == 8
+    assert len(through - sent_marks) == 1

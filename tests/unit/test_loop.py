@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resolver.pipeline.loop import LOOP_OPTION, MAX_HOPS, LogLimit, LoopGuard
+from resolver.pipeline.loop import LOOP_OPTION, MARKS_PER_CLIENT, MARKS_RESET_SECONDS, MAX_HOPS, LogLimit, LoopGuard
 from resolver.pipeline.query import Query
 from resolver.wire.message import edns_options, parse_query
 
@@ -114,3 +114,37 @@ def test_the_log_limit_is_not_silenced_by_a_clock_set_back() -> None:
     assert limit.due(500.0) == 2  # the wall clock went back: a line now, not in 560 s
     assert limit.due(520.0) == 0
     assert limit.due(560.0) == 2
+
+
+def carried(guard: LoopGuard, client: str, *marks: bytes) -> list[bytes]:
+    """The earlier-hop marks the forwarded query carries (this dnsgate's own left out)."""
+    wire = with_marks(*marks)
+    sent = guard.marked(wire, parse_query(wire), client)
+    return edns_options(sent, parse_query(sent), LOOP_OPTION)[:-1]
+
+
+def test_a_client_writing_new_marks_on_every_query_gets_only_its_allowance_through() -> None:
+    """Loop marks are the one place a client's own octets could pass the question: a client
+    that writes fresh ones on every query (a channel of 56 octets a query) gets
+    MARKS_PER_CLIENT of them carried on, then none, while another client keeps its own."""
+    guard = LoopGuard(b"12345678")
+    through: set[bytes] = set()
+    for i in range(100):  # 7 fresh marks a query: 700 marks, 5,600 octets
+        through.update(carried(guard, "10.0.0.9", *[f"{i:03d}-{k:04d}".encode() for k in range(7)]))
+    assert len(through) == MARKS_PER_CLIENT
+    assert guard.marks_dropped == 700 - MARKS_PER_CLIENT
+    # A real chain's marks are carried on, query after query; and per client.
+    chain = [b"hop-aaaa", b"hop-bbbb"]
+    for _ in range(50):
+        assert carried(guard, "10.0.0.10", *chain) == chain
+    assert carried(guard, "10.0.0.9", *sorted(through)[:2]) == sorted(through)[:2]  # its own, still known
+
+
+def test_the_allowance_starts_again_after_a_day(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("resolver.pipeline.loop.time.monotonic", lambda: clock[0])
+    guard = LoopGuard(b"12345678")
+    assert len(carried(guard, "c", *[f"a-{k:06d}".encode() for k in range(7)])) == 7
+    assert len(carried(guard, "c", *[f"b-{k:06d}".encode() for k in range(7)])) == 1
+    clock[0] += MARKS_RESET_SECONDS
+    assert len(carried(guard, "c", *[f"c-{k:06d}".encode() for k in range(7)])) == 7
