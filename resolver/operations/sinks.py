@@ -41,7 +41,7 @@ import aiohttp
 
 from resolver.config import Config
 from resolver.config import Sink as SinkSpec
-from resolver.pipeline.alerts import SEVERITIES, SEVERITY_RANK, Alert, JsonlSink, Sink
+from resolver.pipeline.alerts import SEVERITIES, SEVERITY_RANK, Alert, JsonlSink, Sink, alert_owner
 from resolver.schema import Choice, ConfigError, Kind, Positive, Rule, Section, fail, of_kind, validate
 
 log = logging.getLogger("dnsgate.sinks")
@@ -141,7 +141,8 @@ def severity_rank(severity: str) -> int:
 class QueuedSink:
     """A bounded queue and a background task delivering batches from it.
 
-    The queue holds, per severity, one FIFO lane per client. Delivery takes
+    The queue holds, per severity, one FIFO lane per client (``alert_owner``: a
+    pod with all its addresses, an IPv6 client by its /64). Delivery takes
     the most severe alerts first, one lane after the other (a client with 500
     alerts queued and one with 1 take turns). When the queue is full a new
     alert takes the place of the newest queued alert of the heaviest client
@@ -193,16 +194,17 @@ class QueuedSink:
             self._drop([alert], "sink closed")
             return
         rank = severity_rank(alert.severity)
+        owner = alert_owner(alert)  # a pod's addresses (an IPv6 /64's) are one client here
         if self._size >= self.delivery.queue_size:
-            evicted = self._evict_for(rank, alert.client)
+            evicted = self._evict_for(rank, owner)
             if evicted is None:
                 self._drop([alert], "queue full")
                 return
             self._drop([evicted], "queue full, made room for a more severe alert or another client's")
         lanes = self._lanes[rank]
-        lane = lanes.get(alert.client)
+        lane = lanes.get(owner)
         if lane is None:
-            lane = lanes[alert.client] = deque()
+            lane = lanes[owner] = deque()
         lane.append(alert)
         self._size += 1
         if self._wakeup is not None:

@@ -18,6 +18,7 @@ from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 import dns.rdatatype
 
 from heuristics import name_to_text, registrable_domain
+from heuristics.detector import churn_owner
 
 if TYPE_CHECKING:
     from resolver.pipeline.identity import PodIdentity
@@ -254,6 +255,14 @@ FOLD_SAMPLE: Final = 5  # names (policy) or domains (tunnel) an aggregate shows
 CLIENT_WINDOWS_MAX: Final = 100_000  # per-client windows kept before they are all forgotten
 
 
+def alert_owner(alert: Alert) -> str:
+    """Whose share of the alert budgets an alert counts against: its pod (all of the pod's
+    addresses together), else an IPv6 client's /64, else the client address."""
+    if alert.pod:
+        return "pod:" + alert.pod
+    return churn_owner(alert.client)
+
+
 class _TunnelWindow:
     """The distinct domains one (namespace, client) raised a tunnel alert for in a window."""
 
@@ -349,15 +358,15 @@ class AlertHub:
         """A detector's ``tunnel`` alert: to every sink while its client is within
         ``domains_per_client`` domains this window, else to the local sinks only and
         folded into the client's aggregate for the remote ones (see the class)."""
+        self._name_pod(alert)  # first: a pod's addresses share one budget
         if self._tunnel_room(alert):
             self.emit(alert)
             return
         self._count_folded("tunnel")
-        self._name_pod(alert)
         for sink in self.sinks:
             if not getattr(sink, "remote", False):
                 sink.submit(alert)
-        key = ("tunnel_domains", alert.namespace, alert.client, b"")
+        key = ("tunnel_domains", alert.namespace, alert_owner(alert), b"")
         seen = self._recent.get(key)
         if seen is None:
             aggregate = Alert(
@@ -391,7 +400,7 @@ class AlertHub:
 
     def _tunnel_room(self, alert: Alert) -> bool:
         """Whether ``alert`` is within its (namespace, client)'s domains for the window."""
-        key = (alert.namespace, alert.client)
+        key = (alert.namespace, alert_owner(alert))
         window = self._tunnel_windows.get(key)
         if window is None or alert.ts - window.start >= self.window:
             if len(self._tunnel_windows) >= CLIENT_WINDOWS_MAX:
@@ -544,6 +553,9 @@ class AlertHub:
         aggregate.evidence = {
             "alerts_folded": seen[1],
             "domains_folded": len(seen[3]) + seen[4],
+            # Every domain (up to FOLDED_DOMAINS_COUNTED), not only the first few: a client must not
+            # be able to hide its channel's domain behind decoy alerts that come first.
+            "domains": sorted(seen[3]),
             "sample": aggregate.evidence["sample"],
             "severities": aggregate.evidence["severities"],
             "first_folded": round(seen[0], 6),

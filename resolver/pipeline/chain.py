@@ -31,7 +31,7 @@ from resolver.pipeline.cache import Cache, CacheStage
 from resolver.pipeline.detection import DetectionStage
 from resolver.pipeline.identity import IdentityStage, PodTable
 from resolver.pipeline.learn import LearnBook
-from resolver.pipeline.loop import LoopGuard, dnsgate_mark
+from resolver.pipeline.loop import LogLimit, LoopGuard, dnsgate_mark
 from resolver.pipeline.policy import (
     PolicyStage,
     append_followed,
@@ -136,6 +136,7 @@ class Pipeline:
     def __init__(self, config: Config, engine: Engine) -> None:
         self.config = config
         self.engine = engine
+        self._follow_log = LogLimit()  # local-CNAME chains too long (an RPZ loop): a line a minute
         self.policy = PolicyStage(config, compile_policies(config), engine.alerts, engine.learned)
         self.detection = DetectionStage(engine.detector, engine.alerts, deny, engine.learned)
         self.quarantine = QuarantineStage(engine.state.clients, self.policy, engine.alerts, deny)
@@ -240,7 +241,10 @@ class Pipeline:
             local = nest_followed(query, local, inner)
             if local.follow is None:
                 return self._fit(query, local)
-        log.warning("more than %d local CNAMEs for %s: SERVFAIL", MAX_FOLLOWS, name_to_text(query.question.qname))
+        count = self._follow_log.due(query.now)  # a client asking into an RPZ loop must not flood the log
+        if count:
+            log.warning("more than %d local CNAMEs for %s: SERVFAIL (an RPZ CNAME loop?); such queries since the "
+                        "last line: %d", MAX_FOLLOWS, name_to_text(query.question.qname), count)
         return servfail(query.wire, query.question)
 
     def _decide_followed(self, query: Query, target: Query) -> Reply | None:

@@ -158,6 +158,7 @@ def test_tunnel_alerts_of_a_flooding_client_fold_for_remote_sinks_and_add_up() -
     assert aggregate.ts == 1000.2 + 60
     assert aggregate.evidence == {
         "alerts_folded": 480, "domains_folded": 480,
+        "domains": sorted(f"d{i}.decoy.example" for i in range(20, 500)),
         "sample": [f"d{i}.decoy.example" for i in range(20, 25)],
         "severities": {"high": 479, "critical": 1}, "first_folded": 1000.2, "window": 60,
     }
@@ -179,3 +180,28 @@ def test_tunnel_aggregates_are_sent_on_close() -> None:
     asyncio.run(hub.close(1010.0))
     assert [a.count for a in remote.alerts] == [1, 1, 3]
     assert remote.alerts[-1].evidence["sample"] == ["d2.decoy.example", "d3.decoy.example", "d4.decoy.example"]
+
+
+def test_a_channel_behind_decoy_alerts_is_named_to_the_remote_sinks() -> None:
+    """A client that raises 25 decoy tunnel alerts before its real channel's used to get the
+    channel folded out of sight: the aggregate named the first folded domains only."""
+    remote = _Remote()
+    hub = AlertHub([remote], window=60, domains_per_client=20)
+    for i in range(25):
+        hub.tunnel(_tunnel(1000.0 + i * 0.1, "10.0.0.66", f"decoy{i}.example"))
+    hub.tunnel(_tunnel(1003.0, "10.0.0.66", "realexfil.example"))
+    hub.sweep(1100.0)
+    named = [a.domain for a in remote.alerts] + [d for a in remote.alerts for d in a.evidence.get("domains", [])]
+    assert "realexfil.example" in named
+    assert remote.alerts[-1].evidence["domains_folded"] == 6
+
+
+def test_a_pods_addresses_share_one_tunnel_alert_budget() -> None:
+    """Addresses of one pod (or one IPv6 /64) cannot each take domains_per_client alerts."""
+    remote = _Remote()
+    hub = AlertHub([remote], window=60, domains_per_client=20)
+    for i in range(200):  # 200 addresses of one /64, one domain each
+        hub.tunnel(_tunnel(1000.0 + i * 0.01, f"fd00:0:0:7::{i + 1:x}", f"d{i}.decoy.example"))
+    assert len(remote.alerts) == 20
+    hub.sweep(1100.0)
+    assert [a.count for a in remote.alerts[20:]] == [180]

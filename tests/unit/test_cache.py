@@ -151,7 +151,7 @@ def relay(pipeline: Pipeline, name: str, raw: bytes, now: float) -> tuple[Query,
     query = Query(wire, parse_query(wire), "10.0.0.5", "udp", now)
     assert pipeline.decide(query) is None
 
-    async def forward(_wire: bytes, _q: object, *, tcp: bool = False) -> bytes:  # noqa: ARG001
+    async def forward(_wire: bytes, _q: object, *, tcp: bool = False, client: str = "") -> bytes:  # noqa: ARG001
         return raw
 
     pipeline.engine.forwarder.forward = forward  # type: ignore[method-assign]

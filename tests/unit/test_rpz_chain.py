@@ -182,7 +182,7 @@ namespaces:
     pipeline = Pipeline(config, Engine.from_config(config, [sink]))
     asked: list[str] = []
 
-    async def forward(wire: bytes, _q: object, *, tcp: bool = False) -> bytes:  # noqa: ARG001
+    async def forward(wire: bytes, _q: object, *, tcp: bool = False, client: str = "") -> bytes:  # noqa: ARG001
         request = dns.message.from_wire(wire)
         name = request.question[0].name
         asked.append(name.to_text(omit_final_dot=True))
@@ -269,3 +269,23 @@ async def test_the_detector_observes_followed_names_and_its_quarantine_covers_th
     for i, name in enumerate(tunnel_names("sink.qname.test", 60)):
         await resolved(pipeline, name, now=1000.0 + i)
     assert "walled.test" in {a.domain for a in sink.alerts if a.kind == "tunnel"}
+
+
+async def test_queries_into_an_rpz_cname_loop_are_logged_once_a_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each query into an RPZ CNAME loop gets SERVFAIL; a client asking it over and over must
+    not write a warning line each time."""
+    pipeline, _, asked = follow_pipeline(tmp_path)
+    caplog.set_level("WARNING", logger="dnsgate.pipeline")
+    for i in range(500):
+        loop = await resolved(pipeline, "loop1.qname.test", now=1000.0 + i * 0.01)
+        assert loop is not None
+        assert loop.rcode() == dns.rcode.SERVFAIL
+    lines = [r.getMessage() for r in caplog.records if "local CNAMEs" in r.getMessage()]
+    assert len(lines) == 1
+    await resolved(pipeline, "loop1.qname.test", now=1061.0)  # a minute on: one line with the count
+    lines = [r.getMessage() for r in caplog.records if "local CNAMEs" in r.getMessage()]
+    assert len(lines) == 2
+    assert lines[1].endswith("such queries since the last line: 500")
+    assert asked == []

@@ -81,3 +81,17 @@ async def test_a_client_alone_keeps_its_oldest_alerts_and_more_severe_ones_are_n
     await sink.start()
     await drain(sink, 8)
     assert [a.ts - 1000 for a in sink.got] == [0, 7, 1, 2, 3]
+
+
+async def test_a_clients_many_addresses_are_one_client_in_the_queue() -> None:
+    """1,000 addresses of one IPv6 /64, one alert each, filled the queue with lanes of one; an
+    alert of another client at the same severity then found none to displace and was dropped."""
+    sink = Recording(queue_size=1000)
+    await sink.start()
+    for i in range(1000):
+        sink.submit(alert(f"fd00:0:0:7::{i + 1:x}", "high", i))
+    victim = alert("10.0.0.7", "high", 5000)
+    sink.submit(victim)
+    await drain(sink, 1001)
+    assert victim in sink.got
+    assert sink.dropped_by_severity["high"] == 1  # one of the flood's made room

@@ -214,7 +214,7 @@ def upstream_answer(query: Query, address: str, *, cname_to: str | None = None) 
 async def forwarded(pipeline: Pipeline, query: Query, raw: bytes) -> Reply:
     """Run the upstream step with an in-process stand-in for the forwarder that returns ``raw``."""
 
-    async def forward(_wire: bytes, _q: object, *, tcp: bool = False) -> bytes:  # noqa: ARG001
+    async def forward(_wire: bytes, _q: object, *, tcp: bool = False, client: str = "") -> bytes:  # noqa: ARG001
         return raw
 
     pipeline.engine.forwarder.forward = forward  # type: ignore[method-assign]
