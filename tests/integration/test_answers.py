@@ -51,11 +51,11 @@ DNAMES = {  # owner -> DNAME target, for questions dname.<owner>
 
 
 def answer(_request: DNSRecord, data: bytes) -> bytes:
-    """The reply, chosen by the question name's first label."""
+    """The reply, chosen by the question name's first label (in whatever case DNS 0x20 gave it)."""
     query = dns.message.from_wire(data)
     reply = dns.message.make_response(query)
     name = query.question[0].name
-    label = name.labels[0].decode()
+    label = name.labels[0].decode().lower()
     if label.startswith("ttl"):  # ttl<N>-<n>: every record with TTL N, in all three sections
         ttl = int(label[3:].split("-")[0])
         reply.answer.append(dns.rrset.from_text(name, ttl, "IN", "A", "203.0.113.9"))
@@ -63,7 +63,7 @@ def answer(_request: DNSRecord, data: bytes) -> bytes:
         reply.additional.append(dns.rrset.from_text("ns.allowed.test.", ttl, "IN", "A", "203.0.113.53"))
     elif label == "dname":  # a DNAME alone: no synthesised CNAME, then the address of the name it makes
         owner = name.parent()
-        target = dns.name.from_text(DNAMES[owner.to_text()])
+        target = dns.name.from_text(DNAMES[owner.to_text().lower()])
         reply.answer.append(dns.rrset.from_text(owner, 60, "IN", "DNAME", target.to_text()))
         reply.answer.append(dns.rrset.from_text(name.relativize(owner).derelativize(target), 60, "IN", "A",
                                                 "203.0.113.7"))
