@@ -261,16 +261,7 @@ def registrable_offset(qname: bytes, offsets: list[int] | None = None) -> int:
         reverse = _reverse_zone_offset(qname, offsets)
         if reverse >= 0:
             return reverse
-    flags: list[int] = []
-    node = _TRIE
-    for k in range(n - 1, -1, -1):
-        i = offsets[k]
-        child = node.children.get(qname[i + 1 : i + 1 + qname[i]])
-        if child is None:
-            break
-        node = child
-        flags.append(child.flags)
-    keep = min(n, _public_depth(flags, n) + 1)
+    keep = min(n, _public_depth(_rule_flags(qname, offsets), n) + 1)
     return offsets[n - keep]
 
 
@@ -285,16 +276,22 @@ def is_public_suffix(qname: bytes) -> bool:
     """
     offsets = label_offsets(qname)
     n = len(offsets)
+    return _public_depth(_rule_flags(qname, offsets), n) >= n
+
+
+def _rule_flags(qname: bytes, offsets: list[int]) -> list[int]:
+    """The suffix-list trie's flags along the name's labels, top-level label first, as far
+    as the trie reaches."""
     flags: list[int] = []
     node = _TRIE
-    for k in range(n - 1, -1, -1):
+    for k in range(len(offsets) - 1, -1, -1):
         i = offsets[k]
         child = node.children.get(qname[i + 1 : i + 1 + qname[i]])
         if child is None:
             break
         node = child
         flags.append(child.flags)
-    return _public_depth(flags, n) >= n
+    return flags
 
 
 # --- reverse lookups (in-addr.arpa, ip6.arpa) -------------------------------------------
