@@ -407,13 +407,9 @@ def suffix_rule_at_or_below(domain: bytes) -> str | None:
         labels = labels_of(domain)
     except ValueError:
         return None
-    node: _Node | None = _TRIE
-    for label in reversed(labels):
-        assert node is not None
-        node = node.children.get(label)
-        if node is None:
-            return None
-    assert node is not None
+    node = _node_of(labels)
+    if node is None:
+        return None
     level: list[tuple[list[bytes], _Node]] = [(labels, node)]
     while level:
         for found_labels, found in level:

@@ -39,3 +39,11 @@ class Collected:
 
     async def close(self) -> None:
         return None
+
+
+class RemoteCollected(Collected):
+    """:class:`Collected` as the hub sees a remote sink (``remote = True``: folded alerts reach it
+    only as aggregates)."""
+
+    name = "remote"
+    remote = True

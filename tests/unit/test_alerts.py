@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from resolver.pipeline.alerts import Alert, AlertHub, JsonlSink
 from resolver.wire.message import name_from_text
+from tests.support.sinks import RemoteCollected
 
 
 def test_retry_storm_is_one_alert_and_one_count() -> None:
@@ -108,23 +109,7 @@ def test_the_alert_line_is_what_json_dumps_writes(
         assert alert.to_json() == json.dumps(alert.to_dict(), separators=(",", ":"), default=str)
 
 
-class _Remote:
-    """A remote sink as the hub sees one (``remote = True``): keeps what it is handed."""
-
-    name = "remote"
-    remote = True
-
-    def __init__(self) -> None:
-        self.alerts: list[Alert] = []
-
-    def submit(self, alert: Alert) -> None:
-        self.alerts.append(alert)
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
+_Remote = RemoteCollected
 
 
 def _tunnel(ts: float, client: str, domain: str, severity: str = "high") -> Alert:

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resolver import config as config_mod
-from resolver.pipeline.alerts import Alert
 from resolver.pipeline.chain import Engine, Pipeline
 from resolver.pipeline.query import Query, Reply
 from resolver.wire.message import parse_query
+from tests.support.sinks import RemoteCollected
 
 CONFIG = """
 upstreams: [{address: 127.0.0.1, port: 53}]
@@ -152,18 +152,4 @@ def test_a_client_flooding_tunnel_domains_gets_each_quarantined_though_its_alert
     assert aggregate.action == "quarantined"
 
 
-class _Remote:
-    name = "remote"
-    remote = True
-
-    def __init__(self) -> None:
-        self.alerts: list[Alert] = []
-
-    def submit(self, alert: Alert) -> None:
-        self.alerts.append(alert)
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
+_Remote = RemoteCollected
