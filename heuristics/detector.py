@@ -1098,12 +1098,37 @@ def churn_owner(owner: str) -> str:
     """Whom a never-seen domain is counted against for ``churn_domains``: a pod's key as it
     is, an IPv6 address by its /64 (a host may take any address of its /64, and would
     otherwise start a fresh count with each), anything else as it is."""
-    if ":" not in owner or owner.startswith("pod:"):
-        return owner
+    return address_owner(owner, 64)
+
+
+_OWNERS: dict[tuple[str, int], str] = {}
+MAX_OWNERS_CACHED: Final = 65_536
+
+
+def address_owner(address: str, ipv6_prefix: int = 64) -> str:
+    """The client an address belongs to: an IPv6 address by its network of ``ipv6_prefix``
+    bits (``2001:db8:1:2::/64``), anything else (an IPv4 address, a pod's key, an owner
+    already) as it is.
+
+    A host on an IPv6 network can source from any address of its prefix (SLAAC, privacy
+    addresses, a routed /64): counted per address it would be a new client with each,
+    with a fresh rate-limit bucket, TCP share, quarantine and detector budget. At 128
+    every address is its own client.
+    """
+    if ipv6_prefix >= 128 or ":" not in address or address.startswith("pod:") or "/" in address:
+        return address
+    key = (address, ipv6_prefix)
+    found = _OWNERS.get(key)
+    if found is not None:
+        return found
     try:
-        return str(ipaddress.IPv6Network(f"{owner}/64", strict=False))
+        owner = str(ipaddress.IPv6Network(f"{address.partition('%')[0]}/{ipv6_prefix}", strict=False))
     except ValueError:
-        return owner
+        return address
+    if len(_OWNERS) >= MAX_OWNERS_CACHED:
+        _OWNERS.clear()  # a client cycling addresses costs a parse a query, never memory
+    _OWNERS[key] = owner
+    return owner
 
 
 def _apply(pair: PairWindows, now: float, deltas: tuple[tuple[int, int], ...]) -> None:

@@ -428,6 +428,13 @@ class Namespace(Section):
     on_undeclared: Annotated[Undeclared | None, Rule(_on_undeclared)] = None
 
 
+def _ipv6_prefix(value: Any) -> int:
+    length = of_int(value)
+    if not 32 <= length <= 128:
+        fail(f"must be a prefix length from 32 to 128 (64: a host's network, 128: each address), not {value!r}")
+    return length
+
+
 def _no_negative_entries(value: Any) -> int:
     if of_int(value) < 0:
         fail("must be 0 (off) or more")
@@ -529,6 +536,9 @@ class Config(Section):
     # bytes of replies a TCP client has not read before dnsgate stops reading it
     tcp_max_unsent: Annotated[int, Positive(int)] = 65_536
     rate_limit_clients: Annotated[int, Positive(int)] = 100_000  # client addresses with a token bucket
+    # IPv6 client addresses of one network of this length are one client (rate limit, TCP share,
+    # client quarantine, detector budgets), unless the client is a known pod
+    ipv6_client_prefix: Annotated[int, Rule(_ipv6_prefix)] = 64
     learn_max_records: Annotated[int, Positive(int)] = 100_000
     decision_memo_size: Annotated[int, Positive(int)] = 100_000
     admin: Annotated[Admin | None, Rule(lambda v: None if v is None or v == {} else v)] = None  # {}: no admin

@@ -140,8 +140,7 @@ class Pipeline:
         self.policy = PolicyStage(config, compile_policies(config), engine.alerts, engine.learned)
         self.detection = DetectionStage(engine.detector, engine.alerts, deny, engine.learned)
         self.quarantine = QuarantineStage(engine.state.clients, self.policy, engine.alerts, deny)
-        self.rate_limit = RateLimitStage(
-            engine.limiter, engine.alerts, engine.pods.lookup if config.identity.kubernetes is not None else None)
+        self.rate_limit = RateLimitStage(engine.limiter, engine.alerts)
         self.identity = IdentityStage(config, engine.pods)
         scopes = {name: answer_policy_scope(config, name) for name in config.namespaces}
         self.cache = cache = CacheStage(engine.cache, scopes)

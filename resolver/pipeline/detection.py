@@ -13,7 +13,6 @@ from typing import Any
 from heuristics import Detector, Verdict, name_to_text
 from resolver.config import Namespace
 from resolver.pipeline.alerts import Alert, AlertHub, qtype_text
-from resolver.pipeline.identity import pod_key
 from resolver.pipeline.learn import LearnBook
 from resolver.pipeline.query import Query, Reply
 from resolver.pipeline.scrub import UpstreamAnswer
@@ -50,11 +49,11 @@ class DetectionStage:
         sent = query.wire[12 : 12 + len(qname)]
         raw = sent if sent != qname and sent.lower() == qname else None
         detector = self.detector
-        pod = query.pod
-        verdict = detector.observe(
-            view.name, query.client, qname, q.qtype, query.now, view.thresholds, raw,
-            pod_key(pod) if pod is not None else "",
-        )
+        # The detector counts a client as the identity stage names it (query.owner): a pod
+        # with all its addresses, an IPv6 host with its network. Per address, a host of a
+        # /64 could spread a channel over as many "clients" as it likes.
+        owner = query.owner
+        verdict = detector.observe(view.name, owner, qname, q.qtype, query.now, view.thresholds, raw, owner)
         if detector.churned:
             self._report_churn(query.now, view.thresholds.long_window_seconds, view.thresholds.churn_domains)
         if verdict is None:
@@ -96,7 +95,7 @@ class DetectionStage:
         assert view is not None
         if view.detection != "off":
             q = query.question
-            self.detector.observe_response(view.name, query.client, q.qname, rcode, query.now, view.thresholds)
+            self.detector.observe_response(view.name, query.owner, q.qname, rcode, query.now, view.thresholds)
 
     def _blocked(self, query: Query, ns: Namespace) -> Reply:
         reply: Reply = self._deny(query, ns)

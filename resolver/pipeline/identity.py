@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from heuristics.detector import address_owner
 from resolver.config import Config, Namespace
 from resolver.pipeline.query import NamespaceView, Query, Reply
 from resolver.wire.message import REFUSED, header_reply
@@ -244,6 +245,7 @@ class IdentityStage:
         self._pods = pods if config.identity.kubernetes is not None else None
         self._by_kube = {kube: views[ns.name] for kube, ns in kubernetes_namespaces(config).items()}
         self._selectors = PodSelectors(views)
+        self._ipv6_prefix = config.ipv6_client_prefix
 
     def resolve(self, query: Query) -> Reply | None:
         view = None
@@ -260,6 +262,8 @@ class IdentityStage:
         if view is None:
             return Reply(header_reply(query.wire, query.question, REFUSED), REFUSED, "refused")
         query.view = view
+        pod = query.pod
+        query.owner = pod_key(pod) if pod is not None else address_owner(query.client, self._ipv6_prefix)
         return None
 
     def _pod_view(self, pod: PodIdentity) -> NamespaceView | None:
@@ -270,14 +274,15 @@ class IdentityStage:
         """The key per-client state is held under for ``client``, as :meth:`resolve` would name it.
 
         ``pod_key`` of the pod when a query from ``client`` on this listener would
-        be served as that pod (``query.pod`` set: the rate-limit bucket's and the
-        quarantine's key), else the address itself. For what is taken before any
-        query is read (the TCP connection cap, at accept): one table lookup, no I/O.
+        be served as that pod (``query.pod`` set), else the address's owner
+        (``query.owner``: an IPv6 address's network of ``ipv6_client_prefix``
+        bits, an IPv4 address itself). For what is taken before any query is read
+        (the TCP connection cap, at accept): one table lookup, no I/O.
         """
         pods = self._pods
         if pods is None or (listener_namespace is not None and listener_namespace in self._namespaces):
-            return client
+            return address_owner(client, self._ipv6_prefix)
         pod = pods.lookup(client)
         if pod is None or self._pod_view(pod) is None:
-            return client
+            return address_owner(client, self._ipv6_prefix)
         return pod_key(pod)

@@ -10,7 +10,8 @@ triggered it. With ``on_undeclared: alert`` only the alert is raised.
 What is quarantined is the workload: a client the identity stage named as a
 pod is quarantined as that pod (key ``pod:<namespace>/<name>``), so every
 address it has (IPv4 and IPv6 of a dual-stack pod) is cut off, and an address
-the pod leaves behind is not; any other client is quarantined by its address.
+the pod leaves behind is not; any other client is quarantined by its address,
+an IPv6 one by its network of ``ipv6_client_prefix`` bits (``query.owner``).
 A quarantine of the address is honoured for a pod too (one set before the pod
 list arrived, while the CIDR rule identified it).
 
@@ -36,7 +37,6 @@ from heuristics.client_quarantine import ClientQuarantine, ClientQuarantines
 from heuristics.names import labels_of
 from resolver.config import Namespace
 from resolver.pipeline.alerts import Alert, AlertHub, qtype_text
-from resolver.pipeline.identity import pod_key
 from resolver.pipeline.policy import PolicyStage
 from resolver.pipeline.query import Query, Reply
 from resolver.pipeline.rpz import Action
@@ -62,19 +62,20 @@ class QuarantineStage:
         view = query.view
         assert view is not None
         ns = view.namespace
-        pod = query.pod
-        # A pod is quarantined as a whole: its other address (dual stack) must not get it out.
-        # An address's own quarantine holds for a pod too (set before the pod list arrived).
+        owner = query.owner
+        # A client is quarantined as a whole (query.owner): a pod with all its addresses, an
+        # IPv6 host with its network: its other addresses must not get it out. An address's
+        # own quarantine holds too (set before the pod list arrived, or at another prefix).
         if len(self.book) and (
-            self.book.until(view.name, query.client) > query.now
-            or (pod is not None and self.book.until(view.name, pod_key(pod)) > query.now)
+            self.book.until(view.name, owner) > query.now
+            or (owner != query.client and self.book.until(view.name, query.client) > query.now)
         ):
             self.book.blocks += 1
             return self._blocked(query, ns)
         rule = view.on_undeclared
         if rule is None or view.mode == "learn" or not self.undeclared(ns, query.question.qname):
             return None
-        holder = query.client if pod is None else pod_key(pod)
+        holder = owner
         enforce = view.mode == "enforce" and rule.action == "quarantine"
         q = query.question
         evidence: dict[str, object] = {"mode": view.mode, "on_undeclared": rule.action}

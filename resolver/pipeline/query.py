@@ -68,6 +68,10 @@ class Query:
     domain: str = ""  # registrable domain, filled by the detection stage
     cache_key: bytes = b""  # filled by the cache stage, used to store the upstream's reply
     pod: PodIdentity | None = None  # filled by the identity stage when the client is a known pod
+    # Whom per-client state is held under (rate-limit bucket, client quarantine, detector
+    # budgets): the pod's key, an IPv6 client's network (ipv6_client_prefix), else the
+    # address. Filled by the identity stage; the address until then.
+    owner: str = ""
 
     def __init__(
         self, wire: bytes, question: Question, client: str, transport: str, now: float,
@@ -84,6 +88,7 @@ class Query:
         self.domain = domain
         self.cache_key = cache_key
         self.pod = pod
+        self.owner = client if pod is None else f"pod:{pod.namespace}/{pod.name}"  # as identity.pod_key
 
     @property
     def namespace(self) -> Namespace | None:

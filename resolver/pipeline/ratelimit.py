@@ -1,4 +1,4 @@
-"""The rate-limit stage: a token bucket per client address, RRL-style slip on UDP.
+"""The rate-limit stage: a token bucket per client, RRL-style slip on UDP.
 
 A client over its namespace's ``rate_limit`` is answered as cheaply as
 possible, right after identity and before detection, policy or cache see the
@@ -20,7 +20,10 @@ charges (``Pipeline.handle``); replay decides the same way it always did.
 A client the identity stage named as a pod has one bucket for the pod (key
 ``pod:<namespace>/<name>``, see ``pod_key``), not one per address: a
 dual-stack pod does not get twice the rate by asking over IPv4 and IPv6.
-Other clients have one bucket per address.
+Other clients have one bucket per IPv4 address and one per IPv6 network of
+``ipv6_client_prefix`` bits (64 by default): a host may source from any
+address of its /64, and must not get a fresh bucket with each
+(``query.owner``, set by the identity stage).
 
 TCP queries are not limited by the bucket: a TCP client has proved its
 address with the handshake, is where slipped queries are meant to land, and
@@ -37,12 +40,10 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from resolver.pipeline.alerts import AlertHub
-from resolver.pipeline.identity import PodIdentity, pod_key
 from resolver.pipeline.query import Query, Reply
 from resolver.wire.message import NOERROR, truncated
 
@@ -133,18 +134,12 @@ class RateLimiter:
 
 
 class RateLimitStage:
-    """Drops or truncates (TC=1) a client's UDP queries beyond its namespace's rate.
+    """Drops or truncates (TC=1) a client's UDP queries beyond its namespace's rate
+    (the bucket of ``query.owner``)."""
 
-    ``workloads`` (the pod table's lookup, when pod identity is on) names the
-    pod behind a client address the detector charged, so the charge lands in
-    the pod's bucket.
-    """
-
-    def __init__(self, limiter: RateLimiter, alerts: AlertHub,
-                 workloads: Callable[[str], PodIdentity | None] | None = None) -> None:
+    def __init__(self, limiter: RateLimiter, alerts: AlertHub) -> None:
         self.limiter = limiter
         self._alerts = alerts
-        self._workloads = workloads
 
     def resolve(self, query: Query) -> Reply | None:
         view = query.view
@@ -152,8 +147,7 @@ class RateLimitStage:
         if view.qps <= 0 or query.transport != "udp":
             return None
         burst = view.burst
-        pod = query.pod
-        bucket = self.limiter.take(query.client if pod is None else pod_key(pod), query.now, view.qps, burst)
+        bucket = self.limiter.take(query.owner, query.now, view.qps, burst)
         if bucket is None:
             return None
         bucket.namespace = view.name
@@ -174,16 +168,11 @@ class RateLimitStage:
 
         The names were estimated while ``query`` was decided; a deferred pair's
         names may belong to other clients of the same namespace, and each pays
-        for its own. Debt is bounded by one burst.
+        for its own. The detector counts clients by ``query.owner``, the bucket's
+        key. Debt is bounded by one burst.
         """
         view = query.view
         if view is None or view.qps <= 0:
             return
-        buckets = self.limiter.buckets
         for client in clients:
-            key = client
-            pod = query.pod if client == query.client else (
-                self._workloads(client) if self._workloads is not None else None)
-            if pod is not None and (pod_bucket := pod_key(pod)) in buckets:
-                key = pod_bucket  # else the address's own bucket (a pod a listener's namespace serves)
-            self.limiter.charge(key, ESTIMATE_TOKENS, view.burst)
+            self.limiter.charge(client, ESTIMATE_TOKENS, view.burst)

@@ -238,23 +238,24 @@ def test_only_the_live_server_charges_the_detectors_work() -> None:
 
 
 def test_a_pod_has_one_bucket_for_all_its_addresses() -> None:
-    """A client named as a pod (dual stack: an IPv4 and an IPv6 address) draws on one bucket, the pod's;
-    the detector's charges for either address land there too."""
+    """A client named as a pod (dual stack: an IPv4 and an IPv6 address) draws on one bucket, the pod's
+    (query.owner, as the identity stage sets it); the detector's charges, counted by owner, land there too."""
     dual = PodIdentity("agents", "dual-0", "sa", "u1")
     out = io.StringIO()
     limiter = RateLimiter()
-    owners = {"10.0.0.40": dual, "fd00::40": dual}
-    st_, ns = RateLimitStage(limiter, AlertHub([JsonlSink(stream=out)], window=60), owners.get), \
+    st_, ns = RateLimitStage(limiter, AlertHub([JsonlSink(stream=out)], window=60)), \
         Namespace("agents", rate_limit=RateLimit(qps=1, burst=4, slip=0))
     passed = []
     for client in ("10.0.0.40", "fd00::40", "10.0.0.40", "fd00::40", "10.0.0.40", "fd00::40"):
         q = query(client, 0.0, ns)
-        q.pod = owners[client]
+        q.pod = dual
+        q.owner = pod_key(dual)
         passed.append(st_.resolve(q) is None)
     assert passed == [True, True, True, True, False, False]
     assert list(limiter.buckets) == [pod_key(dual)]
     q = query("10.0.0.40", 1.0, ns)
     q.pod = dual
-    st_.charge(q, ["fd00::40", "10.0.0.40", "10.0.0.99"])  # the pod's two addresses, and a stranger's
+    q.owner = pod_key(dual)
+    st_.charge(q, [pod_key(dual), pod_key(dual), "10.0.0.99"])  # the pod's two names, and a stranger's
     assert limiter.buckets[pod_key(dual)].tokens == pytest.approx(-2.0)
     assert "10.0.0.99" not in limiter.buckets

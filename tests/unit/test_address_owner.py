@@ -1,0 +1,123 @@
+"""Whom per-client state is held under: a pod, an IPv6 host's network, an IPv4 address.
+
+A host on an IPv6 network may source from any address of its prefix. Counted
+per address it was as many clients as it cared to be: here the detector's
+side of it, through the real pipeline (identity, then detection), with a
+channel paced one name every 30 s and spread over 64 addresses of one /64.
+tests/integration/test_ipv6_hosts.py shows the rate limit and the client
+quarantine on the wire.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import random
+from pathlib import Path
+
+import dns.message
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from heuristics.detector import address_owner, churn_owner
+from resolver import config as config_mod
+from resolver.pipeline.chain import Engine, Pipeline
+from resolver.pipeline.query import Query
+from resolver.wire.message import parse_query
+from tests.support.sinks import Collected
+
+CONFIG = """
+upstreams: [{{address: 127.0.0.1, port: 9}}]
+{extra}
+namespaces:
+  vms:
+    clients: ["fd00:64::/32", 10.0.0.0/8]
+    mode: enforce
+    allow: [www.allowed.test]
+    detection: {{mode: observe}}
+"""
+
+
+def build(tmp_path: Path, extra: str = "") -> tuple[Pipeline, Collected]:
+    path = tmp_path / "dnsgate.yaml"
+    path.write_text(CONFIG.format(extra=extra))
+    config = config_mod.load(path)
+    sink = Collected()
+    return Pipeline(config, Engine.from_config(config, [sink])), sink
+
+
+def paced_channel(pipeline: Pipeline, sink: Collected, addresses: list[str], names: int = 400) -> int | None:
+    """A base32 channel (3 x 16 characters a name), A and AAAA of each name as a dual-stack SDK
+    asks, one name every 30 s, each from the next address; the name first flagged (1-based)."""
+    rng = random.Random(3)
+    now = 1_800_000_000.0
+    for i in range(names):
+        text = ".".join(base64.b32encode(rng.randbytes(10)).decode().lower().rstrip("=") for _ in range(3))
+        for qtype in ("A", "AAAA"):
+            wire = dns.message.make_query(f"{text}.exfil-v6.example", qtype).to_wire()
+            pipeline.decide(Query(wire, parse_query(wire), addresses[i % len(addresses)], "udp", now))
+        if any(a.kind == "tunnel" for a in sink.alerts):
+            return i + 1
+        now += 30.0
+    return None
+
+
+def test_a_paced_channel_over_64_addresses_of_a_64_is_flagged_as_one_host(tmp_path: Path) -> None:
+    one, sink = build(tmp_path)
+    alone = paced_channel(one, sink, ["fd00:64:3:2::1"])
+    assert alone is not None
+    spread, sink = build(tmp_path)
+    flagged = paced_channel(spread, sink, [f"fd00:64:3:2::{k + 1:x}" for k in range(64)])
+    # Counted per address this went 400 names (20 KB) unflagged: 64 "clients" with 1/64 each,
+    # which the namespace budget takes for a fleet's telemetry.
+    assert flagged == alone
+    [first] = [a for a in sink.alerts if a.kind == "tunnel"][:1]
+    assert first.client.startswith("fd00:64:3:2::")  # the alert names the address that asked
+    assert first.evidence["client"] == "fd00:64:3:2::/64"  # the detector counted the host
+
+
+def test_ipv6_client_prefix_128_counts_every_address_on_its_own(tmp_path: Path) -> None:
+    pipeline, sink = build(tmp_path, "ipv6_client_prefix: 128")
+    assert paced_channel(pipeline, sink, [f"fd00:64:3:2::{k + 1:x}" for k in range(64)], names=120) is None
+
+
+def test_ipv4_clients_stay_per_address(tmp_path: Path) -> None:
+    pipeline, _ = build(tmp_path)
+    wire = dns.message.make_query("www.allowed.test", "A").to_wire()
+    for client in ("10.1.2.3", "10.1.2.4"):
+        query = Query(wire, parse_query(wire), client, "udp", 1000.0)
+        pipeline.identity.resolve(query)
+        assert query.owner == client
+
+
+@pytest.mark.parametrize("value", [16, 129, "64x", True])
+def test_a_bad_ipv6_client_prefix_is_rejected_with_its_line(tmp_path: Path, value: object) -> None:
+    path = tmp_path / "dnsgate.yaml"
+    path.write_text(CONFIG.format(extra=f"ipv6_client_prefix: {str(value).lower()}"))
+    with pytest.raises(config_mod.ConfigError) as caught:
+        config_mod.load(path)
+    text = str(caught.value)
+    assert "ipv6_client_prefix" in text
+    assert "dnsgate.yaml:3" in text
+
+
+@given(st.integers(0, 2**128 - 1), st.integers(0, 2**64 - 1), st.sampled_from([48, 56, 64, 80, 96, 112]))
+def test_every_address_of_a_network_has_that_network_as_owner(address: int, low: int, prefix: int) -> None:
+    base = ipaddress.IPv6Address(address)
+    mask = (1 << (128 - prefix)) - 1
+    sibling = ipaddress.IPv6Address((address & ~mask) | (low & mask))
+    owner = address_owner(str(base), prefix)
+    assert owner == str(ipaddress.IPv6Network(f"{base}/{prefix}", strict=False))
+    assert address_owner(str(sibling), prefix) == owner
+    assert address_owner(sibling.exploded, prefix) == owner  # however the address is written
+    outside = ipaddress.IPv6Address(address ^ (1 << (128 - prefix)))
+    assert address_owner(str(outside), prefix) != owner
+
+
+def test_what_is_not_an_ipv6_address_is_its_own_owner() -> None:
+    for text in ("10.0.0.5", "pod:agents/web-0", "fd00::/64", "not-an-address:x", ""):
+        assert address_owner(text, 64) == text
+    assert address_owner("fd00::1", 128) == "fd00::1"
+    assert address_owner("fe80::1%eth0", 64) == "fe80::/64"
+    assert churn_owner("fd00:64:1:2::9") == "fd00:64:1:2::/64"
