@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
+from heuristics.detector import address_owner
 from resolver import config as config_mod
 from resolver.config import Config, ConfigError, Listen
 from resolver.operations import steering
@@ -483,7 +484,9 @@ class QueryServer(Protocol):
 
 
 class UdpListener:
-    """One UDP socket, read in batches and answered round-robin per client address.
+    """One UDP socket, read in batches and answered round-robin per client (an IPv4 address,
+    an IPv6 network of ``ipv6_client_prefix`` bits: a host cycling the addresses of its /64
+    is one client here too).
 
     The kernel queues datagrams in arrival order, so a client that floods would
     put all its queries ahead of everyone else's. Each turn of the event loop
@@ -524,6 +527,8 @@ class UdpListener:
     def _readable(self) -> None:
         recv = self.sock.recvfrom
         queues = self.queues
+        config: Config | None = getattr(self.server, "config", None)
+        prefix = 64 if config is None else config.ipv6_client_prefix
         for _ in range(UDP_READ_PER_TURN):
             try:
                 data, addr = recv(65_535)
@@ -532,9 +537,12 @@ class UdpListener:
             except OSError as exc:  # e.g. an ICMP error reported on the socket: nothing to answer
                 log.debug("udp receive: %s", exc)
                 break
-            queue = queues.get(addr[0])
+            client = addr[0]
+            if ":" in client:
+                client = address_owner(client, prefix)
+            queue = queues.get(client)
             if queue is None:
-                queues[addr[0]] = queue = collections.deque()
+                queues[client] = queue = collections.deque()
             elif len(queue) >= UDP_QUEUE_PER_CLIENT or self.queued >= UDP_QUEUE_TOTAL:
                 self.shed += 1
                 continue

@@ -382,6 +382,9 @@ class Collector(_CollectorBase):
         yield counter("dnsgate_forwarding_loops_suspected",
                       "Queries refused because too many for the same question were in flight.",
                       stats["loop_suspected"])
+        yield counter("dnsgate_upstream_coalesced",
+                      "Queries answered from another query's upstream reply: the same question was in flight.",
+                      stats["coalesced"])
         rebinding = self.server.engine.rebinding.stats()
         yield labelled(CounterMetricFamily, "dnsgate_rebinding_answers",
                        "Upstream answers for outside names that pointed at inside addresses.", ["action"],

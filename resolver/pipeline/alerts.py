@@ -428,12 +428,17 @@ class AlertHub:
         *,
         kind: str = "policy",
     ) -> None:
-        """A decision about a name (``kind`` policy, or rebinding for an answer pointing inside)."""
-        key = (kind, namespace, client, qname)
+        """A decision about a name (``kind`` policy, or rebinding for an answer pointing inside).
+
+        Repeats and the per-client line budget count an IPv6 client by its /64 (``churn_owner``):
+        a host cycling the addresses of its network is one client here too, not a fresh
+        ``names_per_client`` lines with each address."""
+        who = churn_owner(client)
+        key = (kind, namespace, who, qname)
         if self._repeated(key, now):
             return
-        if not self._client_has_room(now, kind, namespace, client):
-            self._fold(now, kind, namespace, client, qname, qtype, action, reasons, evidence)
+        if not self._client_has_room(now, kind, namespace, who):
+            self._fold(now, kind, namespace, client, qname, qtype, action, reasons, evidence, who)
             return
         alert = self._alert(kind, now, namespace, client, qname, qtype, action, reasons, evidence)
         self._open(key, now, alert)
@@ -456,8 +461,9 @@ class AlertHub:
         self, kind: str, action: str, now: float, namespace: str, client: str, qname: bytes, qtype: int,
         evidence: dict[str, Any],
     ) -> None:
-        """An alert about a client, not a name: the first of a window, then one with the count."""
-        key = (kind, namespace, client, b"")
+        """An alert about a client, not a name: the first of a window, then one with the count
+        (an IPv6 client counted by its /64)."""
+        key = (kind, namespace, churn_owner(client), b"")
         if self._repeated(key, now):
             return
         alert = self._alert(kind, now, namespace, client, qname, qtype, action, [kind], dict(evidence))
@@ -489,10 +495,10 @@ class AlertHub:
 
     def _fold(
         self, now: float, kind: str, namespace: str, client: str, qname: bytes, qtype: int,
-        action: str, reasons: list[str], evidence: dict[str, Any],
+        action: str, reasons: list[str], evidence: dict[str, Any], who: str,
     ) -> None:
         self._count_folded(kind)
-        key = (kind + "_names", namespace, client, b"")
+        key = (kind + "_names", namespace, who, b"")
         seen = self._recent.get(key)
         if seen is None:
             alert = self._alert(kind, now, namespace, client, qname, qtype, action, reasons, dict(evidence))

@@ -221,10 +221,11 @@ class Pipeline:
                            query.listener_namespace)
             target.view = query.view
             target.pod = query.pod
+            target.owner = query.owner
             inner = self._decide_followed(query, target)
             if inner is None:
                 raw = await self.engine.forwarder.forward(
-                    wire, target.question, tcp=query.transport == "tcp", client=query.client
+                    wire, target.question, tcp=query.transport == "tcp", client=query.owner
                 )
                 if raw is None:
                     return servfail(query.wire, query.question)
@@ -273,7 +274,9 @@ class Pipeline:
 
     async def forward(self, query: Query) -> Reply:
         q = query.question
-        raw = await self.engine.forwarder.forward(query.wire, q, tcp=query.transport == "tcp", client=query.client)
+        # Loop marks are counted per client as the identity stage names it: a host of a /64
+        # must not get MARKS_PER_CLIENT fresh marks with each of its addresses.
+        raw = await self.engine.forwarder.forward(query.wire, q, tcp=query.transport == "tcp", client=query.owner)
         if raw is None:
             return servfail(query.wire, q)
         try:

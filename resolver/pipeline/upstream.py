@@ -40,7 +40,7 @@ from typing import Any, Final
 
 from resolver.config import Upstream
 from resolver.pipeline.loop import LogLimit
-from resolver.wire.message import TC, U16, Question, restore_case, upstream_query
+from resolver.wire.message import FORWARDED_FLAGS, TC, U16, Question, restore_case, upstream_query
 
 log = logging.getLogger("dnsgate.upstream")
 
@@ -269,6 +269,10 @@ class Forwarder:
         self.mark = mark  # builds what leaves, with the loop guard's EDNS mark (else with no option)
         self.servfails = 0
         self.inflight: dict[bytes, int] = {}  # question -> queries waiting on an upstream for it
+        # What is being asked upstream now, by what leaves (question, forwarded flags, DO,
+        # transport): a query that would send the same joins it instead of sending again.
+        self.pending: dict[tuple[bytes, int, bool, bool], asyncio.Future[bytes | None]] = {}
+        self.coalesced = 0  # queries answered from another query's upstream reply
         self.loop_suspected = 0
         self.loop_suspected_log = LogLimit()
 
@@ -293,7 +297,7 @@ class Forwarder:
                 "healthy": health.healthy, "latencies": samples, "unexpected": health.mismatched,
             })
         return {"upstreams": upstreams, "servfails": self.servfails, "any_healthy": self.any_healthy,
-                "loop_suspected": self.loop_suspected}
+                "loop_suspected": self.loop_suspected, "coalesced": self.coalesced}
 
     @property
     def any_healthy(self) -> bool:
@@ -301,8 +305,41 @@ class Forwarder:
 
     async def forward(self, wire: bytes, q: Question, *, tcp: bool = False, client: str = "") -> bytes | None:
         """The upstream's reply (its ID is ours, not the client's; its question the client's,
-        letter case included), or None when none answered."""
+        letter case included), or None when none answered.
+
+        Identical questions in flight are asked once: a query whose upstream query would be
+        the same (name, type, class, forwarded flags, DO, transport) as one already waiting
+        gets that one's reply, with its own letter case. A client repeating a slow name
+        cannot multiply the upstream's load, nor give a spoofer many outstanding queries to
+        guess at (the birthday attack), nor fill the loop guard's count so that others
+        asking the same name get SERVFAIL.
+        """
         question = question_bytes(wire, q)
+        key = (question, U16.unpack_from(wire, 2)[0] & FORWARDED_FLAGS, q.do, tcp)
+        leader = self.pending.get(key)
+        if leader is not None:
+            self.coalesced += 1
+            shared = await asyncio.shield(leader)
+            if shared is None:
+                self.servfails += 1
+                return None
+            return restore_case(shared, wire[12 : q.end - 4])
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self.pending[key] = future
+        try:
+            reply = await self._forward(wire, q, question, tcp, client)
+            future.set_result(reply)
+        finally:
+            del self.pending[key]
+            if not future.done():
+                future.set_result(None)  # cancelled: the followers answer SERVFAIL
+        if reply is None:
+            self.servfails += 1
+            return None
+        return restore_case(reply, wire[12 : q.end - 4])
+
+    async def _forward(self, wire: bytes, q: Question, question: bytes, tcp: bool, client: str) -> bytes | None:
+        """One upstream exchange for ``forward``: the reply as the upstream wrote it, or None."""
         waiting = self.inflight.get(question, 0)
         if waiting >= MAX_INFLIGHT_SAME_QUESTION:
             # The same question this many times at once: a loop through a resolver that
@@ -312,7 +349,6 @@ class Forwarder:
             if count:  # a client asking one slow name many times can cause this too: never only once
                 log.error("%d queries for the same question in flight: a forwarding loop? answering SERVFAIL; "
                           "such queries since the last line: %d", waiting, count)
-            self.servfails += 1
             return None
         out = self.mark(wire, q, client) if self.mark is not None else upstream_query(wire, q, b"")
         self.inflight[question] = waiting + 1
@@ -321,8 +357,7 @@ class Forwarder:
                 for upstream in self.ordered(time.monotonic()):
                     reply = await self._try(upstream, out, question, tcp)
                     if reply is not None:
-                        # The question matched ours but for case: the client gets its own back.
-                        return restore_case(reply, wire[12 : q.end - 4])
+                        return reply  # its question matched ours but for case
         except TimeoutError:
             pass
         finally:
@@ -331,7 +366,6 @@ class Forwarder:
                 self.inflight[question] = left
             else:
                 del self.inflight[question]
-        self.servfails += 1
         return None
 
     async def _try(self, client: UpstreamClient, wire: bytes, question: bytes, tcp: bool) -> bytes | None:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from heuristics.detector import address_owner, churn_owner
 from resolver import config as config_mod
 from resolver.pipeline.chain import Engine, Pipeline
-from resolver.pipeline.query import Query
+from resolver.pipeline.query import Query, Reply
 from resolver.wire.message import parse_query
 from tests.support.sinks import Collected
 
@@ -121,3 +121,31 @@ def test_what_is_not_an_ipv6_address_is_its_own_owner() -> None:
     assert address_owner("fd00::1", 128) == "fd00::1"
     assert address_owner("fe80::1%eth0", 64) == "fe80::/64"
     assert churn_owner("fd00:64:1:2::9") == "fd00:64:1:2::/64"
+
+
+class RecordingForwarder:
+    """Stands in for the upstream forwarder (unit test): records whom each query was sent for."""
+
+    def __init__(self) -> None:
+        self.clients: list[str] = []
+
+    async def forward(self, _wire: bytes, _q: object, *, tcp: bool = False, client: str = "") -> bytes | None:  # noqa: ARG002
+        self.clients.append(client)
+        return None  # no upstream: SERVFAIL
+
+    def close(self) -> None:
+        return None
+
+
+async def test_loop_marks_are_counted_per_host_not_per_address(tmp_path: Path) -> None:
+    """The forwarder carries on at most MARKS_PER_CLIENT earlier-hop marks per client: it is
+    told the host's network, so a host of a /64 gets 8 marks a day, not 8 per address."""
+    pipeline, _ = build(tmp_path)
+    recording = RecordingForwarder()
+    pipeline.engine.forwarder = recording  # type: ignore[assignment]
+    wire = dns.message.make_query("www.allowed.test", "A").to_wire()
+    for client in ("fd00:64:5:6::1", "fd00:64:5:6::2", "10.0.0.9"):
+        reply = pipeline.handle(Query(wire, parse_query(wire), client, "udp", 1000.0))
+        assert not isinstance(reply, Reply)  # allowed, not cached: it goes upstream
+        await reply
+    assert recording.clients == ["fd00:64:5:6::/64", "fd00:64:5:6::/64", "10.0.0.9"]

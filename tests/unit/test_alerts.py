@@ -63,6 +63,30 @@ def test_alert_lines_per_client_are_bounded_per_window() -> None:
     assert json.loads(out.getvalue().splitlines()[-1])["qname"] == "later.evil.test"
 
 
+def test_a_host_cycling_addresses_of_its_64_gets_one_clients_alert_lines() -> None:
+    """10,000 denied names, each from another address of one /64: per address every one was a
+    fresh client with a fresh budget, 10,000 lines; counted by the /64 it is 20 and one aggregate.
+    The same name from any address of the /64 is one alert, and rate_limit alerts too."""
+    out = io.StringIO()
+    hub = AlertHub([JsonlSink(stream=out)], window=60, names_per_client=20)
+    for i in range(10_000):
+        hub.policy(1000.0 + i * 0.001, "vms", f"2001:db8:1:2::{i + 1:x}", name_from_text(f"n{i}.evil.test"), 1,
+                   "blocked", ["not_allowed"], {})
+    for i in range(50):
+        hub.policy(1020.0, "vms", f"2001:db8:1:2:0:1::{i + 1:x}", name_from_text("n0.evil.test"), 1, "blocked",
+                   ["not_allowed"], {})
+        hub.rate_limit(1020.0, "vms", f"2001:db8:1:2:0:2::{i + 1:x}", name_from_text("n0.evil.test"), 1, {})
+    hub.policy(1030.0, "vms", "2001:db8:9:9::1", name_from_text("y.evil.test"), 1, "blocked", ["not_allowed"], {})
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    mine = [a for a in lines if a["client"].startswith("2001:db8:1:2:")]
+    assert [a["kind"] for a in mine] == ["policy"] * 20 + ["rate_limit"]
+    assert [a["client"] for a in lines if a["client"] == "2001:db8:9:9::1"] == ["2001:db8:9:9::1"]  # another host
+    hub.sweep(1100.0)
+    later = [json.loads(x) for x in out.getvalue().splitlines()][len(lines):]
+    folded = [a for a in later if "names_folded" in a["evidence"]]
+    assert [a["evidence"]["names_folded"] for a in folded] == [9_980]
+
+
 # Any text: control characters, quotes, backslashes, DEL, non-ASCII and lone surrogates
 # (a qname's hostile octets arrive as \DDD escapes, but no field is trusted to).
 _TEXT = st.text(st.characters(exclude_categories=()), max_size=40)

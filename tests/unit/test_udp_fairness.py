@@ -86,3 +86,41 @@ async def test_a_flooding_client_beyond_its_queue_is_shed(monkeypatch: Any) -> N
         assert server.order.count("127.0.0.2") == 10
         assert server.order.count("127.0.0.3") == 1
     await asyncio.sleep(0)
+
+
+class ScriptedSocket:
+    """A real UDP socket (its descriptor is what the loop watches) whose ``recvfrom`` hands out
+    scripted datagrams from any source address: IPv6 hosts cycling the addresses of their /64,
+    which loopback in this namespace cannot send from (tests/integration/test_ipv6_hosts.py
+    sends them for real, through the whole server)."""
+
+    def __init__(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
+        self._sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        self._sock.bind(("::1", 0))
+        self._script = list(datagrams)
+
+    def recvfrom(self, _size: int) -> tuple[bytes, tuple[str, int]]:
+        if not self._script:
+            raise BlockingIOError
+        return self._script.pop(0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+async def test_a_host_cycling_addresses_of_its_64_is_one_client_in_the_round() -> None:
+    """300 datagrams from 300 addresses of one /64, then one from another host: per address the
+    other host waited behind all 300; counted by /64 it is answered within the first round."""
+    flood = [(b"F%05d" % i, (f"2001:db8:1:2::{i + 1:x}", 5000)) for i in range(300)]
+    sock = ScriptedSocket([*flood, (b"S", ("2001:db8:9:9::1", 5000))])
+    server = RecordingServer()
+    listener = UdpListener(server, Listen("::1", 0), sock)  # type: ignore[arg-type]
+    try:
+        listener._readable()
+        assert set(listener.queues) <= {"2001:db8:1:2::/64", "2001:db8:9:9::/64"}
+        assert "2001:db8:9:9::1" in server.order[:2]
+        while listener.queues:
+            listener._serve()
+        assert len(server.order) == 301
+    finally:
+        listener.close()
