@@ -40,7 +40,7 @@ from typing import Any, Final
 
 from resolver.config import Upstream
 from resolver.pipeline.loop import LogLimit
-from resolver.wire.message import FORWARDED_FLAGS, TC, U16, Question, restore_case, upstream_query
+from resolver.wire.message import TC, U16, Question, restore_case, upstream_query
 
 log = logging.getLogger("dnsgate.upstream")
 
@@ -269,9 +269,9 @@ class Forwarder:
         self.mark = mark  # builds what leaves, with the loop guard's EDNS mark (else with no option)
         self.servfails = 0
         self.inflight: dict[bytes, int] = {}  # question -> queries waiting on an upstream for it
-        # What is being asked upstream now, by what leaves (question, forwarded flags, DO,
+        # What is being asked upstream now, by what leaves (the query with ID 0, and the
         # transport): a query that would send the same joins it instead of sending again.
-        self.pending: dict[tuple[bytes, int, bool, bool], asyncio.Future[bytes | None]] = {}
+        self.pending: dict[tuple[bytes, bool], asyncio.Future[bytes | None]] = {}
         self.coalesced = 0  # queries answered from another query's upstream reply
         self.loop_suspected = 0
         self.loop_suspected_log = LogLimit()
@@ -307,15 +307,18 @@ class Forwarder:
         """The upstream's reply (its ID is ours, not the client's; its question the client's,
         letter case included), or None when none answered.
 
-        Identical questions in flight are asked once: a query whose upstream query would be
-        the same (name, type, class, forwarded flags, DO, transport) as one already waiting
-        gets that one's reply, with its own letter case. A client repeating a slow name
+        Identical questions in flight are asked once: a query whose upstream query is the
+        same, octet for octet (name, type, class, forwarded flags, DO, the loop marks it
+        carries on; over the same transport), as one already waiting gets that one's reply,
+        with its own letter case. Marks are part of it: a client cannot make another's query
+        wait on a query that carries marks of its choosing. A client repeating a slow name
         cannot multiply the upstream's load, nor give a spoofer many outstanding queries to
         guess at (the birthday attack), nor fill the loop guard's count so that others
         asking the same name get SERVFAIL.
         """
         question = question_bytes(wire, q)
-        key = (question, U16.unpack_from(wire, 2)[0] & FORWARDED_FLAGS, q.do, tcp)
+        out = self.mark(wire, q, client) if self.mark is not None else upstream_query(wire, q, b"")
+        key = (out, tcp)  # ID 0: the forwarder draws one per attempt
         leader = self.pending.get(key)
         if leader is not None:
             self.coalesced += 1
@@ -327,7 +330,7 @@ class Forwarder:
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self.pending[key] = future
         try:
-            reply = await self._forward(wire, q, question, tcp, client)
+            reply = await self._forward(out, question, tcp)
             future.set_result(reply)
         finally:
             del self.pending[key]
@@ -338,8 +341,8 @@ class Forwarder:
             return None
         return restore_case(reply, wire[12 : q.end - 4])
 
-    async def _forward(self, wire: bytes, q: Question, question: bytes, tcp: bool, client: str) -> bytes | None:
-        """One upstream exchange for ``forward``: the reply as the upstream wrote it, or None."""
+    async def _forward(self, out: bytes, question: bytes, tcp: bool) -> bytes | None:
+        """One upstream exchange of ``out`` for ``forward``: the reply as the upstream wrote it, or None."""
         waiting = self.inflight.get(question, 0)
         if waiting >= MAX_INFLIGHT_SAME_QUESTION:
             # The same question this many times at once: a loop through a resolver that
@@ -350,7 +353,6 @@ class Forwarder:
                 log.error("%d queries for the same question in flight: a forwarding loop? answering SERVFAIL; "
                           "such queries since the last line: %d", waiting, count)
             return None
-        out = self.mark(wire, q, client) if self.mark is not None else upstream_query(wire, q, b"")
         self.inflight[question] = waiting + 1
         try:
             async with asyncio.timeout(self.deadline):

@@ -21,6 +21,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.rcode
@@ -33,6 +34,7 @@ from tests.support.upstream_servers import Dnsgate, basic_config, start_dnsgate
 
 pytestmark = pytest.mark.integration
 
+LOOP_OPTION = 65353  # the loop guard's EDNS option (resolver/pipeline/loop.py)
 HOLD = 1.0  # seconds the upstream takes for names under slow.wild.test
 OTHERS = """
   others:
@@ -125,16 +127,20 @@ def test_a_client_repeating_a_slow_name_gets_it_asked_upstream_once(
 def test_queries_that_would_leave_differently_are_not_merged(
     gate: Dnsgate, upstream: tuple[RogueUpstream, int]
 ) -> None:
-    """Another type, or the CD bit set, is another upstream query: each is asked."""
+    """Another type, the CD bit, the DO bit, or an earlier hop's loop mark carried on: another
+    upstream query, each asked (a client's marks must not decide what another's query waits on)."""
     rogue, _ = upstream
     name = "n2.slow.wild.test"
     plain = dns.message.make_query(name, "A")
     checking_disabled = dns.message.make_query(name, "A")
     checking_disabled.flags |= dns.flags.CD
     aaaa = dns.message.make_query(name, "AAAA")
-    got = send_all(gate.port, [("127.0.0.4", [plain.to_wire(), checking_disabled.to_wire(), aaaa.to_wire()])])
-    assert sorted(dns.rcode.to_text(m.rcode()) for m in got["127.0.0.4"]) == ["NOERROR"] * 3
-    assert rogue.names().count(name) == 3
+    dnssec = dns.message.make_query(name, "A", want_dnssec=True)
+    marked = dns.message.make_query(name, "A", use_edns=0, options=[dns.edns.GenericOption(LOOP_OPTION, b"\x01" * 8)])
+    queries = [plain, checking_disabled, aaaa, dnssec, marked]
+    got = send_all(gate.port, [("127.0.0.4", [m.to_wire() for m in queries])])
+    assert sorted(dns.rcode.to_text(m.rcode()) for m in got["127.0.0.4"]) == ["NOERROR"] * 5
+    assert rogue.names().count(name) == 5
 
 
 def test_many_slow_names_at_once_are_each_answered(gate: Dnsgate, upstream: tuple[RogueUpstream, int]) -> None:
