@@ -1107,8 +1107,8 @@ MAX_OWNERS_CACHED: Final = 65_536
 
 def address_owner(address: str, ipv6_prefix: int = 64) -> str:
     """The client an address belongs to: an IPv6 address by its network of ``ipv6_prefix``
-    bits (``2001:db8:1:2::/64``), anything else (an IPv4 address, a pod's key, an owner
-    already) as it is.
+    bits (``2001:db8:1:2::/64``), an IPv4-mapped one (``::ffff:10.0.0.5``) by its IPv4
+    address, anything else (an IPv4 address, a pod's key, an owner already) as it is.
 
     A host on an IPv6 network can source from any address of its prefix (SLAAC, privacy
     addresses, a routed /64): counted per address it would be a new client with each,
@@ -1122,9 +1122,11 @@ def address_owner(address: str, ipv6_prefix: int = 64) -> str:
     if found is not None:
         return found
     try:
-        owner = str(ipaddress.IPv6Network(f"{address.partition('%')[0]}/{ipv6_prefix}", strict=False))
+        parsed = ipaddress.IPv6Address(address.partition("%")[0])
     except ValueError:
         return address
+    mapped = parsed.ipv4_mapped  # an IPv4 client seen through a dual-stack socket: its own address
+    owner = str(mapped) if mapped is not None else str(ipaddress.IPv6Network(f"{parsed}/{ipv6_prefix}", strict=False))
     if len(_OWNERS) >= MAX_OWNERS_CACHED:
         _OWNERS.clear()  # a client cycling addresses costs a parse a query, never memory
     _OWNERS[key] = owner

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import dns.message
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from heuristics.detector import address_owner, churn_owner
@@ -107,11 +107,13 @@ def test_every_address_of_a_network_has_that_network_as_owner(address: int, low:
     base = ipaddress.IPv6Address(address)
     mask = (1 << (128 - prefix)) - 1
     sibling = ipaddress.IPv6Address((address & ~mask) | (low & mask))
+    assume(base.ipv4_mapped is None and sibling.ipv4_mapped is None)
     owner = address_owner(str(base), prefix)
     assert owner == str(ipaddress.IPv6Network(f"{base}/{prefix}", strict=False))
     assert address_owner(str(sibling), prefix) == owner
     assert address_owner(sibling.exploded, prefix) == owner  # however the address is written
     outside = ipaddress.IPv6Address(address ^ (1 << (128 - prefix)))
+    assume(all(a.ipv4_mapped is None for a in (base, sibling, outside)))  # those are IPv4 clients
     assert address_owner(str(outside), prefix) != owner
 
 
@@ -121,6 +123,9 @@ def test_what_is_not_an_ipv6_address_is_its_own_owner() -> None:
     assert address_owner("fd00::1", 128) == "fd00::1"
     assert address_owner("fe80::1%eth0", 64) == "fe80::/64"
     assert churn_owner("fd00:64:1:2::9") == "fd00:64:1:2::/64"
+    # IPv4 clients seen through a dual-stack socket stay one client per address, not one per ::/64.
+    assert address_owner("::ffff:10.0.0.5", 64) == "10.0.0.5"
+    assert address_owner("::ffff:10.0.0.6", 64) == "10.0.0.6"
 
 
 class RecordingForwarder:
