@@ -135,6 +135,9 @@ class Channel:
     limit_seconds: float  # capture time at most
     names_per_domain: int = 0  # rotation: each domain gets this many names, then never again (0: round robin)
     random_clients: bool = False  # each name from a client picked at random (else clients take turns)
+    # Each name asked twice, A then AAAA, as a dual-stack SDK asks: half the queries re-ask a
+    # name, which is what telemetry from a fleet looks like to the namespace budget.
+    dual_stack: bool = False
 
     @property
     def payload_per_query(self) -> float:
@@ -194,7 +197,11 @@ class Channel:
                 client = rng.choice(self.clients)
             tail = ([self.parent] if self.parent else []) + ([str(seq)] if self.counter else [])
             qname = _wire([*labels, *tail, *domain.split(".")])
-            yield Lookup(t, client, qname, self.qtype, self.rcode, used, domain)
+            if self.dual_stack:
+                yield Lookup(t, client, qname, A, self.rcode, used, domain)
+                yield Lookup(t + 0.0005, client, qname, AAAA, self.rcode, 0, domain)
+            else:
+                yield Lookup(t, client, qname, self.qtype, self.rcode, used, domain)
             sent += used
             seq += 1
             t += max(0.001, self.interval * (1 + rng.uniform(-self.jitter, self.jitter)))
