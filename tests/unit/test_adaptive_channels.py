@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import dns.name
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.benign_corpus import cloud_shapes
-from tests.tunnels.adaptive import ENCODINGS, FAMILIES, ROTATION, START, draw, percentile, score
+from tests.tunnels.adaptive import ENCODINGS, FAMILIES, MANY_CLIENTS, ROTATION, START, draw, percentile, score
 
 
 @settings(max_examples=60, deadline=None)
@@ -110,3 +112,25 @@ def test_a_rotation_split_over_clients_is_caught_as_from_one() -> None:
     assert "info_budget" in outcome.reasons
     assert outcome.bytes_sent <= 4096
     assert outcome.other_flagged == []
+
+
+def test_dual_stack_draws_ask_a_then_aaaa_of_each_name_with_the_payload_counted_once() -> None:
+    channel = replace(draw(3, MANY_CLIENTS), dual_stack=True)
+    lookups = list(zip(range(40), channel.lookups(), strict=False))
+    pairs = [lk for _, lk in lookups]
+    assert [lk.qtype for lk in pairs[:4]] == [1, 28, 1, 28]
+    assert all(a.qname == b.qname and a.client == b.client and b.payload == 0 for a, b in zip(pairs[::2], pairs[1::2], strict=True))
+    assert sum(lk.payload for lk in pairs) == sum(lk.payload for lk in draw(3, MANY_CLIENTS).lookups() if lk.qname in {p.qname for p in pairs})
+
+
+def test_a_telemetry_shaped_channel_from_the_addresses_of_one_ipv6_64_is_one_host() -> None:
+    """A clients draw asking A and AAAA of each name looks like a fleet's telemetry when its clients
+    are many hosts (docs/detection.md, what still gets through); when they are addresses of one /64,
+    dnsgate counts one host (ipv6_client_prefix) and its budget catches it within 4 KB."""
+    for seed in (5, 10, 26):  # draws the telemetry shape lets through from IPv4 clients
+        dual = replace(draw(seed, MANY_CLIENTS), dual_stack=True)
+        assert not score(dual).detected, dual.describe()
+        host = replace(dual, clients=tuple(f"2001:db8:64:1::{k + 1:x}" for k in range(len(dual.clients))))
+        outcome = score(host)
+        assert outcome.detected, host.describe()
+        assert outcome.bytes_sent <= 4096
