@@ -138,16 +138,17 @@ def run(draws: int, seed: int, benign_queries: int, log: Callable[[str], None]) 
     ]
 
     # The clients draws again, each name asked A then AAAA (what a fleet's telemetry looks like);
-    # then the same with every client an address of one IPv6 /64 (one host: ipv6_client_prefix).
+    # then the same with every client an address of one IPv6 /64, counted as one host
+    # (ipv6_client_prefix: 64).
     dual = [replace(draw(seed + i, MANY_CLIENTS), dual_stack=True) for i in range(draws)]
     dual_scored = [score(c) for c in dual]
-    host = [score(replace(c, clients=tuple(f"2001:db8:64:1::{k + 1:x}" for k in range(len(c.clients)))))
-            for c in dual]
+    host = [score(replace(c, clients=tuple(f"2001:db8:64:1::{k + 1:x}" for k in range(len(c.clients)))),
+                  ipv6_client_prefix=64) for c in dual]
     log(f"  clients, A and AAAA: {2 * draws} draws in {time.monotonic() - started:.0f} s")
     spread_groups += [
         _group(dual_scored, "clients asking A and AAAA of each name (telemetry-like)"),
         _group([o for o in dual_scored if o.channel.interval < 10], "the same, bulk (< 10 s between queries)"),
-        _group(host, "the same, every client an address of one IPv6 /64"),
+        _group(host, "the same, every client an address of one IPv6 /64 (ipv6_client_prefix: 64)"),
     ]
 
     benign: list[dict[str, Any]] = []

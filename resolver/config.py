@@ -431,7 +431,8 @@ class Namespace(Section):
 def _ipv6_prefix(value: Any) -> int:
     length = of_int(value)
     if not 32 <= length <= 128:
-        fail(f"must be a prefix length from 32 to 128 (64: a host's network, 128: each address), not {value!r}")
+        fail(f"must be a prefix length from 32 to 128 (128: each address a client; 64: a host's own /64), "
+             f"not {value!r}")
     return length
 
 
@@ -537,8 +538,8 @@ class Config(Section):
     tcp_max_unsent: Annotated[int, Positive(int)] = 65_536
     rate_limit_clients: Annotated[int, Positive(int)] = 100_000  # client addresses with a token bucket
     # IPv6 client addresses of one network of this length are one client (rate limit, TCP share,
-    # client quarantine, detector budgets), unless the client is a known pod
-    ipv6_client_prefix: Annotated[int, Rule(_ipv6_prefix)] = 64
+    # client quarantine, detector budgets), unless the client is a known pod; 128: each address
+    ipv6_client_prefix: Annotated[int, Rule(_ipv6_prefix)] = 128
     learn_max_records: Annotated[int, Positive(int)] = 100_000
     decision_memo_size: Annotated[int, Positive(int)] = 100_000
     admin: Annotated[Admin | None, Rule(lambda v: None if v is None or v == {} else v)] = None  # {}: no admin
@@ -786,6 +787,10 @@ def _build(name: str, base_dir: Path, data: Any) -> Config:
                 raise error(loc, f"{prefix} is already a client prefix of namespace "
                                  f"{other!r} (line {other_line}): a prefix belongs to one namespace")
             prefix_owner[prefix] = (ns_name, line)
+            if prefix.version == 6 and prefix.prefixlen > config.ipv6_client_prefix:
+                raise error(loc, f"{prefix} is narrower than ipv6_client_prefix ({config.ipv6_client_prefix}): "
+                                 f"one client's /{config.ipv6_client_prefix} would reach beyond the namespace; "
+                                 f"list the whole /{config.ipv6_client_prefix}, or raise ipv6_client_prefix")
         files.extend(ns.rpz)
         namespaces[ns_name] = dataclasses.replace(ns, name=ns_name, line=data["namespaces"][ns_name].line)
 

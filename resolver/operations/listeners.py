@@ -528,7 +528,7 @@ class UdpListener:
         recv = self.sock.recvfrom
         queues = self.queues
         config: Config | None = getattr(self.server, "config", None)
-        prefix = 64 if config is None else config.ipv6_client_prefix
+        prefix = 128 if config is None else config.ipv6_client_prefix
         for _ in range(UDP_READ_PER_TURN):
             try:
                 data, addr = recv(65_535)
@@ -538,7 +538,7 @@ class UdpListener:
                 log.debug("udp receive: %s", exc)
                 break
             client = addr[0]
-            if ":" in client:
+            if prefix < 128 and ":" in client:
                 client = address_owner(client, prefix)
             queue = queues.get(client)
             if queue is None:

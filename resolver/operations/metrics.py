@@ -385,6 +385,9 @@ class Collector(_CollectorBase):
         yield counter("dnsgate_upstream_coalesced",
                       "Queries answered from another query's upstream reply: the same question was in flight.",
                       stats["coalesced"])
+        yield counter("dnsgate_upstream_variants_refused",
+                      "Queries answered SERVFAIL: their client had 8 upstream queries for the question waiting.",
+                      stats["variants_refused"])
         rebinding = self.server.engine.rebinding.stats()
         yield labelled(CounterMetricFamily, "dnsgate_rebinding_answers",
                        "Upstream answers for outside names that pointed at inside addresses.", ["action"],

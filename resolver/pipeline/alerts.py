@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 import dns.rdatatype
 
 from heuristics import name_to_text, registrable_domain
-from heuristics.detector import churn_owner
+from heuristics.detector import address_owner, churn_owner
 
 if TYPE_CHECKING:
     from resolver.pipeline.identity import PodIdentity
@@ -310,8 +310,12 @@ class AlertHub:
         workloads: Callable[[str], PodIdentity | None] | None = None,
         names_per_client: int = 20,
         domains_per_client: int = 20,
+        ipv6_prefix: int = 128,
     ) -> None:
         self.sinks = sinks
+        # How an IPv6 client is counted in the windows and budgets (ipv6_client_prefix; the
+        # pipeline sets it from each config it is built from).
+        self.ipv6_prefix = ipv6_prefix
         self._workloads = workloads  # client address -> pod, to name the pod in each alert
         self.window = window
         self.names_per_client = names_per_client
@@ -430,10 +434,10 @@ class AlertHub:
     ) -> None:
         """A decision about a name (``kind`` policy, or rebinding for an answer pointing inside).
 
-        Repeats and the per-client line budget count an IPv6 client by its /64 (``churn_owner``):
-        a host cycling the addresses of its network is one client here too, not a fresh
-        ``names_per_client`` lines with each address."""
-        who = churn_owner(client)
+        Repeats and the per-client line budget count an IPv6 client by its network of
+        ``ipv6_prefix`` bits: a host cycling the addresses of its network is one client here
+        too, not a fresh ``names_per_client`` lines with each address."""
+        who = address_owner(client, self.ipv6_prefix)
         key = (kind, namespace, who, qname)
         if self._repeated(key, now):
             return
@@ -462,8 +466,8 @@ class AlertHub:
         evidence: dict[str, Any],
     ) -> None:
         """An alert about a client, not a name: the first of a window, then one with the count
-        (an IPv6 client counted by its /64)."""
-        key = (kind, namespace, churn_owner(client), b"")
+        (an IPv6 client counted by its network of ``ipv6_prefix`` bits)."""
+        key = (kind, namespace, address_owner(client, self.ipv6_prefix), b"")
         if self._repeated(key, now):
             return
         alert = self._alert(kind, now, namespace, client, qname, qtype, action, [kind], dict(evidence))

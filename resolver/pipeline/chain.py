@@ -139,8 +139,10 @@ class Pipeline:
         self._follow_log = LogLimit()  # local-CNAME chains too long (an RPZ loop): a line a minute
         self.policy = PolicyStage(config, compile_policies(config), engine.alerts, engine.learned)
         self.detection = DetectionStage(engine.detector, engine.alerts, deny, engine.learned)
-        self.quarantine = QuarantineStage(engine.state.clients, self.policy, engine.alerts, deny)
+        self.quarantine = QuarantineStage(engine.state.clients, self.policy, engine.alerts, deny,
+                                          config.ipv6_client_prefix)
         self.rate_limit = RateLimitStage(engine.limiter, engine.alerts)
+        engine.alerts.ipv6_prefix = config.ipv6_client_prefix
         self.identity = IdentityStage(config, engine.pods)
         scopes = {name: answer_policy_scope(config, name) for name in config.namespaces}
         self.cache = cache = CacheStage(engine.cache, scopes)

@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 from heuristics import name_to_text, registrable_domain
 from heuristics.client_quarantine import ClientQuarantine, ClientQuarantines
+from heuristics.detector import address_owner
 from heuristics.names import labels_of
 from resolver.config import Namespace
 from resolver.pipeline.alerts import Alert, AlertHub, qtype_text
@@ -51,8 +52,9 @@ def _wire(labels: list[bytes]) -> bytes:
 
 class QuarantineStage:
     def __init__(self, book: ClientQuarantines, policy: PolicyStage, alerts: AlertHub,
-                 deny: Callable[[Query, Namespace], Reply]) -> None:
+                 deny: Callable[[Query, Namespace], Reply], ipv6_prefix: int = 128) -> None:
         self.book = book
+        self.ipv6_prefix = ipv6_prefix
         self._policy = policy
         self._alerts = alerts
         self._deny = deny
@@ -64,11 +66,14 @@ class QuarantineStage:
         ns = view.namespace
         owner = query.owner
         # A client is quarantined as a whole (query.owner): a pod with all its addresses, an
-        # IPv6 host with its network: its other addresses must not get it out. An address's
-        # own quarantine holds too (set before the pod list arrived, or at another prefix).
+        # IPv6 host with its network: its other addresses must not get it out. The address's
+        # own quarantine, or its network's, holds for a pod too (set before the pod list
+        # named it, when the client was counted by its address).
         if len(self.book) and (
             self.book.until(view.name, owner) > query.now
             or (owner != query.client and self.book.until(view.name, query.client) > query.now)
+            or (query.pod is not None and self.ipv6_prefix < 128 and ":" in query.client
+                and self.book.until(view.name, address_owner(query.client, self.ipv6_prefix)) > query.now)
         ):
             self.book.blocks += 1
             return self._blocked(query, ns)

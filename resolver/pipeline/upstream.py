@@ -47,6 +47,10 @@ log = logging.getLogger("dnsgate.upstream")
 MAX_UDP_SOCKETS: Final = 4096  # UDP attempts in flight at once, one socket each (Unbound's outgoing-range)
 UNHEALTHY_AFTER: Final = 3  # consecutive failures
 MAX_INFLIGHT_SAME_QUESTION: Final = 256  # beyond this, a question is looping rather than popular
+# Distinct upstream queries for one question one client may have waiting at once (other flags,
+# DO, loop marks): beyond, its next variant is SERVFAIL, so that no client alone can fill the
+# loop guard's MAX_INFLIGHT_SAME_QUESTION and have others asking that question refused.
+MAX_VARIANTS_PER_CLIENT: Final = 8
 RETRY_UNHEALTHY_AFTER: Final = 5.0  # seconds before an unhealthy upstream is tried first again
 FAILURE_LOG_SECONDS: Final = 10.0  # at most one "failed" line per upstream this often; the count says what was skipped
 
@@ -273,6 +277,8 @@ class Forwarder:
         # transport): a query that would send the same joins it instead of sending again.
         self.pending: dict[tuple[bytes, bool], asyncio.Future[bytes | None]] = {}
         self.coalesced = 0  # queries answered from another query's upstream reply
+        self.variants: dict[tuple[str, bytes], int] = {}  # (client, question) -> its queries waiting
+        self.variants_refused = 0  # queries answered SERVFAIL: their client had MAX_VARIANTS_PER_CLIENT waiting
         self.loop_suspected = 0
         self.loop_suspected_log = LogLimit()
 
@@ -297,7 +303,8 @@ class Forwarder:
                 "healthy": health.healthy, "latencies": samples, "unexpected": health.mismatched,
             })
         return {"upstreams": upstreams, "servfails": self.servfails, "any_healthy": self.any_healthy,
-                "loop_suspected": self.loop_suspected, "coalesced": self.coalesced}
+                "loop_suspected": self.loop_suspected, "coalesced": self.coalesced,
+                "variants_refused": self.variants_refused}
 
     @property
     def any_healthy(self) -> bool:
@@ -327,6 +334,13 @@ class Forwarder:
                 self.servfails += 1
                 return None
             return restore_case(shared, wire[12 : q.end - 4])
+        variant = (client, question)
+        mine = self.variants.get(variant, 0)
+        if mine >= MAX_VARIANTS_PER_CLIENT:
+            self.variants_refused += 1
+            self.servfails += 1
+            return None
+        self.variants[variant] = mine + 1
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self.pending[key] = future
         try:
@@ -336,6 +350,11 @@ class Forwarder:
             del self.pending[key]
             if not future.done():
                 future.set_result(None)  # cancelled: the followers answer SERVFAIL
+            left = self.variants[variant] - 1
+            if left:
+                self.variants[variant] = left
+            else:
+                del self.variants[variant]
         if reply is None:
             self.servfails += 1
             return None

@@ -153,3 +153,34 @@ def test_many_slow_names_at_once_are_each_answered(gate: Dnsgate, upstream: tupl
         assert sorted(dns.rcode.to_text(m.rcode()) for m in got[source]) == ["NOERROR"] * 50, source
     asked = rogue.names()
     assert all(asked.count(n) == 1 for n in names)
+
+
+def test_one_client_gets_at_most_8_variants_of_a_question_in_flight(
+    gate: Dnsgate, upstream: tuple[RogueUpstream, int]
+) -> None:
+    """RD, AD, CD and DO make 16 different upstream queries for one name (loop marks make more):
+    a client could put hundreds in flight and fill the loop guard's 256, after which everyone
+    asking the name got SERVFAIL. Now a client has at most 8 waiting per question; its others are
+    SERVFAIL at once, and another client asking the name is answered."""
+    rogue, _ = upstream
+    name = "n3.slow.wild.test"
+    variants = []
+    for bits in range(16):
+        query = dns.message.make_query(name, "A", want_dnssec=bool(bits & 8))
+        query.flags = (dns.flags.RD if bits & 1 else 0) | (dns.flags.AD if bits & 2 else 0) | (
+            dns.flags.CD if bits & 4 else 0)
+        variants.append(query.to_wire())
+    victim = dns.message.make_query(name, "A", use_edns=0)
+    victim.flags = dns.flags.RD | dns.flags.CD | dns.flags.AD  # a variant the flood also sent, or not: answered either way
+
+    def variants_reached_upstream() -> None:
+        deadline = time.monotonic() + 5
+        while rogue.names().count(name) < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)  # polls what the upstream has seen: a condition, not a fixed wait
+        assert rogue.names().count(name) == 8
+
+    got = send_all(gate.port, [("127.0.0.5", variants), ("127.0.0.6", [victim.to_wire()])],
+                   between=variants_reached_upstream)
+    assert sorted(dns.rcode.to_text(m.rcode()) for m in got["127.0.0.5"]) == ["NOERROR"] * 8 + ["SERVFAIL"] * 8
+    assert [dns.rcode.to_text(m.rcode()) for m in got["127.0.0.6"]] == ["NOERROR"]
+    assert rogue.names().count(name) in (8, 9)  # the victim's own, when it was not among the 8

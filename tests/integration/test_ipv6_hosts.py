@@ -125,6 +125,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
               - {{address: "{GATE}", port: 53}}
               - {{address: 127.0.0.1, port: 53, namespace: limited}}
             upstreams: [{{address: 127.0.0.1, port: {UPSTREAM_PORT}}}]
+            ipv6_client_prefix: 64
             alerts: [{{type: jsonl, path: {work / "alerts.jsonl"}}}]
             namespaces:
               limited:

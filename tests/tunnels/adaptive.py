@@ -42,6 +42,7 @@ namespace, 1-5 registrable domains from the same client(s).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import heapq
 import math
@@ -436,11 +437,12 @@ class _FirstAlerts:
 class _Feed:
     """One fresh replay pipeline (replay's default config) fed query/response pairs."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, ipv6_client_prefix: int = 128) -> None:
         from resolver.offline.replay import Replay, replay_config
 
         self.sink = _FirstAlerts()
-        self.run = Replay(replay_config(None), [self.sink])
+        config = dataclasses.replace(replay_config(None), ipv6_client_prefix=ipv6_client_prefix)
+        self.run = Replay(config, [self.sink])
         self.rng = random.Random(seed)
         self.number = 0
 
@@ -460,11 +462,11 @@ class _Feed:
         return self.sink.flagged
 
 
-def score(channel: Channel, background: Sequence[Row] = ()) -> Outcome:
+def score(channel: Channel, background: Sequence[Row] = (), ipv6_client_prefix: int = 128) -> Outcome:
     """Run ``channel`` (and optional benign ``background`` rows) through a fresh replay
-    pipeline with the replay default config; stop at the first tunnel alert on one of
-    the channel's domains."""
-    feed = _Feed(channel.seed)
+    pipeline with the replay default config (and ``ipv6_client_prefix``); stop at the
+    first tunnel alert on one of the channel's domains."""
+    feed = _Feed(channel.seed, ipv6_client_prefix)
     domains = set(channel.domains)
     rows: Iterator[tuple[float, str, bytes, int, int, int]] = (
         (lk.ts, lk.client, lk.qname, lk.qtype, lk.rcode, lk.payload) for lk in channel.lookups()

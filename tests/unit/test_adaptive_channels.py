@@ -125,12 +125,14 @@ def test_dual_stack_draws_ask_a_then_aaaa_of_each_name_with_the_payload_counted_
 
 def test_a_telemetry_shaped_channel_from_the_addresses_of_one_ipv6_64_is_one_host() -> None:
     """A clients draw asking A and AAAA of each name looks like a fleet's telemetry when its clients
-    are many hosts (docs/detection.md, what still gets through); when they are addresses of one /64,
-    dnsgate counts one host (ipv6_client_prefix) and its budget catches it within 4 KB."""
+    are many hosts (docs/detection.md, what still gets through); when they are addresses of one /64
+    and ipv6_client_prefix says a /64 is a host, dnsgate counts one host and its budget catches it
+    within 4 KB."""
     for seed in (5, 10, 26):  # draws the telemetry shape lets through from IPv4 clients
         dual = replace(draw(seed, MANY_CLIENTS), dual_stack=True)
         assert not score(dual).detected, dual.describe()
         host = replace(dual, clients=tuple(f"2001:db8:64:1::{k + 1:x}" for k in range(len(dual.clients))))
-        outcome = score(host)
+        assert not score(host).detected  # by default each address is a client of its own
+        outcome = score(host, ipv6_client_prefix=64)
         assert outcome.detected, host.describe()
         assert outcome.bytes_sent <= 4096

@@ -64,11 +64,12 @@ def test_alert_lines_per_client_are_bounded_per_window() -> None:
 
 
 def test_a_host_cycling_addresses_of_its_64_gets_one_clients_alert_lines() -> None:
-    """10,000 denied names, each from another address of one /64: per address every one was a
-    fresh client with a fresh budget, 10,000 lines; counted by the /64 it is 20 and one aggregate.
-    The same name from any address of the /64 is one alert, and rate_limit alerts too."""
+    """With ipv6_client_prefix 64: 10,000 denied names, each from another address of one /64: per
+    address every one was a fresh client with a fresh budget, 10,000 lines; counted by the /64 it is
+    20 and one aggregate. The same name from any address of the /64 is one alert, and rate_limit
+    alerts too. (With the default, 128, two addresses are two clients: the next test.)"""
     out = io.StringIO()
-    hub = AlertHub([JsonlSink(stream=out)], window=60, names_per_client=20)
+    hub = AlertHub([JsonlSink(stream=out)], window=60, names_per_client=20, ipv6_prefix=64)
     for i in range(10_000):
         hub.policy(1000.0 + i * 0.001, "vms", f"2001:db8:1:2::{i + 1:x}", name_from_text(f"n{i}.evil.test"), 1,
                    "blocked", ["not_allowed"], {})
@@ -85,6 +86,14 @@ def test_a_host_cycling_addresses_of_its_64_gets_one_clients_alert_lines() -> No
     later = [json.loads(x) for x in out.getvalue().splitlines()][len(lines):]
     folded = [a for a in later if "names_folded" in a["evidence"]]
     assert [a["evidence"]["names_folded"] for a in folded] == [9_980]
+
+
+def test_by_default_two_addresses_of_one_64_are_two_clients_in_the_alerts() -> None:
+    out = io.StringIO()
+    hub = AlertHub([JsonlSink(stream=out)], window=60)
+    for client in ("2001:db8:1:2::a", "2001:db8:1:2::b"):
+        hub.policy(1000.0, "lan", client, name_from_text("exfil.evil.example"), 1, "blocked", ["not_allowed"], {})
+    assert [json.loads(x)["client"] for x in out.getvalue().splitlines()] == ["2001:db8:1:2::a", "2001:db8:1:2::b"]
 
 
 # Any text: control characters, quotes, backslashes, DEL, non-ASCII and lone surrogates

@@ -108,12 +108,17 @@ class ScriptedSocket:
         return getattr(self._sock, name)
 
 
+class Config64:
+    ipv6_client_prefix = 64  # what the listener reads of the server's config
+
+
 async def test_a_host_cycling_addresses_of_its_64_is_one_client_in_the_round() -> None:
     """300 datagrams from 300 addresses of one /64, then one from another host: per address the
     other host waited behind all 300; counted by /64 it is answered within the first round."""
     flood = [(b"F%05d" % i, (f"2001:db8:1:2::{i + 1:x}", 5000)) for i in range(300)]
     sock = ScriptedSocket([*flood, (b"S", ("2001:db8:9:9::1", 5000))])
     server = RecordingServer()
+    server.config = Config64()  # type: ignore[attr-defined]
     listener = UdpListener(server, Listen("::1", 0), sock)  # type: ignore[arg-type]
     try:
         listener._readable()
