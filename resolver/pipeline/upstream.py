@@ -88,24 +88,30 @@ def randomize_case(name: bytes, bits: int) -> bytes:
 
 
 class SocketBudget:
-    """At most ``limit`` UDP attempts hold a socket at once; the others wait, first come first served.
+    """At most ``limit`` UDP attempts hold a socket at once; the others wait, a client at a time.
 
-    A counter rather than ``asyncio.Semaphore``: the uncontended path, every attempt's, is
-    an addition."""
+    Waiters queue per client (``query.owner``), and a freed socket goes to the next client in
+    turn: a client keeping thousands of slow names in flight waits behind its own attempts,
+    while another client's attempt gets the next socket freed. A counter rather than
+    ``asyncio.Semaphore``: the uncontended path, every attempt's, is an addition."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.open = 0
         self.waited = 0  # attempts that had to wait for a socket
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # client -> its waiting attempts; the dict's order is the turn (served first, then last)
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
 
-    async def acquire(self) -> None:
+    async def acquire(self, client: str = "") -> None:
         if self.open < self.limit and not self._waiters:
             self.open += 1
             return
         self.waited += 1
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        queue = self._waiters.get(client)
+        if queue is None:
+            queue = self._waiters[client] = deque()
+        queue.append(waiter)
         try:
             await waiter  # release() hands its slot over: ``open`` stays as it is
         except BaseException:
@@ -113,15 +119,23 @@ class SocketBudget:
                 self.release()  # handed a slot, then cancelled before using it: pass it on
             else:
                 with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+                    queue.remove(waiter)
+                if not queue and self._waiters.get(client) is queue:
+                    del self._waiters[client]
             raise
 
     def release(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+        waiters = self._waiters
+        while waiters:
+            client = next(iter(waiters))
+            queue = waiters.pop(client)
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    if queue:
+                        waiters[client] = queue  # its next attempt waits for its next turn
+                    return
         self.open -= 1
 
 
@@ -156,9 +170,10 @@ class UpstreamClient:
         self._sockets = sockets if sockets is not None else SocketBudget(MAX_UDP_SOCKETS)
         self.case_log = LogLimit()
 
-    async def query_udp(self, wire: bytes, question: bytes, timeout: float) -> bytes:
-        """One attempt from a socket of its own. ``question`` is the question section as
-        ``wire`` holds it (lowercased); the reply returned carries the one sent."""
+    async def query_udp(self, wire: bytes, question: bytes, timeout: float, client: str = "") -> bytes:
+        """One attempt from a socket of its own (waiting for one in ``client``'s turn). ``question``
+        is the question section as ``wire`` holds it (lowercased); the reply returned carries
+        the one sent."""
         size = len(question) - 4
         if self.upstream.randomize_case:
             bits = _random.getrandbits(16 + 8 * size)  # one draw: the ID, then the case
@@ -170,7 +185,7 @@ class UpstreamClient:
         out = U16.pack(msg_id) + wire[2:12] + sent + wire[12 + len(sent):]
         loop = asyncio.get_running_loop()
         budget = self._sockets
-        await budget.acquire()
+        await budget.acquire(client)
         try:
             sock = socket.socket(self._family, socket.SOCK_DGRAM)
             try:
@@ -344,7 +359,7 @@ class Forwarder:
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self.pending[key] = future
         try:
-            reply = await self._forward(out, question, tcp)
+            reply = await self._forward(out, question, tcp, client)
             future.set_result(reply)
         finally:
             del self.pending[key]
@@ -360,7 +375,7 @@ class Forwarder:
             return None
         return restore_case(reply, wire[12 : q.end - 4])
 
-    async def _forward(self, out: bytes, question: bytes, tcp: bool) -> bytes | None:
+    async def _forward(self, out: bytes, question: bytes, tcp: bool, client: str) -> bytes | None:
         """One upstream exchange of ``out`` for ``forward``: the reply as the upstream wrote it, or None."""
         waiting = self.inflight.get(question, 0)
         if waiting >= MAX_INFLIGHT_SAME_QUESTION:
@@ -376,7 +391,7 @@ class Forwarder:
         try:
             async with asyncio.timeout(self.deadline):
                 for upstream in self.ordered(time.monotonic()):
-                    reply = await self._try(upstream, out, question, tcp)
+                    reply = await self._try(upstream, out, question, tcp, client)
                     if reply is not None:
                         return reply  # its question matched ours but for case
         except TimeoutError:
@@ -389,7 +404,8 @@ class Forwarder:
                 del self.inflight[question]
         return None
 
-    async def _try(self, client: UpstreamClient, wire: bytes, question: bytes, tcp: bool) -> bytes | None:
+    async def _try(self, client: UpstreamClient, wire: bytes, question: bytes, tcp: bool,
+                   asker: str = "") -> bytes | None:
         health = client.health
         started = time.monotonic()
         health.queries += 1
@@ -397,7 +413,7 @@ class Forwarder:
             if tcp:
                 reply = await client.query_tcp(wire, question, self.timeout)
             else:
-                reply = await client.query_udp(wire, question, self.timeout)
+                reply = await client.query_udp(wire, question, self.timeout, asker)
                 if U16.unpack_from(reply, 2)[0] & TC:
                     reply = await client.query_tcp(wire, question, self.timeout * 2)
         except (TimeoutError, OSError, ConnectionError, asyncio.IncompleteReadError, struct.error) as exc:
