@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_pod_netns import sh, wait_in_ns
+from tests.support.harness import stop_process
 from tests.support.upstream_servers import ROOT, UPSTREAM_RECORDS, ensure_packages
 
 pytestmark = pytest.mark.integration
@@ -151,12 +152,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
         yield Host(ns, work)
     finally:
         for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_process(proc)
         sh("ip", "netns", "del", ns, check=False)
         shutil.rmtree(work, ignore_errors=True)
 
