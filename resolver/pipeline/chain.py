@@ -139,8 +139,7 @@ class Pipeline:
         self._follow_log = LogLimit()  # local-CNAME chains too long (an RPZ loop): a line a minute
         self.policy = PolicyStage(config, compile_policies(config), engine.alerts, engine.learned)
         self.detection = DetectionStage(engine.detector, engine.alerts, deny, engine.learned)
-        self.quarantine = QuarantineStage(engine.state.clients, self.policy, engine.alerts, deny,
-                                          config.ipv6_client_prefix)
+        self.quarantine = QuarantineStage(engine.state.clients, self.policy, engine.alerts, deny)
         self.rate_limit = RateLimitStage(engine.limiter, engine.alerts)
         engine.alerts.ipv6_prefix = config.ipv6_client_prefix
         self.identity = IdentityStage(config, engine.pods)

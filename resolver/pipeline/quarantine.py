@@ -34,7 +34,6 @@ from collections.abc import Callable
 
 from heuristics import name_to_text, registrable_domain
 from heuristics.client_quarantine import ClientQuarantine, ClientQuarantines
-from heuristics.detector import address_owner
 from heuristics.names import labels_of
 from resolver.config import Namespace
 from resolver.pipeline.alerts import Alert, AlertHub, qtype_text
@@ -52,9 +51,8 @@ def _wire(labels: list[bytes]) -> bytes:
 
 class QuarantineStage:
     def __init__(self, book: ClientQuarantines, policy: PolicyStage, alerts: AlertHub,
-                 deny: Callable[[Query, Namespace], Reply], ipv6_prefix: int = 128) -> None:
+                 deny: Callable[[Query, Namespace], Reply]) -> None:
         self.book = book
-        self.ipv6_prefix = ipv6_prefix
         self._policy = policy
         self._alerts = alerts
         self._deny = deny
@@ -67,13 +65,11 @@ class QuarantineStage:
         owner = query.owner
         # A client is quarantined as a whole (query.owner): a pod with all its addresses, an
         # IPv6 host with its network: its other addresses must not get it out. The address's
-        # own quarantine, or its network's, holds for a pod too (set before the pod list
-        # named it, when the client was counted by its address).
+        # own quarantine holds for a pod too (set before the pod list named it); a network's
+        # does not, or one unnamed address would cut off every named pod of a node's /64.
         if len(self.book) and (
             self.book.until(view.name, owner) > query.now
             or (owner != query.client and self.book.until(view.name, query.client) > query.now)
-            or (query.pod is not None and self.ipv6_prefix < 128 and ":" in query.client
-                and self.book.until(view.name, address_owner(query.client, self.ipv6_prefix)) > query.now)
         ):
             self.book.blocks += 1
             return self._blocked(query, ns)
@@ -87,6 +83,10 @@ class QuarantineStage:
         if enforce:
             until = query.now + rule.duration
             self.book.set(ClientQuarantine(view.name, holder, until, query.now, name_to_text(q.qname)))
+            if query.pod is None and holder != query.client:
+                # Its network, and its address itself: once the pod watch names it (its owner
+                # then its pod key), the address's quarantine still holds for it.
+                self.book.set(ClientQuarantine(view.name, query.client, until, query.now, name_to_text(q.qname)))
             self.book.started += 1
             evidence.update(until=round(until, 3), duration=rule.duration, quarantined=holder)
         self._alerts.emit(Alert(

@@ -182,8 +182,9 @@ async def test_loop_marks_are_counted_per_host_not_per_address(tmp_path: Path) -
 
 def test_a_pod_quarantined_by_its_network_before_the_watch_named_it_stays_quarantined(tmp_path: Path) -> None:
     """With ipv6_client_prefix 64, a pod the pod table did not list yet is counted by its /64 and
-    quarantined so; once the watch names it, its owner is its pod key, and the quarantine of its
-    network still holds for it (before, it was checked only under the pod key and the address)."""
+    quarantined so, and under its address too: once the watch names it (its owner is then its pod
+    key) the address's quarantine still holds for it, and the network's does not reach the named
+    pods beside it."""
     path = tmp_path / "dnsgate.yaml"
     path.write_text(
         "upstreams: [{address: 127.0.0.1, port: 9}]\nipv6_client_prefix: 64\nidentity:\n  kubernetes: {}\n"
@@ -201,6 +202,13 @@ def test_a_pod_quarantined_by_its_network_before_the_watch_named_it_stays_quaran
         return None if reply is None else reply.action
 
     assert ask("exfil.evil.example", 1000.0) == "quarantined"
-    assert [q.client for q in engine.state.clients.active(1000.0)] == ["fd00:10:244:1::/64"]
+    assert sorted(q.client for q in engine.state.clients.active(1000.0)) == ["fd00:10:244:1::/64", bad]
     engine.pods.put(PodIdentity("agents", "bad-0", "sa", "u1"), (bad,))  # the watch catches up
     assert ask("www.allowed.test", 1001.0) == "quarantined"
+    # A named pod of the same /64 (a node's pod network) is not cut off by that quarantine.
+    engine.pods.put(PodIdentity("agents", "web-0", "sa", "u2"), ("fd00:10:244:1::5",))
+    wire = dns.message.make_query("www.allowed.test", "A").to_wire()
+    neighbour = Query(wire, parse_query(wire), "fd00:10:244:1::5", "udp", 1002.0)
+    pipeline.identity.resolve(neighbour)
+    assert neighbour.owner == "pod:agents/web-0"
+    assert pipeline.quarantine.resolve(neighbour) is None
