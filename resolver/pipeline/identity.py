@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from heuristics.detector import address_owner
 from resolver.config import Config, Namespace
-from resolver.pipeline.query import NamespaceView, Query, Reply
+from resolver.pipeline.query import NamespaceView, Query, Reply, pod_key
 from resolver.wire.message import REFUSED, header_reply
 
 
@@ -74,14 +74,6 @@ class PodIdentity:
     labels: tuple[tuple[str, str], ...] = ()  # the pod's labels, for namespaces that select by label
     created: str = ""  # metadata.creationTimestamp, RFC 3339 as the API writes it (UTC, "Z"): compares as text
     terminating: bool = False  # metadata.deletionTimestamp is set: the pod is being deleted
-
-
-def pod_key(pod: PodIdentity) -> str:
-    """The key per-client state (quarantine, rate-limit bucket) is held under for a pod: all its addresses share it.
-
-    ``pod:<namespace>/<name>``: never an address, and readable in the admin API.
-    """
-    return f"pod:{pod.namespace}/{pod.name}"
 
 
 def _claim(pod: PodIdentity) -> tuple[bool, str]:

@@ -76,19 +76,18 @@ class QuarantineStage:
         rule = view.on_undeclared
         if rule is None or view.mode == "learn" or not self.undeclared(ns, query.question.qname):
             return None
-        holder = owner
         enforce = view.mode == "enforce" and rule.action == "quarantine"
         q = query.question
         evidence: dict[str, object] = {"mode": view.mode, "on_undeclared": rule.action}
         if enforce:
             until = query.now + rule.duration
-            self.book.set(ClientQuarantine(view.name, holder, until, query.now, name_to_text(q.qname)))
-            if query.pod is None and holder != query.client:
+            self.book.set(ClientQuarantine(view.name, owner, until, query.now, name_to_text(q.qname)))
+            if query.pod is None and owner != query.client:
                 # Its network, and its address itself: once the pod watch names it (its owner
                 # then its pod key), the address's quarantine still holds for it.
                 self.book.set(ClientQuarantine(view.name, query.client, until, query.now, name_to_text(q.qname)))
             self.book.started += 1
-            evidence.update(until=round(until, 3), duration=rule.duration, quarantined=holder)
+            evidence.update(until=round(until, 3), duration=rule.duration, quarantined=owner)
         self._alerts.emit(Alert(
             ts=query.now, kind="undeclared", severity="critical", namespace=view.name, client=query.client,
             qname=name_to_text(q.qname), qtype=qtype_text(q.qtype),

@@ -54,6 +54,14 @@ class NamespaceView:
         self.on_undeclared = namespace.on_undeclared
 
 
+def pod_key(pod: PodIdentity) -> str:
+    """The key per-client state (quarantine, rate-limit bucket) is held under for a pod: all its addresses share it.
+
+    ``pod:<namespace>/<name>``: never an address, and readable in the admin API.
+    """
+    return f"pod:{pod.namespace}/{pod.name}"
+
+
 @dataclass(slots=True, init=False)
 class Query:
     """One client query moving through the pipeline."""
@@ -88,7 +96,7 @@ class Query:
         self.domain = domain
         self.cache_key = cache_key
         self.pod = pod
-        self.owner = client if pod is None else f"pod:{pod.namespace}/{pod.name}"  # as identity.pod_key
+        self.owner = client if pod is None else pod_key(pod)
 
     @property
     def namespace(self) -> Namespace | None:
